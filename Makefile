@@ -1,0 +1,42 @@
+# livetrack: `make demo` runs the pipeline, `make test` runs the tests. Both install what is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+VENDOR := gateway/static/vendor
+
+.PHONY: install demo test bench bench-e2e bench-worker clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENDOR)/.installed: gateway/package.json gateway/package-lock.json
+	cd gateway && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)/images
+	cp gateway/node_modules/leaflet/dist/leaflet.js gateway/node_modules/leaflet/dist/leaflet.css $(VENDOR)/
+	cp gateway/node_modules/leaflet/dist/images/* $(VENDOR)/images/
+	cp gateway/node_modules/socket.io-client/dist/socket.io.min.js $(VENDOR)/
+	touch $@
+
+install: $(VENV)/.installed $(VENDOR)/.installed
+	$(BIN)/livetrack broker fetch >/dev/null
+
+demo: install
+	$(BIN)/livetrack demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: bench-e2e bench-worker
+
+bench-e2e: install
+	$(BIN)/python -m bench.e2e $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
+
+bench-worker: install
+	$(BIN)/python -m bench.worker_throughput
+
+clean:
+	-$(BIN)/livetrack broker stop
+	rm -rf .livetrack $(VENDOR) gateway/node_modules

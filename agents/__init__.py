@@ -1,0 +1,1 @@
+"""Faust agents: one module per consumed topic, thin loops over pure functions."""

@@ -1,0 +1,109 @@
+"""The Faust app factory: topics, tables and agents wired from one Settings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import faust
+from mode import Service
+
+from agents import cells, drivers
+from agents.batching import DeadLetters
+from infra.producer import AsyncProducer
+from infra.settings import Settings
+from schemas.avro import codec_for
+from schemas.records import CellDrivers, DriverState
+from schemas.topics import DRIVER_CELLS, LOCATIONS, LOCATIONS_DLQ, TopicSpec
+from tables.cell_to_drivers import cell_to_drivers
+from tables.driver_to_state import driver_to_state
+from tables.writer import TableWriter
+
+__all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:
+    """A Faust topic for a declaration; values stay bytes so agents decode and dead-letter themselves."""
+    return app.topic(
+        spec.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=spec.partition_count(settings.partitions), replicas=settings.replication_factor,
+    )
+
+
+@dataclass(frozen=True)
+class Components:
+    """What create_app built, for tests and benchmarks to reach (`app.livetrack`)."""
+
+    producer: AsyncProducer
+    dead_letters: DeadLetters
+    states: TableWriter
+    cells: TableWriter
+    drivers: drivers.DriversAgent
+    cell_agent: cells.CellsAgent
+
+
+class ProducerService(Service):
+    """Starts the agents' librdkafka producer with the worker, flushes it on the way out."""
+
+    def __init__(self, producer: AsyncProducer, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.producer = producer
+
+    async def on_start(self) -> None:
+        self.producer.start()
+
+    async def on_stop(self) -> None:
+        await self.producer.close()
+
+
+def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Callable[[], int] = now_ms) -> faust.App:
+    """Build the worker app. Tests pass `store="memory://"`."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store=store,
+        # Per app id: RocksDB state belongs to one consumer group's changelogs.
+        datadir=str((settings.state_dir / "worker" / settings.app_id).resolve()),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=settings.worker_web_port,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        table_standby_replicas=0 if settings.replication_factor == 1 else 1,
+    )
+    producer = AsyncProducer(settings.bootstrap)
+    app.add_dependency(ProducerService(producer))  # started before agents, stopped after
+    dead_letters = DeadLetters(LOCATIONS_DLQ.name, producer, clock_ms)
+    batch = {"batch_max": settings.worker_batch_max, "batch_within_s": settings.worker_batch_within_s}
+    cache = {"cache_max": settings.table_cache_max}
+    states = TableWriter(driver_to_state(app, settings.partitions), producer, codec_for(DriverState), **cache)
+    cell_members = TableWriter(cell_to_drivers(app, settings.partitions), producer, codec_for(CellDrivers), **cache)
+
+    async def forget_cached(*_: object, **__: object) -> None:
+        # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
+        states.forget()
+        cell_members.forget()
+
+    app.on_partitions_revoked.connect(forget_cached)
+    app.on_partitions_assigned.connect(forget_cached)
+    partitions = settings.partitions
+    components = Components(
+        producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,
+        drivers=drivers.DriversAgent(
+            states=states, producer=producer, dead_letters=dead_letters,
+            policy=drivers.DriverPolicy.from_settings(settings), partitions=LOCATIONS.partition_count(partitions),
+            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+        ),
+        cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
+                                    ttl_ms=settings.membership_ttl_ms),
+    )
+    app.livetrack = components  # type: ignore[attr-defined]
+    drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
+    cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
+    return app

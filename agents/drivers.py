@@ -1,0 +1,245 @@
+"""Drivers agent (topic `locations`, partitioned by driver): accept a ping or say why not.
+
+`apply_ping` is pure: previous state + ping -> new state, the push message
+(when the move is significant) and cell-membership changes. Values are the
+decoded Avro dicts of the Records in `schemas.records` (a LocationEvent, a
+DriverState, ...): building Faust Records here cost ~50 us a ping.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import faust
+
+from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records
+from agents.geo import cell_of, haversine_m
+from infra.producer import AsyncProducer, DeliveryGroup
+from infra.settings import Settings
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import CellMembershipBatch, LocationBatch, LocationEvent, PushMessage
+from schemas.topics import DRIVER_CELLS, PUSH
+from schemas.validation import range_errors
+from tables.writer import TableWriter
+
+__all__ = [
+    "ACCEPTED", "DUPLICATE", "STALE", "JUMP", "INVALID",
+    "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
+]
+
+log = logging.getLogger(__name__)
+
+ACCEPTED, DUPLICATE, STALE, JUMP, INVALID = "accepted", "duplicate", "stale", "jump", "invalid"
+LOCATION_PRIORITY = 3  # 0 = lowest, 9 = highest; offers and status changes rank above moves
+Ping = Mapping[str, Any]  # a decoded LocationEvent
+State = dict[str, Any]  # a decoded DriverState
+Message = dict[str, Any]  # a PushMessage or CellMembership to encode
+
+
+@dataclass(frozen=True)
+class DriverPolicy:
+    """Thresholds the drivers agent applies, taken from settings once."""
+
+    h3_resolution: int = 9
+    max_speed_mps: float = 83.0
+    # GPS error: two fixes this far apart are never called a jump, whatever the time between.
+    jump_slack_m: float = 150.0
+    push_min_distance_m: float = 10.0
+    push_min_interval_ms: int = 5000
+    membership_refresh_ms: int = 30_000
+    push_ttl_ms: int = 10_000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "DriverPolicy":
+        return cls(
+            h3_resolution=s.h3_resolution, max_speed_mps=s.max_speed_mps,
+            push_min_distance_m=s.push_min_distance_m, push_min_interval_ms=s.push_min_interval_ms,
+            membership_refresh_ms=s.membership_refresh_ms,
+        )
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """What one ping does: the verdict and, when accepted, what to write and send."""
+
+    verdict: str
+    state: State | None = None
+    push: Message | None = None
+    memberships: tuple[Message, ...] = ()
+
+
+def driver_channel(driver_id: str) -> str:
+    return f"driver:{driver_id}"
+
+
+def _is_jump(prev: State, ev: Ping, policy: DriverPolicy) -> bool:
+    dt_s = max(0.0, (ev["fix_ts"] - prev["fix_ts"]) / 1000.0)
+    allowed = policy.max_speed_mps * dt_s + policy.jump_slack_m
+    return haversine_m(prev["lat"], prev["lng"], ev["lat"], ev["lng"]) > allowed
+
+
+def _verdict(prev: State | None, ev: Ping, policy: DriverPolicy) -> str:
+    if prev is None:
+        return ACCEPTED
+    if ev["seq"] == prev["seq"]:
+        return DUPLICATE
+    if ev["seq"] < prev["seq"]:
+        return STALE
+    return JUMP if _is_jump(prev, ev, policy) else ACCEPTED
+
+
+def _significant(prev: State | None, ev: Ping, policy: DriverPolicy) -> bool:
+    if prev is None or prev["push_seq"] == 0:
+        return True
+    if ev["fix_ts"] - prev["pushed_ts"] >= policy.push_min_interval_ms:
+        return True
+    return haversine_m(prev["pushed_lat"], prev["pushed_lng"], ev["lat"], ev["lng"]) >= policy.push_min_distance_m
+
+
+def location_data(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The public view of a driver: snapshot, GET body and push payload."""
+    return {
+        "driver_id": state["driver_id"], "lat": state["lat"], "lng": state["lng"], "seq": state["seq"],
+        "ts": state["fix_ts"], "speed": state["speed"], "bearing": state["bearing"],
+        "accuracy": state["accuracy"], "status": state["status"], "cell": state["cell"],
+    }
+
+
+def _location_push(state: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> Message:
+    return {
+        "channel": driver_channel(state["driver_id"]), "seq": state["push_seq"], "type": "driver.location",
+        "priority": LOCATION_PRIORITY, "ttl_ms": policy.push_ttl_ms, "sent_ts": now_ms,
+        "event_ts": ev["received_ts"], "data": json.dumps(location_data(state), separators=(",", ":")),
+    }
+
+
+def _membership(cell: str, ev: Ping, op: str, status: str) -> Message:
+    return {"cell": cell, "driver_id": ev["driver_id"], "op": op, "status": status, "ts": ev["fix_ts"]}
+
+
+def _memberships(prev: State | None, cell: str, status: str, ev: Ping, policy: DriverPolicy) -> tuple[Message, ...]:
+    if prev is None or not prev["cell"]:
+        return (_membership(cell, ev, "JOIN", status),)
+    if prev["cell"] != cell:
+        return (_membership(prev["cell"], ev, "LEAVE", status), _membership(cell, ev, "JOIN", status))
+    if ev["fix_ts"] - prev["membership_ts"] >= policy.membership_refresh_ms:
+        return (_membership(cell, ev, "REFRESH", status),)
+    return ()
+
+
+def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
+    """The ping that made the current state, seen again (a device retry, or a batch replayed
+    after a crash before its outputs were acked): send its outputs again. Same seq, so
+    the gateway and the cells agent drop what they already have."""
+    push = _location_push(prev, ev, policy, now_ms) if prev["pushed_ts"] == ev["fix_ts"] else None
+    joins = (_membership(prev["cell"], ev, "JOIN", prev["status"]),) if prev["membership_ts"] == ev["fix_ts"] else ()
+    return PingResult(DUPLICATE, None, push, joins)
+
+
+def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
+    """Decide one ping against the driver's previous state (pure)."""
+    verdict = _verdict(prev, ev, policy)
+    if verdict == DUPLICATE and prev is not None:
+        return _replayed(prev, ev, policy, now_ms)
+    if verdict != ACCEPTED:
+        return PingResult(verdict)
+    cell = cell_of(ev["lat"], ev["lng"], policy.h3_resolution)
+    status = prev["status"] if prev is not None else "AVAILABLE"
+    memberships = _memberships(prev, cell, status, ev, policy)
+    significant = _significant(prev, ev, policy)
+    base = prev if prev is not None and not significant else None
+    state: State = {
+        "driver_id": ev["driver_id"], "seq": ev["seq"], "lat": ev["lat"], "lng": ev["lng"],
+        "fix_ts": ev["fix_ts"], "received_ts": ev["received_ts"], "cell": cell, "status": status,
+        "push_seq": (prev["push_seq"] if prev else 0) + (1 if significant else 0),
+        "pushed_lat": base["pushed_lat"] if base else ev["lat"],
+        "pushed_lng": base["pushed_lng"] if base else ev["lng"],
+        "pushed_ts": base["pushed_ts"] if base else ev["fix_ts"],
+        "membership_ts": ev["fix_ts"] if memberships or prev is None else prev["membership_ts"],
+        "speed": ev.get("speed"), "bearing": ev.get("bearing"), "accuracy": ev.get("accuracy"),
+    }
+    push = _location_push(state, ev, policy, now_ms) if significant else None
+    return PingResult(ACCEPTED, state, push, memberships)
+
+
+class DriversAgent:
+    """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
+
+    def __init__(
+        self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
+        policy: DriverPolicy, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
+    ) -> None:
+        self.states = states
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.policy = policy
+        self.partitions = partitions
+        self.cell_partitions = cell_partitions
+        self.clock_ms = clock_ms
+        self.push_codec = codec_for(PushMessage)
+        self.ping_codec = codec_for(LocationEvent)
+        self.cells_codec = codec_for(CellMembershipBatch)
+        self.verdicts: Counter[str] = Counter()
+
+    async def process(self, events: Sequence[faust.EventT]) -> None:
+        """Apply a batch of records; return once every output is acked by Kafka."""
+        group = self.producer.group()
+        memberships: dict[int, list[Message]] = defaultdict(list)
+        for event, batch in decode_records(events, LocationBatch, self.dead_letters, group):
+            bind_event(event)  # table reads and writes go to this event's partition
+            for ping in batch["events"]:
+                try:
+                    self._apply(group, event, ping, memberships)
+                except AGENT_ERRORS as exc:  # one bad ping never stops the agent
+                    self._reject(group, event, ping, f"bad ping: {type(exc).__name__}: {exc}")
+        bind_event(None)
+        self.states.flush(group)
+        for partition, changes in memberships.items():
+            self.producer.send(group, DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}),
+                               partition=partition)
+        await group.wait()
+        self.states.persist_offsets(group)
+
+    def _reject(self, group: DeliveryGroup, event: faust.EventT, ping: Ping, reason: str) -> None:
+        self.dead_letters.send(group, event, reason, self.ping_codec.dumps(dict(ping)))
+
+    def _refusal(self, event: faust.EventT, ping: Ping) -> str | None:
+        """Why a ping cannot be applied here, if it cannot (a producer that skipped the gateway)."""
+        if partition_for(ping["driver_id"], self.partitions) != event.message.partition:
+            return "driver hashes to another partition"
+        errors = range_errors(LocationEvent, ping)
+        return "; ".join(f"{e.field} {e.reason}" for e in errors) or None
+
+    def _apply(self, group: DeliveryGroup, event: faust.EventT, ping: Ping,
+               memberships: dict[int, list[Message]]) -> None:
+        refusal = self._refusal(event, ping)
+        if refusal:
+            self.verdicts[INVALID] += 1
+            self._reject(group, event, ping, refusal)
+            return
+        result = apply_ping(self.states.get(ping["driver_id"]), ping, self.policy, self.clock_ms())
+        self.verdicts[result.verdict] += 1
+        if result.verdict == JUMP:
+            self._reject(group, event, ping, f"impossible jump (> {self.policy.max_speed_mps} m/s)")
+        if result.state is not None:
+            self.states.set(ping["driver_id"], result.state, event)
+        if result.push is not None:
+            push = result.push
+            self.producer.send(group, PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
+        for m in result.memberships:
+            memberships[partition_for(m["cell"], self.cell_partitions)].append(m)
+
+
+def register(app: faust.App, locations: faust.TopicT, agent: DriversAgent, *, batch_max: int,
+             batch_within_s: float) -> faust.types.AgentT:
+    """Attach the drivers agent to `app`."""
+
+    async def track_driver_locations(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch_max, within=batch_within_s):
+            await agent.process(events)
+
+    return app.agent(locations, name="track_driver_locations")(track_driver_locations)

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures, one JSON object on its last line."""

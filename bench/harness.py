@@ -1,0 +1,70 @@
+"""What the benchmarks share: their own broker, processes started and stopped by PID, percentiles."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from hdrh.histogram import HdrHistogram
+
+from infra.broker import LocalBroker
+from infra.settings import Settings
+from infra.topics import ensure_topics
+
+__all__ = ["bench_settings", "broker_for", "percentiles", "emit", "wait_until"]
+
+
+def bench_settings(**overrides: Any) -> Settings:
+    """Settings for a benchmark: its own broker port and state dir, so a running demo is untouched."""
+    base = Settings()
+    values = {
+        "kafka_port": base.kafka_port + 100, "state_dir": base.state_dir / "bench",
+        "gateway_port": base.gateway_port + 100, "worker_web_port": base.worker_web_port + 100,
+        **overrides,
+    }
+    return base.model_copy(update=values)
+
+
+@contextmanager
+def broker_for(settings: Settings) -> Iterator[None]:
+    """A fresh embedded broker (or the configured cluster) with the declared topics."""
+    broker = LocalBroker(settings) if settings.embedded_kafka else None
+    if broker is not None:
+        broker.stop()
+        # A new broker has empty changelogs: worker state from an old one must go too.
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
+        broker.start()
+    try:
+        ensure_topics(settings)
+        yield
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def percentiles(values_ms: Sequence[float], prefix: str) -> dict[str, float]:
+    """p50/p95/p99 (ms) of latencies, via HdrHistogram at microsecond resolution."""
+    if not values_ms:
+        return {f"{prefix}_p50_ms": float("nan"), f"{prefix}_p95_ms": float("nan"), f"{prefix}_p99_ms": float("nan")}
+    h = HdrHistogram(1, 3_600_000_000, 3)
+    for v in values_ms:
+        h.record_value(max(1, int(v * 1000)))
+    return {f"{prefix}_p{q}_ms": round(h.get_value_at_percentile(q) / 1000, 2) for q in (50, 95, 99)}
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """Print the figures: readable lines, then the JSON object as the last line."""
+    for k, v in figures.items():
+        print(f"{k:32} {v}")
+    print(json.dumps(figures), flush=True)
+
+
+def wait_until(predicate: Any, timeout_s: float, every_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return False

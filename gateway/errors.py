@@ -1,0 +1,37 @@
+"""Root exception of the gateway; middlewares.py maps each to one HTTP status."""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge"]
+
+
+class GatewayError(Exception):
+    """Root of the errors the gateway turns into HTTP responses."""
+
+    status = 500
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self)}
+
+
+class InvalidInput(GatewayError):
+    """Bad request: `problems` name each bad item's index, field and reason."""
+
+    status = 400
+
+    def __init__(self, message: str, problems: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self), "problems": self.problems}
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+

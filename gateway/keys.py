@@ -1,0 +1,22 @@
+"""Typed keys for what the app holds."""
+from __future__ import annotations
+
+import socketio
+from aiohttp import web
+
+from gateway.bridge import PushBridge
+from gateway.channels import ChannelStore
+from gateway.metrics import Metrics
+from gateway.batcher import IngestBatcher
+from infra.producer import AsyncProducer
+from gateway.sockets import LiveNamespace
+from infra.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", ChannelStore)
+PRODUCER = web.AppKey("producer", AsyncProducer)
+BATCHER = web.AppKey("batcher", IngestBatcher)
+BRIDGE = web.AppKey("bridge", PushBridge)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+LIVE = web.AppKey("live", LiveNamespace)

@@ -1,0 +1,23 @@
+"""Prometheus metrics of the gateway (served at /metrics)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingested = Counter("livetrack_ingest_events", "Location events accepted into Kafka", registry=r)
+        self.rejected = Counter("livetrack_ingest_rejected_requests", "Ingest requests refused", ["status"], registry=r)
+        self.pushed = Counter("livetrack_push_messages", "Push messages received from Kafka", registry=r)
+        self.emitted = Counter("livetrack_push_emits", "Updates emitted to Socket.IO rooms", registry=r)
+        self.connected = Gauge("livetrack_sockets_connected", "Open /live connections", registry=r)
+        self.event_to_emit = Histogram(
+            "livetrack_event_to_emit_seconds", "Gateway receipt of the event -> emit of its update",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r,
+        )

@@ -1,0 +1,17 @@
+"""URL table of the gateway."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import views
+
+__all__ = ["setup_routes"]
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/locations", views.post_locations)
+    app.router.add_get("/v1/drivers/{driver_id}", views.get_driver)
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/", views.index)
+    app.router.add_static("/static/", views.STATIC, follow_symlinks=False)

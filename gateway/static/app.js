@@ -1,0 +1,215 @@
+// livetrack live map: one circle per driver, moved by `update` events of channel `fleet` on /live.
+/* global L, io */
+(() => {
+  "use strict";
+
+  const WINDOW_MS = 5000; // updates/s and the p50 age are measured over this window
+  const STALE_MS = 30000; // a driver silent this long is drawn faded
+  const GRID_STEPS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]; // graticule spacing, degrees
+  const GRID_MAX_LINES = 40;
+  const FALLBACK_CITY = [37.7749, -122.4194];
+  const $ = (id) => document.getElementById(id);
+
+  /** Content of <meta name=...>, or "". */
+  function meta(name) {
+    return document.querySelector(`meta[name="${name}"]`)?.content.trim() ?? "";
+  }
+
+  /** Map centre from <meta name="livetrack-city" content="lat,lng">. */
+  function cityCentre() {
+    const [lat, lng] = meta("livetrack-city").split(",").map(Number);
+    return Number.isFinite(lat) && Number.isFinite(lng) ? [lat, lng] : FALLBACK_CITY;
+  }
+
+  /** The access token: ?token=... first, then localStorage "livetrack.token"; may be null. */
+  function accessToken() {
+    const fromQuery = new URLSearchParams(location.search).get("token");
+    if (fromQuery) return fromQuery;
+    try {
+      return localStorage.getItem("livetrack.token");
+    } catch {
+      return null; // storage disabled
+    }
+  }
+
+  /** Fill colour per driver status, read from the CSS variables the legend uses. */
+  function statusColours() {
+    const css = getComputedStyle(document.documentElement);
+    const v = (name) => css.getPropertyValue(name).trim();
+    return { AVAILABLE: v("--available"), EN_ROUTE: v("--en-route"), ON_TRIP: v("--on-trip"), OFFLINE: v("--offline") };
+  }
+
+  /** Lat/lng lines over the visible area, in their own pane under the drivers. */
+  function addGraticule(map) {
+    map.createPane("grid").style.zIndex = 250;
+    const style = { renderer: L.svg({ pane: "grid" }), color: "#c4c9cf", weight: 1, interactive: false };
+    const layer = L.layerGroup().addTo(map);
+    const draw = () => {
+      const b = map.getBounds();
+      const span = Math.max(b.getNorth() - b.getSouth(), b.getEast() - b.getWest());
+      const step = GRID_STEPS.find((s) => span / s <= GRID_MAX_LINES) ?? 10;
+      layer.clearLayers();
+      for (let k = Math.ceil(b.getSouth() / step); k * step <= b.getNorth(); k++) {
+        layer.addLayer(L.polyline([[k * step, b.getWest()], [k * step, b.getEast()]], style));
+      }
+      for (let k = Math.ceil(b.getWest() / step); k * step <= b.getEast(); k++) {
+        layer.addLayer(L.polyline([[b.getSouth(), k * step], [b.getNorth(), k * step]], style));
+      }
+    };
+    map.on("moveend", draw);
+    draw();
+  }
+
+  /** A full-window map on the city: tiles when a template is configured, else paper and graticule. */
+  function makeMap() {
+    const map = L.map("map", { preferCanvas: true }).setView(cityCentre(), 13);
+    const tiles = window.LIVETRACK_TILES || meta("livetrack-tiles");
+    if (tiles) {
+      L.tileLayer(tiles, { maxZoom: 19, attribution: window.LIVETRACK_TILES_ATTRIBUTION || "" }).addTo(map);
+    } else {
+      addGraticule(map);
+    }
+    return map;
+  }
+
+  /** The drivers on the map: newest update per channel wins, older or repeated seqs are ignored. */
+  class Fleet {
+    constructor(map) {
+      this.map = map;
+      this.colours = statusColours();
+      this.drivers = new Map(); // driver_id -> {marker, data, seenAt, stale}
+      this.lastSeq = new Map(); // channel -> seq
+      this.recent = []; // [receivedAt, ageMs] of applied updates
+    }
+
+    /** Apply one `update` message; false when it was a duplicate, old or not a driver location. */
+    apply(msg) {
+      if (!msg || typeof msg.channel !== "string" || !Number.isFinite(msg.seq)) return false;
+      if (msg.seq <= (this.lastSeq.get(msg.channel) ?? -Infinity)) return false;
+      this.lastSeq.set(msg.channel, msg.seq);
+      const now = Date.now();
+      if (Number.isFinite(msg.ts)) this.recent.push([now, now - msg.ts]);
+      const data = msg.data || {};
+      const id = data.driver_id ?? msg.channel;
+      const entry = this.drivers.get(id) ?? this.add(id, data);
+      if (!entry) return false;
+      this.move(entry, data, now);
+      return true;
+    }
+
+    add(id, data) {
+      if (!Number.isFinite(data.lat) || !Number.isFinite(data.lng)) return null;
+      const entry = { data: {}, seenAt: 0, stale: false };
+      entry.marker = L.circleMarker([data.lat, data.lng], {
+        radius: 6, weight: 1.5, color: "#fff", fillOpacity: 0.9, fillColor: this.colour(data.status),
+      }).bindTooltip(() => describe(entry.data)).addTo(this.map);
+      this.drivers.set(id, entry);
+      return entry;
+    }
+
+    move(entry, data, now) {
+      if (Number.isFinite(data.lat) && Number.isFinite(data.lng)) entry.marker.setLatLng([data.lat, data.lng]);
+      if (data.status && data.status !== entry.data.status) {
+        entry.marker.setStyle({ fillColor: this.colour(data.status) });
+      }
+      if (entry.stale) entry.marker.setStyle({ fillOpacity: 0.9, opacity: 1 });
+      Object.assign(entry, { data: { ...entry.data, ...data }, seenAt: now, stale: false });
+    }
+
+    colour(status) {
+      return this.colours[status] || "#495057";
+    }
+
+    /** Fade drivers not heard of for STALE_MS. */
+    fadeStale(now) {
+      for (const entry of this.drivers.values()) {
+        if (!entry.stale && now - entry.seenAt > STALE_MS) {
+          entry.stale = true;
+          entry.marker.setStyle({ fillOpacity: 0.3, opacity: 0.3 });
+        }
+      }
+    }
+
+    /** Updates/s and the p50 age (ms, or null) over the last WINDOW_MS. */
+    rates(now) {
+      const first = this.recent.findIndex(([at]) => at >= now - WINDOW_MS);
+      this.recent.splice(0, first < 0 ? this.recent.length : first);
+      const ages = this.recent.map(([, age]) => age).sort((a, b) => a - b);
+      return { perSecond: this.recent.length / (WINDOW_MS / 1000), p50: ages.length ? ages[ages.length >> 1] : null };
+    }
+  }
+
+  /** Tooltip of a driver, built as text nodes (ids come from devices). */
+  function describe(d) {
+    const el = document.createElement("div");
+    const speed = Number.isFinite(d.speed) ? ` · ${(d.speed * 3.6).toFixed(0)} km/h` : "";
+    el.textContent = `${d.driver_id ?? "?"} · ${d.status ?? "?"}${speed} · seq ${d.seq ?? "?"}`;
+    return el;
+  }
+
+  function formatAge(ms) {
+    if (ms === null) return "–";
+    return Math.abs(ms) < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+  }
+
+  /** The status panel. */
+  const panel = {
+    connection(state, detail = "") {
+      $("conn").dataset.state = state;
+      $("conn").textContent = detail ? `${state} (${detail})` : state;
+    },
+    error(text) {
+      $("error").hidden = !text;
+      $("error").textContent = text || "";
+    },
+    refresh(fleet) {
+      const now = Date.now();
+      const { perSecond, p50 } = fleet.rates(now);
+      fleet.fadeStale(now);
+      $("drivers").textContent = fleet.drivers.size;
+      $("rate").textContent = perSecond.toFixed(1);
+      $("age").textContent = formatAge(p50);
+    },
+  };
+
+  /** Subscribe to `fleet`; runs on every (re)connect, since a new connection has no rooms. */
+  function subscribe(socket, fleet) {
+    socket.timeout(5000).emit("subscribe", { channel: "fleet" }, (err, ack) => {
+      if (err) {
+        panel.error("subscribe: no answer, retrying");
+        if (socket.connected) setTimeout(() => subscribe(socket, fleet), 2000);
+        return;
+      }
+      if (!ack || !ack.ok) {
+        panel.connection("error", "subscribe refused");
+        panel.error(`subscribe refused: ${ack?.error ?? "no reason given"}`);
+        return;
+      }
+      panel.connection("live", ack.channel);
+      panel.error("");
+      if (ack.snapshot) fleet.apply(ack.snapshot);
+    });
+  }
+
+  function connect(fleet) {
+    const token = accessToken();
+    const socket = io("/live", { transports: ["websocket", "polling"], auth: token ? { token } : {} });
+    socket.on("connect", () => {
+      panel.connection("connected");
+      subscribe(socket, fleet);
+    });
+    socket.on("disconnect", (reason) => panel.connection("disconnected", reason));
+    socket.on("connect_error", (err) => {
+      // active: a transport failure the client retries; inactive: the server refused the connection
+      panel.connection(socket.active ? "reconnecting" : "error", socket.active ? "" : "refused");
+      panel.error(err.message);
+    });
+    socket.io.on("reconnect_attempt", (n) => panel.connection("reconnecting", `#${n}`));
+    socket.on("update", (msg) => fleet.apply(msg));
+    return socket;
+  }
+
+  const fleet = new Fleet(makeMap());
+  connect(fleet);
+  setInterval(() => panel.refresh(fleet), 500);
+})();

@@ -1,0 +1,60 @@
+"""HTTP views: thin; domain errors are raised and mapped to HTTP in middlewares.py."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.errors import InvalidInput, NotFound
+from gateway.ingest import parse_locations
+from gateway.keys import BATCHER, BRIDGE, METRICS, SETTINGS, STORE
+
+__all__ = ["post_locations", "get_driver", "healthz", "metrics", "index"]
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def _json_body(request: web.Request) -> object:
+    raw = await request.read()  # over client_max_size aiohttp raises 413 itself
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput("body is not JSON", [{"index": None, "field": "", "reason": str(exc)}]) from None
+
+
+async def post_locations(request: web.Request) -> web.Response:
+    """Accept one ping or a batch; 202 once Kafka has acked every one of them."""
+    app = request.app
+    events = parse_locations(
+        await _json_body(request), max_items=app[SETTINGS].ingest_max_items,
+        received_ts=time.time_ns() // 1_000_000,
+    )
+    await app[BATCHER].submit(events)
+    app[METRICS].ingested.inc(len(events))
+    return web.json_response({"accepted": len(events)}, status=202)
+
+
+async def get_driver(request: web.Request) -> web.Response:
+    """The driver as subscribers last saw it (the snapshot of `driver:{id}`)."""
+    driver_id = request.match_info["driver_id"]
+    update = request.app[STORE].latest(f"driver:{driver_id}")
+    if update is None:
+        raise NotFound(f"unknown driver {driver_id!r}")
+    return web.json_response({**update.data, "channel_seq": update.seq})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ready = request.app[BRIDGE].ready.is_set()
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")

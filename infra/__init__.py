@@ -1,0 +1,1 @@
+"""Infrastructure: settings, the local Kafka broker, topic creation, the CLI."""

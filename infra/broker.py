@@ -1,0 +1,212 @@
+"""One Apache Kafka broker in KRaft mode on 127.0.0.1, from Maven Central jars.
+
+`fetch` copies the jars into a cache outside git (once per version), `start`
+formats storage on first use and spawns the JVM, `wait_ready` blocks until the
+broker answers metadata requests, `stop` ends it by PID.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from infra.settings import Settings
+
+__all__ = ["BrokerError", "LocalBroker", "wait_for_cluster"]
+
+log = logging.getLogger(__name__)
+KAFKA_DIR = Path(__file__).parent / "kafka"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or reached."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def wait_for_cluster(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Block until `bootstrap` answers a metadata request with at least one broker."""
+    # log_level 0: "connection refused" while the broker boots is expected, not news.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if admin.list_topics(timeout=2).brokers:
+                return
+        except Exception as exc:  # librdkafka raises KafkaException while the broker boots
+            last = exc
+        time.sleep(0.2)
+    raise BrokerError(f"no Kafka broker at {bootstrap} after {timeout_s:.0f}s ({last})")
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """The embedded broker described by settings (port, version, jar cache, state dir)."""
+
+    settings: Settings
+
+    @property
+    def libs(self) -> Path:
+        return self.settings.kafka_home / self.settings.kafka_version / "libs"
+
+    @property
+    def home(self) -> Path:
+        return (self.settings.state_dir / f"kafka-{self.settings.kafka_port}").resolve()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    # --- fetch -------------------------------------------------------------
+    def fetch(self) -> Path:
+        """Copy the broker jars from Maven Central into the cache unless already there."""
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        if not shutil.which("mvn"):
+            raise BrokerError("Maven (mvn) is needed to fetch the Kafka jars")
+        tmp = self.libs.with_name("libs.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            "mvn", "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies",
+            f"-Dkafka.version={self.settings.kafka_version}", "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ]
+        log.info("fetching Kafka %s jars with Maven", self.settings.kafka_version)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BrokerError(f"mvn failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        tmp.rename(self.libs)
+        marker.touch()
+        return self.libs
+
+    # --- lifecycle -----------------------------------------------------------
+    def _properties(self) -> str:
+        port = self.settings.kafka_port
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.home / 'data'}",
+            # Topics come from schemas.topics, never from a typo'd producer.
+            "auto.create.topics.enable=false",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=8",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ])
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return [
+            "java", f"-Xmx{self.settings.kafka_heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+            "-cp", f"{self.libs}/*", main, *args,
+        ]
+
+    def _format(self, config: Path) -> None:
+        if (self.home / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        proc = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)),  # ids may start with "-"
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed: {proc.stdout}{proc.stderr}")
+
+    def pid(self) -> int | None:
+        """PID of the running broker, or None."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _port_in_use(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.settings.kafka_port)) == 0
+
+    def start(self, timeout_s: float = 90.0) -> int:
+        """Start the broker unless it runs already; return its PID once it is ready."""
+        if (pid := self.pid()) is not None:
+            wait_for_cluster(self.settings.bootstrap, timeout_s)
+            return pid
+        if self._port_in_use():
+            raise BrokerError(f"port {self.settings.kafka_port} is taken by another process")
+        self.fetch()
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / "server.properties"
+        config.write_text(self._properties())
+        self._format(config)
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the JVM; we stop it by PID
+            )
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            wait_for_cluster(self.settings.bootstrap, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise BrokerError(f"broker did not become ready; see {self.log_file}") from None
+        log.info("Kafka broker %s ready at %s (pid %d)", self.settings.kafka_version,
+                 self.settings.bootstrap, proc.pid)
+        return proc.pid
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the broker by its PID (SIGTERM, then SIGKILL); True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> str:
+        pid = self.pid()
+        return f"running (pid {pid}) at {self.settings.bootstrap}" if pid else "stopped"

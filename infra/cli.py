@@ -1,0 +1,103 @@
+"""`livetrack`: the project's own commands (broker, topics, schemas, gateway, simulator, demo)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from infra.logs import setup_logging
+from infra.settings import Settings
+
+__all__ = ["main"]
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.broker import LocalBroker, wait_for_cluster
+
+    if not settings.embedded_kafka:
+        if args.action in ("start", "status"):
+            wait_for_cluster(settings.bootstrap, timeout_s=10)
+            print(f"using existing cluster at {settings.bootstrap}; nothing started")
+        return 0
+    broker = LocalBroker(settings)
+    if args.action == "fetch":
+        print(broker.fetch())
+    elif args.action == "start":
+        print(f"broker running (pid {broker.start()}) at {settings.bootstrap}")
+    elif args.action == "stop":
+        print("stopped" if broker.stop() else "not running")
+    else:
+        print(broker.status())
+        return 0 if broker.pid() else 3
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.topics import ensure_topics
+
+    created = ensure_topics(settings)
+    print(f"created: {', '.join(created)}" if created else "all declared topics exist")
+    return 0
+
+
+def _schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.avro import write_avsc
+    from schemas.records import PUBLISHED_RECORDS
+
+    for record in PUBLISHED_RECORDS:
+        print(write_avsc(record))
+    return 0
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.main import run
+
+    run(settings)
+    return 0
+
+
+def _sim(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from sim.fleet import run_fleet
+
+    asyncio.run(run_fleet(settings, duration_s=args.duration))
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.demo import run_demo
+
+    return run_demo(settings)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "broker": _broker, "topics": _topics, "schemas": _schemas, "gateway": _gateway, "sim": _sim, "demo": _demo,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livetrack", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("broker", help="the embedded Kafka broker")
+    b.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    t = sub.add_parser("topics", help="create the declared topics (idempotent)")
+    t.add_argument("action", choices=["create"])
+    s = sub.add_parser("schemas", help="write schemas/avsc/*.avsc from the Records")
+    s.add_argument("action", choices=["export"])
+    sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")
+    sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    sub.add_parser("demo", help="broker, topics, worker, gateway and simulator together")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return COMMANDS[args.command](args, Settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

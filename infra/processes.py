@@ -1,0 +1,80 @@
+"""Child processes livetrack starts (worker, gateway, simulator): started with settings, stopped by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import psutil
+
+from infra.settings import Settings
+
+__all__ = ["Proc", "env_for", "spawn", "worker_args", "gateway_args", "sim_args"]
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVETRACK_")}
+    for name, value in settings.model_dump().items():
+        env[f"LIVETRACK_{name.upper()}"] = str(value)
+    return env
+
+
+class Proc:
+    """A child process we started; stopped by its PID, never by name."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], name: str, log: Path) -> None:
+        self.popen = popen
+        self.name = name
+        self.log = log
+        self.ps = psutil.Process(popen.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+        """Signal the process, wait, and SIGKILL it if it does not go."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
+    """Start `args` with `settings`, output to state_dir/logs/<name>.log, in its own session
+    (so a terminal's Ctrl-C reaches only us, and we stop children in order)."""
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(list(args), env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    return Proc(popen, name, log)
+
+
+def worker_args() -> list[str]:
+    # -l info, not warn: at warn Faust's terminal spinner sets the root logger to
+    # DEBUG, and every log.debug() in Faust and aiokafka builds a record (~7% CPU).
+    return [sys.executable, "-m", "faust", "-A", "agents.worker", "worker", "-l", "info"]
+
+
+def gateway_args() -> list[str]:
+    return [sys.executable, "-m", "infra.cli", "gateway"]
+
+
+def sim_args() -> list[str]:
+    return [sys.executable, "-m", "infra.cli", "sim"]

@@ -1,0 +1,88 @@
+"""The one settings object: every knob typed, documented, tied to one LIVETRACK_* variable.
+
+Built once by an entry point (`Settings()` reads the environment) and passed in;
+no other module reads the environment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration for broker, worker, gateway, simulator and benchmarks."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVETRACK_", frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "", description="Existing cluster's bootstrap servers; empty = run the embedded local broker."
+    )
+    kafka_port: int = Field(19092, description="Port of the embedded broker (controller uses port+1).")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    kafka_home: Path = Field(
+        Path.home() / ".cache" / "livetrack" / "kafka",
+        description="Where the broker jars are cached (outside git, fetched once).",
+    )
+    kafka_heap: str = Field("768m", description="Max heap of the embedded broker JVM.")
+    replication_factor: int = Field(1, description="Replication factor of created topics.")
+    partitions: int = Field(8, description="Partitions of the keyed data topics.")
+    locations_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="Retention of the canonical `locations` log (replay)."
+    )
+    push_retention_ms: int = Field(24 * 3600 * 1000, description="Retention of the `push` topic.")
+
+    # --- local state -------------------------------------------------------
+    state_dir: Path = Field(Path(".livetrack"), description="Broker data, worker RocksDB, pid and log files.")
+
+    # --- worker ------------------------------------------------------------
+    app_id: str = Field("livetrack", description="Faust app id: names the consumer group and changelogs.")
+    worker_web_port: int = Field(6066, description="Faust worker web server port (binds 127.0.0.1).")
+    worker_batch_max: int = Field(500, description="Max events an agent takes per batch.")
+    worker_batch_within_s: float = Field(0.002, description="Max wait to fill an agent batch.")
+    table_cache_max: int = Field(200_000, description="Decoded table values cached per table (write-through).")
+    h3_resolution: int = Field(9, ge=0, le=15, description="H3 resolution for driver cell membership.")
+    max_speed_mps: float = Field(
+        83.0, description="Implied speed above which a ping is an impossible jump (300 km/h)."
+    )
+    push_min_distance_m: float = Field(10.0, description="Push a driver move at least this far...")
+    push_min_interval_ms: int = Field(5000, description="...or after this long since the last push.")
+    membership_refresh_ms: int = Field(
+        30_000, description="Re-announce an unchanged cell membership this often (keeps TTL fresh)."
+    )
+    membership_ttl_ms: int = Field(90_000, description="A driver silent this long leaves its cell.")
+
+    # --- gateway -----------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")
+    gateway_port: int = Field(8080, description="Gateway HTTP/Socket.IO port.")
+    ingest_max_items: int = Field(500, description="Max pings in one POST /v1/locations.")
+    ingest_max_body_bytes: int = Field(1 << 20, description="Max request body; larger gets 413.")
+    ingest_linger_ms: float = Field(
+        2.0, description="How long a partition's ingest batch stays open for more pings."
+    )
+    ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")
+
+    # --- simulator ---------------------------------------------------------
+    sim_drivers: int = Field(200, description="Simulated drivers.")
+    sim_rate_hz: float = Field(1.0, description="Pings per second per simulated driver.")
+    sim_city: str = Field("37.7749,-122.4194", description="Simulated city centre 'lat,lng'.")
+    sim_radius_m: float = Field(4000.0, description="Radius of the simulated area.")
+
+    @property
+    def embedded_kafka(self) -> bool:
+        """True when livetrack runs its own broker."""
+        return not self.kafka_bootstrap
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers to connect to, embedded or external."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"

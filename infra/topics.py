@@ -1,0 +1,68 @@
+"""Create the declared topics that are missing; safe to run again and again."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.settings import Settings
+from schemas.topics import ALL_TOPICS, TopicSpec
+
+__all__ = ["TopicError", "ensure_topics", "partition_count", "topic_config"]
+
+log = logging.getLogger(__name__)
+
+
+class TopicError(RuntimeError):
+    """A declared topic could not be created or does not match its declaration."""
+
+
+def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    """Kafka topic config for a declaration under these settings."""
+    config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    if spec.retention_setting:
+        config["retention.ms"] = str(getattr(settings, spec.retention_setting))
+    if settings.replication_factor >= 3:
+        config["min.insync.replicas"] = "2"
+    return {**config, **spec.config}
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] = ALL_TOPICS) -> list[str]:
+    """Create each missing topic; return the names created. Existing ones are checked, not changed."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = list(specs)
+    for spec in wanted:
+        have = existing.get(spec.name)
+        want = spec.partition_count(settings.partitions)
+        if have is not None and len(have.partitions) != want:
+            # Keys would move partitions and break table co-partitioning: refuse, don't "fix".
+            raise TopicError(f"topic {spec.name} has {len(have.partitions)} partitions, declared {want}")
+    new = [
+        NewTopic(spec.name, spec.partition_count(settings.partitions), settings.replication_factor,
+                 config=topic_config(spec, settings))
+        for spec in wanted if spec.name not in existing
+    ]
+    if not new:
+        return []
+    created = []
+    for name, future in admin.create_topics(new, operation_timeout=30).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # another process won the race
+                raise TopicError(f"creating {name}: {exc}") from exc
+    log.info("created topics: %s", ", ".join(created))
+    return created
+
+
+def partition_count(settings: Settings, spec: TopicSpec) -> int:
+    """Partitions the topic has in the cluster (the truth a producer must use)."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    meta = admin.list_topics(spec.name, timeout=10).topics.get(spec.name)
+    if meta is None or meta.error is not None:
+        raise TopicError(f"topic {spec.name} missing; run `livetrack topics create`")
+    return len(meta.partitions)

@@ -1,0 +1,1 @@
+"""Records, their Avro schemas and the topic declarations: the single source of truth."""

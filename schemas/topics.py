@@ -1,0 +1,45 @@
+"""Every topic livetrack uses, declared once with its key, value type and config.
+
+infra creates them from here (idempotently); the Faust app and the gateway bind
+to them from here; nobody spells a topic name anywhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Type
+
+import faust
+
+from schemas.records import CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, PushMessage
+
+__all__ = ["TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "ALL_TOPICS"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic: name, what its key is, its value Record, and how Kafka keeps it."""
+
+    name: str
+    key: str
+    value_type: Type[faust.Record]
+    # None = settings.partitions; co-partitioned topics must agree.
+    partitions: int | None = None
+    compacted: bool = False
+    retention_setting: str | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+    def partition_count(self, default: int) -> int:
+        return self.partitions or default
+
+
+# Batch topics: no key; the record sits on the partition murmur2(driver_id or cell) picks for
+# every item in it (schemas.partitioning), exactly where a keyed record would be.
+LOCATIONS = TopicSpec(
+    "locations", "none (partition = murmur2(driver_id))", LocationBatch, retention_setting="locations_retention_ms"
+)
+DRIVER_STATUS = TopicSpec("driver-status", "driver_id", DriverStatusChanged)
+DRIVER_CELLS = TopicSpec("driver-cells", "none (partition = murmur2(cell))", CellMembershipBatch)
+PUSH = TopicSpec("push", "channel", PushMessage, retention_setting="push_retention_ms")
+LOCATIONS_DLQ = TopicSpec("locations-dlq", "driver_id", DeadLetter, partitions=1)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ)

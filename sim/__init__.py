@@ -1,0 +1,1 @@
+"""Fleet simulator: plausible drivers pinging the gateway's HTTP API."""

@@ -1,0 +1,15 @@
+"""driver_id -> DriverState (Avro bytes): the latest accepted position and status of each driver."""
+from __future__ import annotations
+
+import faust
+
+__all__ = ["NAME", "driver_to_state"]
+
+NAME = "driver_to_state"
+
+
+def driver_to_state(app: faust.App, partitions: int) -> faust.Table:
+    """Declare the table; co-partitioned with `locations`. Values are DriverState Avro bytes
+    (tables.writer encodes once for store and changelog); keys are driver ids as UTF-8."""
+    return app.Table(NAME, key_type=bytes, value_type=bytes, partitions=partitions,
+                     help="latest accepted state per driver (DriverState, Avro)")
