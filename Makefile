@@ -29,7 +29,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-bench: bench-e2e bench-worker
+bench: install
+	$(BIN)/python -m bench $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))
 
 bench-e2e: install
 	$(BIN)/python -m bench.e2e $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION))

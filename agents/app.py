@@ -1,6 +1,7 @@
 """The Faust app factory: topics, tables and agents wired from one Settings."""
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -74,6 +75,10 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         web_host="127.0.0.1",
         web_port=settings.worker_web_port,
         consumer_auto_offset_reset="earliest",
+        # Static membership: a restarted worker (same host and port) takes its partitions
+        # back at once instead of waiting out the dead member's session.
+        consumer_group_instance_id=settings.worker_instance_id or f"{socket.gethostname()}-{settings.worker_web_port}",
+        broker_session_timeout=settings.worker_session_timeout_s,
         producer_acks=-1,
         table_standby_replicas=0 if settings.replication_factor == 1 else 1,
     )

@@ -46,7 +46,8 @@ class IngestBatcher:
     async def submit(self, events: Sequence[LocationEvent]) -> None:
         """Return once every event is in Kafka; raise ProduceError otherwise."""
         waits = {id(b): b.done for b in (self._add(e) for e in events)}
-        await asyncio.gather(*waits.values())
+        # Shielded: a cancelled request (client gone) must not cancel its batch-mates' future.
+        await asyncio.gather(*(asyncio.shield(w) for w in waits.values()))
 
     def _add(self, event: LocationEvent) -> _OpenBatch:
         partition = partition_for(event.driver_id, self.partitions)

@@ -38,7 +38,7 @@ class PushBridge:
         self.decode_errors = 0
         self._codec = codec_for(PushMessage)
         self._stop = threading.Event()
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue(maxsize=1000)
+        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._consumer = Consumer({
             "bootstrap.servers": settings.bootstrap,
             "group.id": f"{settings.app_id}-gateway-{uuid.uuid4().hex[:8]}",  # never joined: assign() only
@@ -78,7 +78,8 @@ class PushBridge:
                     values.append(m.value())
                     self._note_caught_up(m.partition(), m.offset(), loop)
             if values:
-                asyncio.run_coroutine_threadsafe(self._queue.put(values), loop).result()
+                # No waiting for the loop here: the fetch size bounds what can pile up.
+                loop.call_soon_threadsafe(self._queue.put_nowait, values)
 
     def _next_batch(self) -> list:
         # consume(n, timeout) waits for n messages or the timeout: wait for the

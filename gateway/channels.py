@@ -6,10 +6,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.records import ID_PATTERN
+
 __all__ = ["CHANNEL_RE", "Update", "ChannelStore", "update_from_push"]
 
 # driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet`.
-CHANNEL_RE = re.compile(r"^(?:(?:driver|ride|cell):[A-Za-z0-9_.-]{1,64}|fleet)$")
+CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|cell):{ID_PATTERN}|fleet)\Z")
 
 
 @dataclass(frozen=True)

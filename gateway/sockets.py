@@ -64,4 +64,4 @@ class LiveNamespace(socketio.AsyncNamespace):
 
 def _channel_of(data: Any) -> str | None:
     channel = data.get("channel") if isinstance(data, dict) else None
-    return channel if isinstance(channel, str) and CHANNEL_RE.match(channel) else None
+    return channel if isinstance(channel, str) and CHANNEL_RE.fullmatch(channel) else None

@@ -5,10 +5,9 @@ import logging
 import signal
 import threading
 import time
-import urllib.request
 
 from infra.broker import LocalBroker, wait_for_cluster
-from infra.processes import Proc, gateway_args, sim_args, spawn, worker_args
+from infra.processes import Proc, gateway_args, http_ok, sim_args, spawn, worker_args
 from infra.settings import Settings
 from infra.topics import ensure_topics
 
@@ -17,17 +16,9 @@ __all__ = ["run_demo"]
 log = logging.getLogger(__name__)
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # loopback only
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 def _wait_healthy(settings: Settings, procs: list[Proc], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    while not _healthy(f"{settings.gateway_url}/healthz"):
+    while not http_ok(f"{settings.gateway_url}/healthz"):
         dead = [p.name for p in procs if not p.alive()]
         if dead or time.monotonic() > deadline:
             raise RuntimeError(f"{', '.join(dead) or 'gateway'} did not come up; see {settings.state_dir / 'logs'}")

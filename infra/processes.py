@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ import psutil
 
 from infra.settings import Settings
 
-__all__ = ["Proc", "env_for", "spawn", "worker_args", "gateway_args", "sim_args"]
+__all__ = ["Proc", "env_for", "http_ok", "spawn", "worker_args", "gateway_args", "sim_args"]
 
 
 def env_for(settings: Settings) -> dict[str, str]:
@@ -26,18 +27,23 @@ def env_for(settings: Settings) -> dict[str, str]:
 class Proc:
     """A child process we started; stopped by its PID, never by name."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes] | None, name: str, log: Path | None, pid: int = 0) -> None:
         self.popen = popen
         self.name = name
-        self.log = log
-        self.ps = psutil.Process(popen.pid)
+        self.log = log if log is not None else Path("/dev/null")
+        self.ps = psutil.Process(popen.pid if popen is not None else pid)
+
+    @classmethod
+    def attach(cls, pid: int, name: str) -> "Proc":
+        """A process started elsewhere (the broker): measured, not stopped, by this object."""
+        return cls(None, name, None, pid)
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.ps.pid
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.ps.is_running() if self.popen is None else self.popen.poll() is None
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -45,6 +51,8 @@ class Proc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
         """Signal the process, wait, and SIGKILL it if it does not go."""
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} was not started here; stop it where it was started")
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
@@ -64,6 +72,15 @@ def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
         popen = subprocess.Popen(list(args), env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
     return Proc(popen, name, log)
+
+
+def http_ok(url: str) -> bool:
+    """True when `url` (on loopback) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def worker_args() -> list[str]:

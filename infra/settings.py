@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------
     app_id: str = Field("livetrack", description="Faust app id: names the consumer group and changelogs.")
     worker_web_port: int = Field(6066, description="Faust worker web server port (binds 127.0.0.1).")
+    worker_instance_id: str = Field(
+        "", description="Static consumer-group member id ('' = hostname-webport); unique per worker."
+    )
+    worker_session_timeout_s: float = Field(
+        15.0, description="A worker silent this long loses its partitions to the others."
+    )
     worker_batch_max: int = Field(500, description="Max events an agent takes per batch.")
     worker_batch_within_s: float = Field(0.002, description="Max wait to fill an agent batch.")
     table_cache_max: int = Field(200_000, description="Decoded table values cached per table (write-through).")
@@ -62,7 +68,7 @@ class Settings(BaseSettings):
     ingest_max_items: int = Field(500, description="Max pings in one POST /v1/locations.")
     ingest_max_body_bytes: int = Field(1 << 20, description="Max request body; larger gets 413.")
     ingest_linger_ms: float = Field(
-        2.0, description="How long a partition's ingest batch stays open for more pings."
+        5.0, description="How long a partition's ingest batch stays open for more pings."
     )
     ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
     cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")

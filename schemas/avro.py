@@ -89,8 +89,8 @@ class AvroCodec(Codec):
         super().__init__(record=record, **kwargs)
         self.record = record
         self.parsed = parse_schema(avro_schema(record))
-        fp = int(fingerprint(to_parsing_canonical_form(self.parsed), "CRC-64-AVRO"), 16)
-        self.header = MAGIC + fp.to_bytes(8, "little")
+        # fastavro's hex is already the fingerprint's little-endian bytes, as the spec writes them.
+        self.header = MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(self.parsed), "CRC-64-AVRO"))
 
     def _dumps(self, obj: Any) -> bytes:
         if isinstance(obj, faust.Record):

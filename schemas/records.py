@@ -13,6 +13,8 @@ from faust.models.fields import FloatField, IntegerField, StringField
 
 __all__ = [
     "ChoiceField",
+    "ID_PATTERN",
+    "IdField",
     "DRIVER_STATUSES",
     "LocationEvent",
     "LocationBatch",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 DRIVER_STATUSES = ("OFFLINE", "AVAILABLE", "EN_ROUTE", "ON_TRIP")
+# Ids become channel names (driver:{id}): a charset every client and URL carries unescaped.
+ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 MEMBERSHIP_OPS = ("JOIN", "LEAVE", "REFRESH")
 
 
@@ -43,8 +47,14 @@ class _Record(faust.Record, abstract=True, include_metadata=False):  # type: ign
     """Base: no Faust metadata on the wire (Avro carries the schema)."""
 
 
+class IdField(StringField):
+    """An identifier: 1-64 characters of ID_PATTERN."""
+
+    pattern = ID_PATTERN
+
+
 def _id(**kw: object) -> StringField:
-    return StringField(min_length=1, max_length=64, **kw)  # type: ignore[arg-type]
+    return IdField(min_length=1, max_length=64, **kw)  # type: ignore[arg-type]
 
 
 def _epoch_ms(**kw: object) -> IntegerField:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -9,7 +10,7 @@ from typing import Any, Iterator, Mapping, Type
 
 import faust
 
-from schemas.records import ChoiceField
+from schemas.records import ChoiceField, IdField
 
 __all__ = ["FieldError", "field_errors", "range_errors"]
 
@@ -55,6 +56,7 @@ class _FieldPlan:
     min_len: int | None = None
     max_len: int | None = None
     choices: tuple[str, ...] | None = None
+    pattern: re.Pattern[str] | None = None
 
     def constraint_reasons(self, value: Any) -> Iterator[str]:
         if self.lo is not None and value < self.lo:
@@ -63,8 +65,10 @@ class _FieldPlan:
             yield f"must be <= {self.hi}"
         if self.min_len is not None and len(value) < self.min_len:
             yield "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} characters"
-        if self.max_len is not None and len(value) > self.max_len:
+        elif self.max_len is not None and len(value) > self.max_len:
             yield f"must have at most {self.max_len} characters"
+        elif self.pattern is not None and not self.pattern.fullmatch(value):
+            yield "may only contain letters, digits, '_', '.' and '-'"
         if self.choices is not None and value not in self.choices:
             yield f"must be one of {', '.join(self.choices)}"
 
@@ -85,6 +89,7 @@ def _plan(record: Type[faust.Record], skip: frozenset[str], names: tuple[tuple[s
             lo=getattr(d, "min_value", None), hi=getattr(d, "max_value", None),
             min_len=getattr(d, "min_length", None), max_len=getattr(d, "max_length", None),
             choices=d.choices if isinstance(d, ChoiceField) else None,
+            pattern=re.compile(d.pattern) if isinstance(d, IdField) else None,
         ))
     return tuple(plans)
 
@@ -129,6 +134,8 @@ def range_errors(record: Type[faust.Record], data: Mapping[str, Any]) -> list[Fi
         if value is None:
             if plan.required:
                 errors.append(FieldError(plan.name, "is required"))
-        elif plan.lo is not None or plan.hi is not None or plan.min_len is not None or plan.max_len is not None:
+        elif plan.expected is float and not math.isfinite(value):
+            errors.append(FieldError(plan.name, "must be finite"))
+        elif plan.choices is None:  # an Avro enum already guarantees its symbols
             errors.extend(FieldError(plan.name, r) for r in plan.constraint_reasons(value))
     return errors

@@ -1,0 +1,134 @@
+"""Event-to-screen latency: HTTP POST of a ping -> the subscribed Socket.IO client has its update.
+
+A sender process posts one ping per request at a fixed rate (drivers at 1 Hz,
+as phones ping); this process holds an official python-socketio client
+subscribed to every driver's channel and timestamps each update on arrival.
+Latency counts from the ping's `ts`, stamped as the POST is sent, so it includes ingest.
+Every ping moves its driver past the push threshold, so each one must arrive.
+
+    python -m bench.e2e [--rate 1000] [--duration 30]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import time
+from typing import Any
+
+import psutil
+import socketio
+
+from bench.harness import bench_settings, broker_for, emit, percentiles, wait_until
+from bench.loadgen import post_at_rate
+from infra.broker import LocalBroker
+from infra.processes import Proc, gateway_args, http_ok, spawn, worker_args
+from infra.settings import Settings
+
+WARMUP_S = 3.0
+
+
+def ping(driver: str, seq: int, now_ms: int) -> dict[str, Any]:
+    """Driver moves 25 m north per ping: always a pushed move, never a teleport."""
+    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * 25 / 111_195, "lng": -122.45,
+            "ts": now_ms, "speed": 25.0}
+
+
+async def _send(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> dict:
+    host, port = url.split("//")[1].split(":")
+    n = int(rate * duration_s)
+
+    def body(i: int) -> dict:  # `ts` is stamped now: the receiver's latency is arrival - ts
+        return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000))
+
+    result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate)
+    return {"sent": result.sent, "accepted": result.statuses.get(202, 0),
+            "errors": result.errors + result.sent - result.statuses.get(202, 0), "rate": result.rate}
+
+
+def sender(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int, out: Any) -> None:
+    """Child process: post pings at the rate, then report counts."""
+    out.put(asyncio.run(_send(url, drivers, rate, duration_s, first_seq)))
+
+
+def _run_sender(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> Any:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=sender, args=(url, drivers, rate, duration_s, first_seq, out))
+    proc.start()
+    return proc, out
+
+
+async def measure(settings: Settings, rate: float, duration_s: float) -> dict[str, Any]:
+    drivers = [f"e2e-{i:05d}" for i in range(max(1, int(rate)))]  # 1 Hz each
+    latencies: list[float] = []
+    measured_from: list[int] = [10**9]  # seqs at or above this belong to the measured run
+
+    def on_update(m: dict) -> None:
+        if m["data"]["seq"] >= measured_from[0]:
+            latencies.append(time.time() * 1000 - m["data"]["ts"])
+
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("update", on_update, namespace="/live")
+    await client.connect(settings.gateway_url, namespaces=["/live"], transports=["websocket"])
+    await asyncio.gather(*(client.call("subscribe", {"channel": f"driver:{d}"}, namespace="/live", timeout=30)
+                           for d in drivers))
+    loop = asyncio.get_running_loop()
+    warmup_pings = int(rate * WARMUP_S)
+    after_warmup = 1 + -(-warmup_pings // len(drivers))  # each driver's next seq: no gap, no teleport
+    for first_seq, secs in ((1, WARMUP_S), (after_warmup, duration_s)):  # warm-up, then the measured run
+        measured_from[0] = first_seq if first_seq > 1 else 10**9
+        proc, out = _run_sender(settings.gateway_url, drivers, rate, secs, first_seq)
+        result = await loop.run_in_executor(None, out.get)
+        await loop.run_in_executor(None, proc.join)
+        await asyncio.sleep(3.0)  # stragglers
+    await client.disconnect()
+    return {
+        "e2e_rate": round(result["rate"], 1), "e2e_sent": result["sent"], "e2e_received": len(latencies),
+        "e2e_lost": result["accepted"] - len(latencies), "e2e_http_errors": result["errors"],
+        **percentiles(latencies, "e2e"),
+    }
+
+
+def _cpu(procs: dict[str, Proc]) -> dict[str, float]:
+    return {name: p.cpu_s() for name, p in procs.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=1000.0, help="pings per second")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured (after a warm-up)")
+    args = p.parse_args()
+    emit(run(args.rate, args.duration))
+
+
+def run(rate: float, duration_s: float) -> dict[str, Any]:
+    settings = bench_settings(app_id=f"livetrack-e2e-{int(time.time())}")
+    with broker_for(settings):
+        (settings.state_dir / "worker").mkdir(parents=True, exist_ok=True)
+        procs = {"worker": spawn(worker_args(), settings, "e2e-worker"),
+                 "gateway": spawn(gateway_args(), settings, "e2e-gateway")}
+        try:
+            ready = {"worker": lambda: b"Worker]: Ready" in procs["worker"].log.read_bytes(),
+                     "gateway": lambda: http_ok(f"{settings.gateway_url}/healthz")}
+            for name, check in ready.items():
+                if not wait_until(check, 90):
+                    raise SystemExit(f"{name} did not start; see {procs[name].log}")
+            broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
+            if broker_pid is not None:
+                procs["broker"] = Proc.attach(broker_pid, "broker")
+            psutil.cpu_percent()
+            cpu0, t0 = _cpu(procs), time.perf_counter()
+            figures = asyncio.run(measure(settings, rate, duration_s))
+            cpu1, t1 = _cpu(procs), time.perf_counter()
+            figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
+        finally:
+            for name in ("worker", "gateway"):
+                procs[name].stop()
+    for name in procs:
+        figures[f"{name}_cpu_pct"] = round((cpu1[name] - cpu0[name]) / (t1 - t0) * 100, 1)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

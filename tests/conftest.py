@@ -1,0 +1,50 @@
+"""Session fixtures: one real Kafka broker for the test session, started lazily, stopped at the end."""
+from __future__ import annotations
+
+import random
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from infra.broker import LocalBroker
+from infra.settings import Settings
+from infra.topics import ensure_topics
+
+
+def _free_port(pairs: bool = False) -> int:
+    """A loopback port that is free (and, with pairs, so is the next one: broker + controller)."""
+    for _ in range(200):
+        port = random.randint(20_000, 40_000)
+        ports = (port, port + 1) if pairs else (port,)
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings naming this session's own broker (or LIVETRACK_KAFKA_BOOTSTRAP's cluster), topics created."""
+    state = Path(tmp_path_factory.mktemp("livetrack"))
+    settings = Settings(
+        kafka_port=_free_port(pairs=True), state_dir=state, partitions=4,
+        app_id=f"livetrack-test-{uuid.uuid4().hex[:8]}",
+        gateway_port=_free_port(), worker_web_port=_free_port(),
+        ingest_max_items=50, ingest_max_body_bytes=64 * 1024,
+    )
+    broker = LocalBroker(settings) if settings.embedded_kafka else None
+    if broker is not None:
+        broker.start()
+    try:
+        ensure_topics(settings)
+        yield settings
+    finally:
+        if broker is not None:
+            broker.stop()
