@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install demo test bench bench-e2e bench-worker clean
+.PHONY: install browser demo test bench bench-e2e bench-worker clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,14 @@ $(VENDOR)/.installed: gateway/package.json gateway/package-lock.json
 install: $(VENV)/.installed $(VENDOR)/.installed
 	$(BIN)/livetrack broker fetch >/dev/null
 
+# The page test drives Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: install
 	$(BIN)/livetrack demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

@@ -25,7 +25,7 @@ from infra.broker import LocalBroker
 from infra.processes import Proc, gateway_args, http_ok, spawn, worker_args
 from infra.settings import Settings
 
-WARMUP_S = 3.0
+WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
 
 
 def ping(driver: str, seq: int, now_ms: int) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 A request's pings are split by the partition their driver hashes to and
 appended to that partition's open batch; a batch is produced when it is full
-or `linger_s` after it opened, like a Kafka producer's linger but one level
-up, so the worker pays Faust's per-record cost once per batch, not per ping.
-Each request is answered once every batch holding its pings is acked.
+or when the shared tick fires `linger_s` after the first ping arrived, like a
+Kafka producer's linger but one level up, so the worker pays Faust's
+per-record cost once per batch, not per ping. One tick for all partitions
+puts their batches in one produce request. Each request is answered once
+every batch holding its pings is acked.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ class _OpenBatch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.events: list[dict] = []
         self.done: asyncio.Future[None] = loop.create_future()
-        self.timer: asyncio.TimerHandle | None = None
 
 
 class IngestBatcher:
@@ -39,6 +40,7 @@ class IngestBatcher:
         self.max_events = max_events
         self.codec = codec_for(LocationBatch)
         self._open: dict[int, _OpenBatch] = {}
+        self._tick: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.records = 0
         self.events = 0
@@ -55,18 +57,22 @@ class IngestBatcher:
         if batch is None:
             loop = asyncio.get_running_loop()
             batch = self._open[partition] = _OpenBatch(loop)
-            batch.timer = loop.call_later(self.linger_s, self._flush, partition)
+            if self._tick is None:
+                self._tick = loop.call_later(self.linger_s, self._flush_all)
         batch.events.append(event.asdict())
         if len(batch.events) >= self.max_events:
             self._flush(partition)
         return batch
 
+    def _flush_all(self) -> None:
+        self._tick = None
+        for partition in list(self._open):
+            self._flush(partition)
+
     def _flush(self, partition: int) -> None:
         batch = self._open.pop(partition, None)
         if batch is None:
             return
-        if batch.timer is not None:
-            batch.timer.cancel()
         task = asyncio.get_running_loop().create_task(self._produce(partition, batch))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -86,7 +92,8 @@ class IngestBatcher:
 
     async def close(self) -> None:
         """Produce what is open and wait for it."""
-        for partition in list(self._open):
-            self._flush(partition)
+        if self._tick is not None:
+            self._tick.cancel()
+        self._flush_all()
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)

@@ -49,6 +49,16 @@ def _schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    """Every setting as a Markdown table: variable, default, meaning (the README's is made by this)."""
+    print("| variable | default | meaning |\n|---|---|---|")
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "~/.cache/livetrack/kafka" if name == "kafka_home" else default
+        print(f"| `LIVETRACK_{name.upper()}` | `{shown}` | {field.description} |")
+    return 0
+
+
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.main import run
 
@@ -61,7 +71,10 @@ def _sim(args: argparse.Namespace, settings: Settings) -> int:
 
     from sim.fleet import run_fleet
 
-    asyncio.run(run_fleet(settings, duration_s=args.duration))
+    try:
+        asyncio.run(run_fleet(settings, duration_s=args.duration))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how the simulator is meant to stop
     return 0
 
 
@@ -72,7 +85,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "broker": _broker, "topics": _topics, "schemas": _schemas, "gateway": _gateway, "sim": _sim, "demo": _demo,
+    "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings, "gateway": _gateway,
+    "sim": _sim, "demo": _demo,
 }
 
 
@@ -86,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("action", choices=["create"])
     s = sub.add_parser("schemas", help="write schemas/avsc/*.avsc from the Records")
     s.add_argument("action", choices=["export"])
+    sub.add_parser("settings", help="print every LIVETRACK_* setting with its default and meaning")
     sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")
     sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")

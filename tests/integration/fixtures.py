@@ -19,7 +19,7 @@ __all__ = ["Pipeline", "Subscriber", "end_offsets", "read_topic", "ping"]
 
 def ping(driver: str, seq: int, *, step_m: float = 100.0, ts: int | None = None) -> dict[str, Any]:
     """A valid ping: the driver moves `step_m` north per seq, one second per seq."""
-    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * step_m / 111_195, "lng": -122.45,
+    return {"driver_id": driver, "seq": seq, "lat": 37.7749 + seq * step_m / 111_195, "lng": -122.4194,
             "ts": ts if ts is not None else 1_700_000_000_000 + seq * 1000, "speed": 10.0}
 
 

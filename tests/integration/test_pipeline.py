@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from typing import AsyncIterator
-
 import aiohttp
 import pytest
 
@@ -18,15 +16,6 @@ from schemas.topics import LOCATIONS, LOCATIONS_DLQ
 from tests.integration.fixtures import Pipeline, Subscriber, end_offsets, ping, read_topic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-async def pipeline(kafka_settings: Settings) -> AsyncIterator[Pipeline]:
-    p = Pipeline(kafka_settings)
-    p.start_worker()
-    await p.start_gateway()
-    yield p
-    p.stop()
 
 
 def driver() -> str:
