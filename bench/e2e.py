@@ -78,16 +78,42 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
     after_warmup = 1 + -(-warmup_pings // len(drivers))  # each driver's next seq: no gap, no teleport
     for first_seq, secs in ((1, WARMUP_S), (after_warmup, duration_s)):  # warm-up, then the measured run
         measured_from[0] = first_seq if first_seq > 1 else 10**9
+        emitted_before = _emit_buckets(settings)
         proc, out = _run_sender(settings.gateway_url, drivers, rate, secs, first_seq)
         result = await loop.run_in_executor(None, out.get)
         await loop.run_in_executor(None, proc.join)
         await asyncio.sleep(3.0)  # stragglers
     await client.disconnect()
+    emitted = {le: n - emitted_before.get(le, 0) for le, n in _emit_buckets(settings).items()}
     return {
+        "gateway_emit_p50_ms": _bucket_quantile(emitted, 0.5), "gateway_emit_p95_ms": _bucket_quantile(emitted, 0.95),
         "e2e_rate": round(result["rate"], 1), "e2e_sent": result["sent"], "e2e_received": len(latencies),
         "e2e_lost": result["accepted"] - len(latencies), "e2e_http_errors": result["errors"],
         **percentiles(latencies, "e2e"),
     }
+
+
+def _emit_buckets(settings: Settings) -> dict[float, float]:
+    """The gateway's event-to-emit histogram (cumulative counts by upper bound, seconds)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{settings.gateway_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("livetrack_event_to_emit_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """Upper bound (ms) of the histogram bucket holding quantile q: coarse, server-side only."""
+    total = max(buckets.values(), default=0)
+    for le in sorted(buckets):
+        if total and buckets[le] >= q * total:
+            return le * 1000
+    return float("nan")
 
 
 def _cpu(procs: dict[str, Proc]) -> dict[str, float]:

@@ -43,7 +43,6 @@ class PushBridge:
             "bootstrap.servers": settings.bootstrap,
             "group.id": f"{settings.app_id}-gateway-{uuid.uuid4().hex[:8]}",  # never joined: assign() only
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
             "log_level": 3,
         })
         self._thread: threading.Thread | None = None

@@ -136,7 +136,7 @@ class LocalBroker:
 
     def _java(self, main: str, *args: str) -> list[str]:
         return [
-            "java", f"-Xmx{self.settings.kafka_heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java", f"-Xmx{self.settings.kafka_heap}", *self.settings.kafka_jvm_opts.split(), "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
             "-cp", f"{self.libs}/*", main, *args,
         ]

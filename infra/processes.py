@@ -1,6 +1,7 @@
 """Child processes livetrack starts (worker, gateway, simulator): started with settings, stopped by PID."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from typing import Sequence
 import psutil
 
 from infra.settings import Settings
+
+PR_SET_PDEATHSIG = 1
 
 __all__ = ["Proc", "env_for", "http_ok", "spawn", "worker_args", "gateway_args", "sim_args"]
 
@@ -62,6 +65,12 @@ class Proc:
                 self.popen.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when its parent dies (Linux), so nothing is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
     """Start `args` with `settings`, output to state_dir/logs/<name>.log, in its own session
     (so a terminal's Ctrl-C reaches only us, and we stop children in order)."""
@@ -70,7 +79,8 @@ def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
         popen = subprocess.Popen(list(args), env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     return Proc(popen, name, log)
 
 

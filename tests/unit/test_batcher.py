@@ -173,15 +173,36 @@ async def test_a_full_batch_is_produced_at_once() -> None:
 async def test_the_rest_after_a_full_batch_opens_a_new_one() -> None:
     producer = FakeProducer()
     batcher = _batcher(producer, linger_s=LONG, max_events=3)
+    await _flushed_once(batcher, producer)
     events = [_ev(d) for d in _drivers_on(5, 5)]
     task = asyncio.create_task(batcher.submit(events))
     await _ticks()
     assert [s.events() for s in producer.sent] == [_dicts(events[:3])]
-    assert not task.done()  # two pings still wait in the open batch
+    assert not task.done()  # two pings still wait: a flush happened less than a linger ago
     await _soon(batcher.close())
     await _soon(task)
     assert [s.events() for s in producer.sent] == [_dicts(events[:3]), _dicts(events[3:])]
     assert {s.partition for s in producer.sent} == {5}
+
+
+async def test_a_lone_ping_after_a_quiet_spell_goes_at_once() -> None:
+    producer = FakeProducer()
+    batcher = _batcher(producer, linger_s=LONG)
+    (d,) = _drivers_on(2)
+    await _soon(batcher.submit([_ev(d)]))  # no flush for a linger (ever): nothing to wait for
+    assert len(producer.sent) == 1
+    task = asyncio.create_task(batcher.submit([_ev(d)]))
+    await _ticks()
+    assert len(producer.sent) == 1 and not task.done()  # just flushed: this one waits for the linger
+    await _soon(batcher.close())
+    await _soon(task)
+
+
+async def _flushed_once(batcher: IngestBatcher, producer: FakeProducer) -> None:
+    """Make the batcher have flushed just now, then forget what it sent."""
+    (d,) = _drivers_on(7)
+    await _soon(batcher.submit([_ev(d)]))
+    producer.sent.clear()
 
 
 async def test_records_decode_to_the_submitted_events() -> None:
@@ -236,6 +257,7 @@ async def test_a_failure_does_not_outlive_its_batch() -> None:
 async def test_close_flushes_open_batches() -> None:
     producer = FakeProducer()
     batcher = _batcher(producer, linger_s=LONG)
+    await _flushed_once(batcher, producer)
     a, b = [_ev(_drivers_on(p)[0]) for p in (0, 1)]
     tasks = [asyncio.create_task(batcher.submit([a])), asyncio.create_task(batcher.submit([b]))]
     await _ticks()
