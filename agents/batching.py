@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, Type, TypeVar
+from typing import Awaitable, Callable, Iterator, Sequence, Type, TypeVar
 
 import faust
 from faust.streams import _current_event
@@ -14,7 +14,7 @@ from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.records import DeadLetter
 
-__all__ = ["AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records"]
+__all__ = ["AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records", "register_batched"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=faust.Record)
@@ -75,3 +75,18 @@ def decode_records(
             yield event, codec.loads(event.message.value)
         except Exception as exc:  # any malformed bytes: fastavro raises many types
             dead_letters.send(group, event, f"undecodable {record.__name__}: {type(exc).__name__}: {exc}")
+
+
+def register_batched(
+    app: faust.App, topic: faust.TopicT, name: str, process: Callable[[Sequence[faust.EventT]], Awaitable[None]],
+    *, batch_max: int, batch_within_s: float,
+) -> faust.types.AgentT:
+    """An agent named `name` on `topic` that hands `process` up to `batch_max` events at a time;
+    Faust acks a batch only after `process` returns."""
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch_max, within=batch_within_s):
+            await process(events)
+
+    agent.__name__ = agent.__qualname__ = name
+    return app.agent(topic, name=name)(agent)

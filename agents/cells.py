@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import faust
 
-from agents.batching import DeadLetters, bind_event, decode_records
+from agents.batching import DeadLetters, bind_event, decode_records, register_batched
 from infra.producer import AsyncProducer
 from schemas.records import CellMembershipBatch
 from tables.writer import TableWriter
@@ -73,9 +73,5 @@ class CellsAgent:
 def register(app: faust.App, driver_cells: faust.TopicT, agent: CellsAgent, *, batch_max: int,
              batch_within_s: float) -> faust.types.AgentT:
     """Attach the cells agent to `app`."""
-
-    async def track_cell_drivers(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_max, within=batch_within_s):
-            await agent.process(events)
-
-    return app.agent(driver_cells, name="track_cell_drivers")(track_cell_drivers)
+    return register_batched(app, driver_cells, "track_cell_drivers", agent.process, batch_max=batch_max,
+                            batch_within_s=batch_within_s)

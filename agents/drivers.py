@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import faust
 
-from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records
+from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records, register_batched
 from agents.geo import cell_of, haversine_m
 from infra.producer import AsyncProducer, DeliveryGroup
 from infra.settings import Settings
@@ -237,9 +237,5 @@ class DriversAgent:
 def register(app: faust.App, locations: faust.TopicT, agent: DriversAgent, *, batch_max: int,
              batch_within_s: float) -> faust.types.AgentT:
     """Attach the drivers agent to `app`."""
-
-    async def track_driver_locations(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_max, within=batch_within_s):
-            await agent.process(events)
-
-    return app.agent(locations, name="track_driver_locations")(track_driver_locations)
+    return register_batched(app, locations, "track_driver_locations", agent.process, batch_max=batch_max,
+                            batch_within_s=batch_within_s)
