@@ -14,15 +14,17 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import time
+import urllib.request
 from typing import Any
 
 import psutil
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import bench_settings, broker_for, emit, percentiles, wait_until
+from bench.harness import bench_settings, emit, percentiles
 from bench.loadgen import post_at_rate
-from infra.broker import LocalBroker
-from infra.processes import Proc, gateway_args, http_ok, spawn, worker_args
+from infra.broker import LocalBroker, kafka_running
+from infra.processes import WORKER_READY, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
@@ -42,8 +44,8 @@ async def _send(url: str, drivers: list[str], rate: float, duration_s: float, fi
         return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000))
 
     result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate)
-    return {"sent": result.sent, "accepted": result.statuses.get(202, 0),
-            "errors": result.errors + result.sent - result.statuses.get(202, 0), "rate": result.rate}
+    accepted = result.statuses.get(202, 0)
+    return {"sent": result.sent, "accepted": accepted, "errors": result.sent - accepted, "rate": result.rate}
 
 
 def sender(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int, out: Any) -> None:
@@ -95,16 +97,13 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
 
 def _emit_buckets(settings: Settings) -> dict[float, float]:
     """The gateway's event-to-emit histogram (cumulative counts by upper bound, seconds)."""
-    import urllib.request
-
     with urllib.request.urlopen(f"{settings.gateway_url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith("livetrack_event_to_emit_seconds_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
-    return buckets
+        families = text_string_to_metric_families(resp.read().decode())
+    return {
+        float(s.labels["le"]): s.value
+        for family in families if family.name == "livetrack_event_to_emit_seconds"
+        for s in family.samples if s.name.endswith("_bucket")
+    }
 
 
 def _bucket_quantile(buckets: dict[float, float], q: float) -> float:
@@ -116,8 +115,8 @@ def _bucket_quantile(buckets: dict[float, float], q: float) -> float:
     return float("nan")
 
 
-def _cpu(procs: dict[str, Proc]) -> dict[str, float]:
-    return {name: p.cpu_s() for name, p in procs.items()}
+def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
 
 
 def main() -> None:
@@ -130,28 +129,25 @@ def main() -> None:
 
 def run(rate: float, duration_s: float) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-e2e-{int(time.time())}")
-    with broker_for(settings):
-        (settings.state_dir / "worker").mkdir(parents=True, exist_ok=True)
-        procs = {"worker": spawn(worker_args(), settings, "e2e-worker"),
-                 "gateway": spawn(gateway_args(), settings, "e2e-gateway")}
+    with kafka_running(settings, fresh=True):
+        worker = spawn(worker_args(), settings, "e2e-worker")
+        gateway = spawn(gateway_args(), settings, "e2e-gateway")
         try:
-            ready = {"worker": lambda: b"Worker]: Ready" in procs["worker"].log.read_bytes(),
-                     "gateway": lambda: http_ok(f"{settings.gateway_url}/healthz")}
-            for name, check in ready.items():
-                if not wait_until(check, 90):
-                    raise SystemExit(f"{name} did not start; see {procs[name].log}")
+            worker.wait_for_output(WORKER_READY, 90)
+            wait_http_ok(f"{settings.gateway_url}/healthz", [gateway], 90)
+            measured = {"worker": worker.ps, "gateway": gateway.ps}
             broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
             if broker_pid is not None:
-                procs["broker"] = Proc.attach(broker_pid, "broker")
+                measured["broker"] = psutil.Process(broker_pid)
             psutil.cpu_percent()
-            cpu0, t0 = _cpu(procs), time.perf_counter()
+            cpu0, t0 = _cpu(measured), time.perf_counter()
             figures = asyncio.run(measure(settings, rate, duration_s))
-            cpu1, t1 = _cpu(procs), time.perf_counter()
+            cpu1, t1 = _cpu(measured), time.perf_counter()
             figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
         finally:
-            for name in ("worker", "gateway"):
-                procs[name].stop()
-    for name in procs:
+            gateway.stop()
+            worker.stop()
+    for name in measured:
         figures[f"{name}_cpu_pct"] = round((cpu1[name] - cpu0[name]) / (t1 - t0) * 100, 1)
     return figures
 

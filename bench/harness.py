@@ -1,19 +1,15 @@
-"""What the benchmarks share: their own broker, processes started and stopped by PID, percentiles."""
+"""What the benchmarks share: their own settings (broker port, state dir), percentiles, output."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from hdrh.histogram import HdrHistogram
 
-from infra.broker import LocalBroker
 from infra.settings import Settings
-from infra.topics import ensure_topics
 
-__all__ = ["bench_settings", "broker_for", "percentiles", "emit", "wait_until"]
+__all__ = ["bench_settings", "percentiles", "emit", "wait_until"]
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -25,23 +21,6 @@ def bench_settings(**overrides: Any) -> Settings:
         **overrides,
     }
     return base.model_copy(update=values)
-
-
-@contextmanager
-def broker_for(settings: Settings) -> Iterator[None]:
-    """A fresh embedded broker (or the configured cluster) with the declared topics."""
-    broker = LocalBroker(settings) if settings.embedded_kafka else None
-    if broker is not None:
-        broker.stop()
-        # A new broker has empty changelogs: worker state from an old one must go too.
-        shutil.rmtree(settings.state_dir, ignore_errors=True)
-        broker.start()
-    try:
-        ensure_topics(settings)
-        yield
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def percentiles(values_ms: Sequence[float], prefix: str) -> dict[str, float]:

@@ -16,7 +16,8 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from bench.harness import bench_settings, broker_for, emit, wait_until
+from bench.harness import bench_settings, emit, wait_until
+from infra.broker import kafka_running
 from infra.processes import spawn, worker_args
 from gateway.batcher import IngestBatcher
 from infra.producer import AsyncProducer
@@ -94,7 +95,7 @@ def main() -> None:
     settings = bench_settings(app_id=f"livetrack-bench-{int(time.time())}")
     now = int(time.time() * 1000)
     figures: dict[str, float] = {}
-    with broker_for(settings):
+    with kafka_running(settings, fresh=True):
         asyncio.run(fill(settings, pings(args.drivers, args.pings, 1, now), args.batch))
         batched = drain(settings, args.pings, 600)
         single_n = args.pings // 4

@@ -122,9 +122,8 @@ class PushBridge:
     async def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            # The consumer thread may be blocked handing a batch to the loop: keep the loop turning.
-            while self._thread.is_alive():
-                await asyncio.sleep(0.02)
+            # It never waits on the loop, so it ends within one poll timeout.
+            await asyncio.to_thread(self._thread.join)
         if self._pump is not None:
             self._pump.cancel()
         self._consumer.close()

@@ -15,14 +15,17 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from confluent_kafka.admin import AdminClient
 
 from infra.settings import Settings
+from infra.topics import ensure_topics
 
-__all__ = ["BrokerError", "LocalBroker", "wait_for_cluster"]
+__all__ = ["BrokerError", "LocalBroker", "kafka_running", "wait_for_cluster"]
 
 log = logging.getLogger(__name__)
 KAFKA_DIR = Path(__file__).parent / "kafka"
@@ -210,3 +213,24 @@ class LocalBroker:
     def status(self) -> str:
         pid = self.pid()
         return f"running (pid {pid}) at {self.settings.bootstrap}" if pid else "stopped"
+
+
+@contextmanager
+def kafka_running(settings: Settings, *, fresh: bool = False) -> Iterator[None]:
+    """The embedded broker started (or the configured cluster reached) with the declared topics;
+    an embedded broker is stopped on the way out. `fresh` starts from empty state: a new broker
+    has empty changelogs, so the worker state under `state_dir` goes too."""
+    broker = LocalBroker(settings) if settings.embedded_kafka else None
+    if broker is None:
+        wait_for_cluster(settings.bootstrap)
+    else:
+        if fresh:
+            broker.stop()
+            shutil.rmtree(settings.state_dir, ignore_errors=True)
+        broker.start()
+    try:
+        ensure_topics(settings)
+        yield
+    finally:
+        if broker is not None:
+            broker.stop()

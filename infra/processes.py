@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import psutil
 
@@ -16,7 +17,10 @@ from infra.settings import Settings
 
 PR_SET_PDEATHSIG = 1
 
-__all__ = ["Proc", "env_for", "http_ok", "spawn", "worker_args", "gateway_args", "sim_args"]
+__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "spawn", "wait_http_ok", "worker_args", "gateway_args",
+           "sim_args"]
+
+WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
 
 
 def env_for(settings: Settings) -> dict[str, str]:
@@ -30,23 +34,29 @@ def env_for(settings: Settings) -> dict[str, str]:
 class Proc:
     """A child process we started; stopped by its PID, never by name."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | None, name: str, log: Path | None, pid: int = 0) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], name: str, log: Path, log_start: int = 0) -> None:
         self.popen = popen
         self.name = name
-        self.log = log if log is not None else Path("/dev/null")
-        self.ps = psutil.Process(popen.pid if popen is not None else pid)
-
-    @classmethod
-    def attach(cls, pid: int, name: str) -> "Proc":
-        """A process started elsewhere (the broker): measured, not stopped, by this object."""
-        return cls(None, name, None, pid)
+        self.log = log
+        self.log_start = log_start  # the log is appended to: this run's output starts here
+        self.ps = psutil.Process(popen.pid)
 
     @property
     def pid(self) -> int:
-        return self.ps.pid
+        return self.popen.pid
 
     def alive(self) -> bool:
-        return self.ps.is_running() if self.popen is None else self.popen.poll() is None
+        return self.popen.poll() is None
+
+    def output(self) -> bytes:
+        """What this run has written to its log so far."""
+        with open(self.log, "rb") as f:
+            f.seek(self.log_start)
+            return f.read()
+
+    def wait_for_output(self, marker: str, timeout_s: float) -> None:
+        """Block until this run's log shows `marker`; raise if the process dies or time runs out."""
+        _wait(lambda: marker.encode() in self.output(), [self], timeout_s, f"{self.name} not ready")
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
@@ -54,8 +64,6 @@ class Proc:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
         """Signal the process, wait, and SIGKILL it if it does not go."""
-        if self.popen is None:
-            raise RuntimeError(f"{self.name} was not started here; stop it where it was started")
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
@@ -77,11 +85,12 @@ def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
+    log_start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
         popen = subprocess.Popen(list(args), env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    return Proc(popen, name, log)
+    return Proc(popen, name, log, log_start)
 
 
 def http_ok(url: str) -> bool:
@@ -91,6 +100,22 @@ def http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def wait_http_ok(url: str, procs: Sequence[Proc], timeout_s: float = 60) -> None:
+    """Block until `url` answers 200; raise if one of `procs` dies or time runs out."""
+    _wait(lambda: http_ok(url), procs, timeout_s, f"{url} not answering")
+
+
+def _wait(ready: Callable[[], bool], procs: Sequence[Proc], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        dead = [p for p in procs if not p.alive()]
+        if dead:
+            raise RuntimeError(f"{dead[0].name} exited; see {dead[0].log}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout_s:.0f}s; see {', '.join(str(p.log) for p in procs)}")
+        time.sleep(0.2)
 
 
 def worker_args() -> list[str]:

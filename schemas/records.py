@@ -30,7 +30,8 @@ __all__ = [
 
 DRIVER_STATUSES = ("OFFLINE", "AVAILABLE", "EN_ROUTE", "ON_TRIP")
 # Ids become channel names (driver:{id}): a charset every client and URL carries unescaped.
-ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+ID_MAX_LEN = 64
+ID_PATTERN = rf"[A-Za-z0-9_.-]{{1,{ID_MAX_LEN}}}"
 MEMBERSHIP_OPS = ("JOIN", "LEAVE", "REFRESH")
 
 
@@ -48,13 +49,13 @@ class _Record(faust.Record, abstract=True, include_metadata=False):  # type: ign
 
 
 class IdField(StringField):
-    """An identifier: 1-64 characters of ID_PATTERN."""
+    """An identifier: 1 to ID_MAX_LEN characters of ID_PATTERN."""
 
     pattern = ID_PATTERN
 
 
 def _id(**kw: object) -> StringField:
-    return IdField(min_length=1, max_length=64, **kw)  # type: ignore[arg-type]
+    return IdField(min_length=1, max_length=ID_MAX_LEN, **kw)  # type: ignore[arg-type]
 
 
 def _epoch_ms(**kw: object) -> IntegerField:

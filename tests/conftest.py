@@ -9,9 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from infra.broker import LocalBroker
+from infra.broker import kafka_running
 from infra.settings import Settings
-from infra.topics import ensure_topics
 
 
 def _free_port(pairs: bool = False) -> int:
@@ -39,12 +38,5 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         gateway_port=_free_port(), worker_web_port=_free_port(),
         ingest_max_items=50, ingest_max_body_bytes=64 * 1024,
     )
-    broker = LocalBroker(settings) if settings.embedded_kafka else None
-    if broker is not None:
-        broker.start()
-    try:
-        ensure_topics(settings)
+    with kafka_running(settings):
         yield settings
-    finally:
-        if broker is not None:
-            broker.stop()

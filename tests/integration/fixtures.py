@@ -7,11 +7,10 @@ import signal
 import time
 from typing import Any
 
-import aiohttp
 import socketio
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.processes import Proc, gateway_args, spawn, worker_args
+from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 __all__ = ["Pipeline", "Subscriber", "end_offsets", "read_topic", "ping"]
@@ -36,11 +35,8 @@ class Pipeline:
         return self.settings.gateway_url
 
     def start_worker(self, timeout_s: float = 90) -> None:
-        (self.settings.state_dir / "worker").mkdir(parents=True, exist_ok=True)
-        log = self.settings.state_dir / "logs" / "worker.log"
-        offset = log.stat().st_size if log.exists() else 0
         self.worker = spawn(worker_args(), self.settings, "worker")
-        _wait_for_log(self.worker, "Worker]: Ready", timeout_s, offset)
+        self.worker.wait_for_output(WORKER_READY, timeout_s)
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
         assert self.worker is not None
@@ -53,35 +49,12 @@ class Pipeline:
 
     async def start_gateway(self, timeout_s: float = 30) -> None:
         self.gateway = spawn(gateway_args(), self.settings, "gateway")
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                try:
-                    async with http.get(f"{self.url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                assert self.gateway.alive(), f"gateway exited; see {self.gateway.log}"
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"gateway not healthy; see {self.gateway.log}")
+        await asyncio.to_thread(wait_http_ok, f"{self.url}/healthz", [self.gateway], timeout_s)
 
     def stop(self) -> None:
         for proc in (self.gateway, self.worker):
             if proc is not None:
                 proc.stop()
-
-
-def _wait_for_log(proc: Proc, marker: str, timeout_s: float, offset: int = 0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with open(proc.log, "rb") as f:
-            f.seek(offset)
-            if marker.encode() in f.read():
-                return
-        assert proc.alive(), f"{proc.name} exited; see {proc.log}"
-        time.sleep(0.2)
-    raise TimeoutError(f"{proc.name} not ready; see {proc.log}")
 
 
 class Subscriber:
