@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test bench bench-e2e bench-worker clean
+.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench-e2e: install
 
 bench-worker: install
 	$(BIN)/python -m bench.worker_throughput
+
+bench-faust: install
+	$(BIN)/python -m bench.faust_floor
+
+bench-broker: install
+	$(BIN)/python -m bench.broker_cpu
 
 clean:
 	-$(BIN)/livetrack broker stop

@@ -1,7 +1,7 @@
 """Batched writes to a Faust table: the store and the changelog once per key per batch.
 
 `table[k] = v` sends each changelog record through Faust's Python producer,
-~230 us a write on this machine (README "Benchmarks"), which caps a worker
+~280 us a write on this machine (`make bench-faust`), which caps a worker
 near 2,000 writes/s. Here, as Kafka Streams' record cache does, a batch's
 writes stay in memory and `flush` writes only the latest value of each key:
 Avro-encoded once, put into the store directly, and sent as the changelog
