@@ -25,6 +25,9 @@ __all__ = [
     "CellMembershipBatch",
     "CellDrivers",
     "DeadLetter",
+    "RIDE_EVENTS",
+    "RIDE_STATES",
+    "RideEvent",
     "PUBLISHED_RECORDS",
 ]
 
@@ -33,6 +36,12 @@ DRIVER_STATUSES = ("OFFLINE", "AVAILABLE", "EN_ROUTE", "ON_TRIP")
 ID_MAX_LEN = 64
 ID_PATTERN = rf"[A-Za-z0-9_.-]{{1,{ID_MAX_LEN}}}"
 MEMBERSHIP_OPS = ("JOIN", "LEAVE", "REFRESH")
+RIDE_STATES = ("REQUESTED", "OFFERED", "ACCEPTED", "ONGOING", "COMPLETED", "CANCELLED", "NO_DRIVERS")
+# What happened; `state` is where the ride stands after it.
+RIDE_EVENTS = (
+    "REQUESTED", "OFFERED", "DECLINED", "EXPIRED", "ACCEPTED", "STARTED", "COMPLETED", "CANCELLED", "NO_DRIVERS",
+)
+ACTORS = ("rider", "driver", "ops", "system")
 
 
 class ChoiceField(StringField):
@@ -167,5 +176,31 @@ class DeadLetter(_Record, namespace="livetrack.DeadLetter"):  # type: ignore[cal
     value: Optional[bytes] = None
     ts: int = 0
 
+class RideEvent(_Record, namespace="livetrack.RideEvent"):  # type: ignore[call-arg]
+    """One step of a ride's life (topic `rides`, keyed by ride_id): the trip's audit log.
+
+    `version` counts the ride's events from 1, contiguous, so a reader can tell a replayed
+    event (version already seen) from a gap. Demand features count `event == "REQUESTED"`.
+    """
+
+    ride_id: str = _id()
+    version: int = IntegerField(min_value=1)
+    event: str = ChoiceField(choices=RIDE_EVENTS, enum_name="RideEventType")
+    state: str = ChoiceField(choices=RIDE_STATES, enum_name="RideState")
+    ts: int = _epoch_ms()
+    actor: str = ChoiceField(choices=ACTORS, enum_name="Actor")
+    rider_id: str = _id()
+    product: str = StringField(min_length=1, max_length=32)
+    pickup_lat: float = FloatField(min_value=-90, max_value=90)
+    pickup_lng: float = FloatField(min_value=-180, max_value=180)
+    dest_lat: float = FloatField(min_value=-90, max_value=90)
+    dest_lng: float = FloatField(min_value=-180, max_value=180)
+    pickup_cell: str = StringField(min_length=1, max_length=16)
+    driver_id: Optional[str] = StringField(required=False, default=None)
+    fare_estimate: Optional[float] = FloatField(required=False, default=None)
+    pickup_eta_s: Optional[float] = FloatField(required=False, default=None)
+    reason: Optional[str] = StringField(required=False, default=None)
+
+
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.
-PUBLISHED_RECORDS = (LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter)
+PUBLISHED_RECORDS = (LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent)

@@ -10,9 +10,9 @@ from typing import Type
 
 import faust
 
-from schemas.records import CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, PushMessage
+from schemas.records import CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, PushMessage, RideEvent
 
-__all__ = ["TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "ALL_TOPICS"]
+__all__ = ["TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "ALL_TOPICS"]
 
 
 @dataclass(frozen=True)
@@ -41,5 +41,7 @@ DRIVER_STATUS = TopicSpec("driver-status", "driver_id", DriverStatusChanged)
 DRIVER_CELLS = TopicSpec("driver-cells", "none (partition = murmur2(cell))", CellMembershipBatch)
 PUSH = TopicSpec("push", "channel", PushMessage, retention_setting="push_retention_ms")
 LOCATIONS_DLQ = TopicSpec("locations-dlq", "driver_id", DeadLetter, partitions=1)
+# The trip audit log: every ride transition, keyed by ride_id; long retention like `locations`.
+RIDES = TopicSpec("rides", "ride_id", RideEvent, retention_setting="locations_retention_ms")
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ)
+ALL_TOPICS: tuple[TopicSpec, ...] = (LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES)

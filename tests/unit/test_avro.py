@@ -24,6 +24,7 @@ from schemas.records import (
     LocationBatch,
     LocationEvent,
     PushMessage,
+    RideEvent,
 )
 
 T0 = 1_732_170_000_000
@@ -68,6 +69,12 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     DeadLetter: {
         "topic": "locations", "partition": 3, "offset": 42, "reason": "impossible jump", "key": "d-1",
         "value": b"\xc3\x01\x00\xff", "ts": T0,
+    },
+    RideEvent: {
+        "ride_id": "r-1", "version": 2, "event": "OFFERED", "state": "OFFERED", "ts": T0, "actor": "system",
+        "rider_id": "u-1", "product": "standard", "pickup_lat": 37.7749, "pickup_lng": -122.4194,
+        "dest_lat": 37.79, "dest_lng": -122.40, "pickup_cell": "8928308280fffff", "driver_id": "d-1",
+        "fare_estimate": 12.5, "pickup_eta_s": 240.0, "reason": None,
     },
 }
 ALL_RECORDS = tuple(SAMPLES)
