@@ -9,14 +9,19 @@ from typing import Callable
 import faust
 from mode import Service
 
-from agents import cells, drivers
+from agents import cells, demand, drivers, features
+from agents.activity import ActivityFanout
 from agents.batching import DeadLetters
+from agents.features_math import FeaturePolicy
+from agents.metrics import WorkerMetrics, serve_metrics
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, DriverState
-from schemas.topics import DRIVER_CELLS, LOCATIONS, LOCATIONS_DLQ, TopicSpec
+from schemas.records import CellDrivers, CellLatest, CellPane, DriverState
+from schemas.topics import CELL_ACTIVITY, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, RIDES, TopicSpec
+from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
+from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
 from tables.writer import TableWriter
 
@@ -45,6 +50,10 @@ class Components:
     cells: TableWriter
     drivers: drivers.DriversAgent
     cell_agent: cells.CellsAgent
+    demand: demand.DemandAgent
+    features: features.FeaturesAgent
+    feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
+    metrics: WorkerMetrics
 
 
 class ProducerService(Service):
@@ -89,11 +98,28 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     cache = {"cache_max": settings.table_cache_max}
     states = TableWriter(driver_to_state(app, settings.partitions), producer, codec_for(DriverState), **cache)
     cell_members = TableWriter(cell_to_drivers(app, settings.partitions), producer, codec_for(CellDrivers), **cache)
+    policy = FeaturePolicy.from_settings(settings)
+    activity_partitions = CELL_ACTIVITY.partition_count(settings.partitions)
+    panes = TableWriter(cell_to_activity(app, activity_partitions, policy), producer, codec_for(CellPane), **cache)
+    latest_table = cell_to_features(app, activity_partitions)
+    latest = TableWriter(latest_table, producer, codec_for(CellLatest), **cache)
+    features_dlq = DeadLetters(FEATURES_DLQ.name, producer, clock_ms)
+    metrics = WorkerMetrics()
+    serve_metrics(app, metrics)
+
+    def fanout() -> ActivityFanout:
+        return ActivityFanout(producer, partitions=activity_partitions, resolution=policy.resolution, k=policy.k)
+
+    feature_agent = features.FeaturesAgent(
+        panes=panes, latest=latest, producer=producer, dead_letters=features_dlq, policy=policy,
+        partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
+    )
 
     async def forget_cached(*_: object, **__: object) -> None:
         # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
         states.forget()
         cell_members.forget()
+        feature_agent.forget()
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)
@@ -103,12 +129,19 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         drivers=drivers.DriversAgent(
             states=states, producer=producer, dead_letters=dead_letters,
             policy=drivers.DriverPolicy.from_settings(settings), partitions=LOCATIONS.partition_count(partitions),
-            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms, activity=fanout(),
         ),
         cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
                                     ttl_ms=settings.membership_ttl_ms),
+        demand=demand.DemandAgent(fanout=fanout(), producer=producer, dead_letters=features_dlq,
+                                  resolution=policy.resolution),
+        features=feature_agent,
+        feature_lookup=FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms),
+        metrics=metrics,
     )
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
+    demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
+    features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)
     return app

@@ -1,0 +1,288 @@
+"""Features agent (topic `cell-activity`, partitioned by H3 cell): windowed supply, demand, surge, speed.
+
+Per batch: each sighting and request updates one pane of its cell (table
+`cell_to_activity`, one write per pane per batch); the partition's event time
+(the max event time seen, "watermark") moves; every window whose end plus
+grace it passed is closed: counts from the panes, k-ring smoothing, surge and
+travel speed for the cells this partition owns, one CellFeatures record each
+on `cell-features`, and for the primary window a `cell:{h3}` push (seq owned
+here, in `cell_to_features`). Events for a pane already closed are late: not
+counted in any window, counted in the metrics.
+
+Outputs first, state second: the features and pushes are acked before the
+panes and `cell_to_features` are written, so state never runs ahead of what was
+emitted. A crash in between replays the batch: panes ignore what they hold and
+the same windows close again with the same values and seqs (at-least-once,
+duplicates identical). The watermark is the max `max_ts` of the stored panes,
+so a restarted worker knows which windows it already closed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import faust
+import h3
+
+from agents.activity import target_partitions
+from agents.batching import DeadLetters, bind_event, decode_records, register_batched
+from agents.errors import Rejected
+from agents.features_math import FeaturePolicy, WindowSpec, kring, window_features
+from agents.metrics import WorkerMetrics
+from agents.panes import Pane, apply_request, apply_sighting, closing_windows, new_pane, pane_start, window_counts
+from infra.producer import AsyncProducer, DeliveryGroup
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import CellActivityBatch, CellFeatures, PushMessage
+from schemas.topics import CELL_FEATURES, PUSH
+from tables.cell_to_activity import PaneKeys, stored_panes
+from tables.writer import TableWriter
+
+__all__ = ["ON_TIME", "OUT_OF_ORDER", "DUPLICATE", "LATE", "FUTURE", "Clock", "FeaturesAgent", "admit",
+           "cell_channel", "register"]
+
+log = logging.getLogger(__name__)
+
+ON_TIME, OUT_OF_ORDER, DUPLICATE, LATE, FUTURE = "on_time", "out_of_order", "duplicate", "late", "future"
+CELL_PRIORITY = 2  # below driver moves: a cell's features are a slower, summarising signal
+CELL_PUSH_TTL_MS = 60_000
+
+
+def cell_channel(cell: str) -> str:
+    return f"cell:{cell}"
+
+
+@lru_cache(maxsize=1 << 14)
+def _boundary(cell: str) -> list[list[float]]:
+    """The cell's hexagon as [[lat, lng], ...], so a map can draw it without H3."""
+    return [[round(lat, 6), round(lng, 6)] for lat, lng in h3.cell_to_boundary(cell)]
+
+
+def admit(wm: int | None, ts: int, now_ms: int, policy: FeaturePolicy) -> str:
+    """Where an event at `ts` stands against its partition's watermark `wm` (pure)."""
+    if ts > now_ms + policy.max_future_ms:
+        return FUTURE
+    if wm is None or ts >= wm:
+        return ON_TIME
+    if pane_start(ts, policy.pane_ms) + policy.pane_ms + policy.grace_ms <= wm:
+        return LATE  # its pane is closed: windows ending with it are already out
+    return OUT_OF_ORDER
+
+
+@dataclass
+class Clock:
+    """One partition's watermark (max event time seen) and which cells have a pane when."""
+
+    wm: int | None = None
+    panes: dict[int, set[str]] = field(default_factory=dict)  # pane start -> cells
+    touched: set[str] = field(default_factory=set)  # cells with news this batch (running updates)
+
+    def note(self, start: int, cell: str, ts: int) -> None:
+        self.panes.setdefault(start, set()).add(cell)
+        self.wm = ts if self.wm is None else max(self.wm, ts)
+
+
+class FeaturesAgent:
+    """Applies CellActivityBatch records to panes and emits the windows they close."""
+
+    def __init__(
+        self, *, panes: TableWriter, latest: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
+        policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics, clock_ms: Callable[[], int],
+    ) -> None:
+        self.panes = panes
+        self.keys = PaneKeys(panes.table)
+        self.latest = latest
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.policy = policy
+        self.partitions = partitions
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self.features_codec = codec_for(CellFeatures)
+        self.push_codec = codec_for(PushMessage)
+        self._clocks: dict[int, Clock] | None = None  # loaded from the store on first use
+        self._running_at: dict[str, int] = {}
+        self.records = 0  # records processed, for tests and benchmarks
+
+    def forget(self) -> None:
+        """Drop what is kept in memory (partitions moved, or a batch failed): reloaded from the store."""
+        self._clocks = None
+        self._running_at.clear()
+        self.panes.forget()
+        self.latest.forget()
+
+    async def process(self, events: Sequence[faust.EventT]) -> None:
+        """Apply a batch, emit what it closes, then persist; return once all is acked."""
+        try:
+            await self._process(events)
+        except BaseException:
+            self.forget()  # memory may be ahead of the store now
+            raise
+
+    async def _process(self, events: Sequence[faust.EventT]) -> None:
+        out = self.producer.group()
+        before: dict[int, tuple[faust.EventT, int | None]] = {}
+        for event, batch in decode_records(events, CellActivityBatch, self.dead_letters, out):
+            partition = event.message.partition
+            clock = self.clock(partition)
+            before.setdefault(partition, (event, clock.wm))
+            bind_event(event)  # pane reads and writes go to this event's partition
+            for s in batch["sightings"]:
+                with self.dead_letters.guard(out, event, "bad sighting", None):
+                    self._apply(clock, event, s, "sighting")
+            for r in batch["requests"]:
+                with self.dead_letters.guard(out, event, "bad request", None):
+                    self._apply(clock, event, r, "request")
+        bind_event(None)
+        closed_at = self.clock_ms()
+        emitted = sum(self._close(out, partition, event, wm_before, closed_at)
+                      for partition, (event, wm_before) in before.items())
+        await out.wait()  # outputs first: state is never ahead of what was emitted
+        if emitted:
+            self.metrics.close_to_ack.observe(max(0, self.clock_ms() - closed_at) / 1000)
+        state = self.producer.group()
+        self.panes.flush(state)
+        self.latest.flush(state)
+        await state.wait()
+        self.panes.persist_offsets(state)
+        self.latest.persist_offsets(state)
+        self.records += len(events)
+
+    def clock(self, partition: int) -> Clock:
+        """The partition's clock (all clocks are loaded from the stored panes on first use)."""
+        if self._clocks is None:
+            self._clocks = self._load()
+        return self._clocks.setdefault(partition, Clock())
+
+    def _load(self) -> dict[int, Clock]:
+        clocks: dict[int, Clock] = {}
+        for cell, partition, start, raw in stored_panes(self.panes.table):
+            clocks.setdefault(partition, Clock()).note(start, cell, self.panes.codec.loads(raw)["max_ts"])
+        for partition, clock in clocks.items():
+            log.info("features partition %d resumes at event time %s with %d panes", partition, clock.wm,
+                     sum(len(c) for c in clock.panes.values()))
+        return clocks
+
+    def _check(self, item: Mapping[str, Any], partition: int) -> None:
+        cell = item["cell"]
+        if not h3.is_valid_cell(cell) or h3.get_resolution(cell) != self.policy.resolution:
+            raise Rejected(f"cell {cell!r} is not an H3 cell of resolution {self.policy.resolution}")
+        if partition not in target_partitions(cell, self.policy.k, self.partitions):
+            raise Rejected("no cell of this cell's k-ring is on this partition")
+
+    def _apply(self, clock: Clock, event: faust.EventT, item: Mapping[str, Any], kind: str) -> None:
+        partition = event.message.partition
+        self._check(item, partition)
+        ts, cell = item["ts"], item["cell"]
+        outcome = admit(clock.wm, ts, self.clock_ms(), self.policy)
+        copy = "own" if partition_for(cell, self.partitions) == partition else "neighbour"
+        if outcome in (LATE, FUTURE):
+            self.metrics.feature_events.labels(kind, outcome, copy).inc()
+            if outcome == LATE:
+                self.metrics.late_by_ms.observe((clock.wm or ts) - ts)
+            return
+        start = pane_start(ts, self.policy.pane_ms)
+        key = self.keys.encode(cell, partition, start)
+        pane = self.panes.get(key) or new_pane()
+        changed = apply_sighting(pane, item, self.policy) if kind == "sighting" else apply_request(pane, item)
+        self.panes.set(key, pane, event)  # max_ts may move even for a replay: the watermark is stored
+        clock.note(start, cell, ts)
+        if changed:
+            clock.touched.add(cell)
+        self.metrics.feature_events.labels(kind, outcome if changed else DUPLICATE, copy).inc()
+
+    def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, wm_before: int | None,
+               now: int) -> int:
+        """Emit every window the batch moved the watermark past, then drop panes no window needs;
+        how many features were emitted."""
+        clock = self.clock(partition)
+        if clock.wm is None or not clock.panes:
+            return 0
+        self.metrics.watermark.labels(str(partition)).set(clock.wm)
+        bind_event(event)
+        p = self.policy
+        first, last = min(clock.panes), max(clock.panes)
+        # Windows ending by the first pane hold nothing; none after the last pane's reach either.
+        after = first if wm_before is None else max(first, wm_before - p.grace_ms)
+        until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
+        emitted = sum(self._emit_window(out, partition, clock, spec, end, event, now, final=True)
+                      for end, spec in closing_windows(p.specs, after, until))
+        if p.running_ms and clock.touched:
+            emitted += self._emit_running(out, partition, clock, event, now)
+        clock.touched.clear()
+        for start in [s for s in clock.panes if s + p.max_window_ms + p.grace_ms <= clock.wm]:
+            for cell in clock.panes.pop(start):
+                self.panes.delete(self.keys.encode(cell, partition, start), event)
+        bind_event(None)
+        return emitted
+
+    def _counts(self, partition: int, clock: Clock, spec: WindowSpec, end: int) -> dict[str, Any]:
+        """Every cell's counts over the window ending at `end` (cells with a pane in it only)."""
+        by_cell: dict[str, list[Pane]] = {}
+        for start in range(end - spec.size_ms, end, self.policy.pane_ms):
+            for cell in clock.panes.get(start, ()):
+                pane = self.panes.get(self.keys.encode(cell, partition, start))
+                if pane is not None:
+                    by_cell.setdefault(cell, []).append(pane)
+        return {cell: window_counts(panes, self.policy) for cell, panes in by_cell.items()}
+
+    def _owned_near(self, partition: int, cells: Iterable[str]) -> list[str]:
+        """Cells this partition owns within k of any of `cells`: the ones whose features can change."""
+        near = {n for c in cells for n in kring(c, self.policy.k)}
+        return sorted(n for n in near if partition_for(n, self.partitions) == partition)
+
+    def _emit_window(self, out: DeliveryGroup, partition: int, clock: Clock, spec: WindowSpec, end: int,
+                     event: faust.EventT, now: int, *, final: bool, only: set[str] | None = None) -> int:
+        """Features of one window for the owned cells near activity (or `only` those); how many."""
+        counts = self._counts(partition, clock, spec, end)
+        if not counts:
+            return 0
+        cells = self._owned_near(partition, counts)
+        if only is not None:
+            cells = [c for c in cells if c in only]
+        primary = spec == self.policy.primary
+        for f in window_features(cells, counts, spec, end, self.policy, final=final, emitted_ts=now):
+            self.producer.send(out, CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
+            if primary:
+                self._publish(out, f, event, now)
+        self.metrics.windows_closed.labels(spec.label, str(final).lower()).inc(len(cells))
+        return len(cells)
+
+    def _emit_running(self, out: DeliveryGroup, partition: int, clock: Clock, event: faust.EventT,
+                      now: int) -> int:
+        """Running (not final) features of the open primary window, at most every running_ms per cell."""
+        assert clock.wm is not None
+        spec = self.policy.primary
+        due = {c for c in self._owned_near(partition, clock.touched)
+               if now - self._running_at.get(c, 0) >= self.policy.running_ms}
+        if not due:
+            return 0
+        for cell in due:
+            self._running_at[cell] = now
+        end = (clock.wm // spec.step_ms + 1) * spec.step_ms
+        return self._emit_window(out, partition, clock, spec, end, event, now, final=False, only=due)
+
+    def _publish(self, out: DeliveryGroup, features: dict[str, Any], event: faust.EventT, now: int) -> None:
+        """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""
+        cell = features["cell"]
+        held = self.latest.get(cell) or {"features": None, "push_seq": 0}
+        latest = {"features": features if features["final"] else held["features"], "push_seq": held["push_seq"] + 1}
+        self.latest.set(cell, latest, event)
+        data = {**features, "window": f"{features['kind'].lower()}-{features['size_s']}s",
+                "boundary": _boundary(cell)}
+        push = {
+            "channel": cell_channel(cell), "seq": latest["push_seq"], "type": "cell.features",
+            "priority": CELL_PRIORITY, "ttl_ms": CELL_PUSH_TTL_MS, "sent_ts": now, "event_ts": now,
+            "data": json.dumps(data, separators=(",", ":")),
+        }
+        self.producer.send(out, PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
+
+
+def register(app: faust.App, cell_activity: faust.TopicT, agent: FeaturesAgent, *, batch_max: int,
+             batch_within_s: float) -> faust.types.AgentT:
+    """Attach the features agent to `app`."""
+    return register_batched(app, cell_activity, "compute_cell_features", agent.process, batch_max=batch_max,
+                            batch_within_s=batch_within_s)
