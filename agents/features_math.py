@@ -203,7 +203,8 @@ def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: Wi
     out = []
     for cell in cells:
         own = counts.get(cell, NOTHING)
-        near = [counts[n] for n in kring(cell, policy.k) if n in counts]
+        # In ring order, not set order: float sums must not depend on the process's hash seed.
+        near = [counts[n] for ring in rings(cell, policy.k) for n in ring if n in counts]
         speed, source = travel_speed(own.dist_m, own.moving_ms, sum(n.dist_m for n in near),
                                      sum(n.moving_ms for n in near), policy)
         smoothed_supply = smooth(cell, supply, policy.ring_weights)

@@ -42,4 +42,5 @@ def serve_metrics(app: faust.App, metrics: WorkerMetrics) -> None:
 
     @app.page("/metrics")
     async def metrics_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # The type carries a charset, which aiohttp accepts only as a header.
+        return self.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
