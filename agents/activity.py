@@ -1,9 +1,13 @@
 """What the drivers and demand agents send the features agent: sightings and requests, per partition.
 
-Each item goes to the `cell-activity` partition of every cell in its cell's
-k-ring (at most |k-ring| copies, fewer when neighbours share a partition), so
-the partition owning a cell also holds its neighbours' activity and smooths
-without asking other partitions (or workers).
+Each item goes to the `cell-activity` partition of its cell and to those of
+the other cells of its k-ring, so the partition owning a cell also holds its
+neighbours' supply and demand and smooths without asking other partitions (or
+workers). The cell's own partition gets every sighting (travel speed needs
+consecutive fixes); the neighbours' partitions only need to know who was
+there, available or not, in each pane, so a driver's further sightings in the
+same cell and pane are not copied to them (the memory of what was copied is
+lost on restart, which only copies again).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from schemas.topics import CELL_ACTIVITY
 from schemas.validation import range_errors
 
 __all__ = ["ActivityFanout", "ride_request", "target_partitions"]
+
+COPIED_MAX = 1 << 18
 
 
 @lru_cache(maxsize=1 << 16)
@@ -49,29 +55,40 @@ def ride_request(ride: Mapping[str, Any], resolution: int) -> dict[str, Any] | N
 class ActivityFanout:
     """Collects items for a batch; `send` produces one CellActivityBatch per partition touched."""
 
-    def __init__(self, producer: AsyncProducer, *, partitions: int, resolution: int, k: int) -> None:
+    def __init__(self, producer: AsyncProducer, *, partitions: int, resolution: int, k: int, pane_ms: int) -> None:
         self.producer = producer
         self.partitions = partitions
         self.resolution = resolution
         self.k = k
+        self.pane_ms = pane_ms
         self.codec = codec_for(CellActivityBatch)
         self._pending: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(
             lambda: {"sightings": [], "requests": []})
+        self._copied: dict[str, tuple[str, int, bool]] = {}  # driver -> (cell, pane, available) neighbours know
 
     def sighting(self, ping: Mapping[str, Any], status: str) -> None:
         """A driver's fix (a decoded LocationEvent) with the driver's status then."""
         cell = cell_of(ping["lat"], ping["lng"], self.resolution)
+        available = status == "AVAILABLE"
         item = {"cell": cell, "driver_id": ping["driver_id"], "seq": ping["seq"], "ts": ping["fix_ts"],
-                "lat": ping["lat"], "lng": ping["lng"], "available": status == "AVAILABLE"}
-        self._add("sightings", item)
+                "lat": ping["lat"], "lng": ping["lng"], "available": available}
+        own = partition_for(cell, self.partitions)
+        self._pending[own]["sightings"].append(item)
+        pane = ping["fix_ts"] - ping["fix_ts"] % self.pane_ms
+        known = self._copied.get(item["driver_id"])
+        if known is not None and known[0] == cell and known[1] == pane and (known[2] or not available):
+            return  # the neighbours' partitions already have this driver here, in this pane, as available
+        if len(self._copied) >= COPIED_MAX:
+            self._copied.clear()  # forgetting only costs a few copies again
+        self._copied[item["driver_id"]] = (cell, pane, available)
+        for partition in target_partitions(cell, self.k, self.partitions):
+            if partition != own:
+                self._pending[partition]["sightings"].append(item)
 
     def request(self, item: dict[str, Any]) -> None:
-        """A CellRequest (see `ride_request`)."""
-        self._add("requests", item)
-
-    def _add(self, kind: str, item: dict[str, Any]) -> None:
+        """A CellRequest (see `ride_request`): to every partition of its k-ring."""
         for partition in target_partitions(item["cell"], self.k, self.partitions):
-            self._pending[partition][kind].append(item)
+            self._pending[partition]["requests"].append(item)
 
     def send(self, group: DeliveryGroup) -> int:
         """Produce what was collected (in `group`); how many records."""

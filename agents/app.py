@@ -108,7 +108,8 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     serve_metrics(app, metrics)
 
     def fanout() -> ActivityFanout:
-        return ActivityFanout(producer, partitions=activity_partitions, resolution=policy.resolution, k=policy.k)
+        return ActivityFanout(producer, partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
+                              pane_ms=policy.pane_ms)
 
     feature_agent = features.FeaturesAgent(
         panes=panes, latest=latest, producer=producer, dead_letters=features_dlq, policy=policy,

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import groupby
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
@@ -30,9 +32,19 @@ import h3
 from agents.activity import target_partitions
 from agents.batching import DeadLetters, bind_event, decode_records, register_batched
 from agents.errors import Rejected
-from agents.features_math import FeaturePolicy, WindowSpec, kring, window_features
+from agents.features_math import Counts, FeaturePolicy, WindowSpec, kring, window_features
 from agents.metrics import WorkerMetrics
-from agents.panes import Pane, apply_request, apply_sighting, closing_windows, new_pane, pane_start, window_counts
+from agents.panes import (
+    Pane,
+    PaneSummary,
+    apply_request,
+    apply_sighting,
+    closing_windows,
+    nested_counts,
+    new_pane,
+    pane_start,
+    summarize,
+)
 from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
@@ -59,6 +71,16 @@ def cell_channel(cell: str) -> str:
 def _boundary(cell: str) -> list[list[float]]:
     """The cell's hexagon as [[lat, lng], ...], so a map can draw it without H3."""
     return [[round(lat, 6), round(lng, 6)] for lat, lng in h3.cell_to_boundary(cell)]
+
+
+@lru_cache(maxsize=1 << 16)
+def _refusal(cell: str, partition: int, resolution: int, k: int, partitions: int) -> str | None:
+    """Why an item about `cell` does not belong on `partition`, if it does not."""
+    if not h3.is_valid_cell(cell) or h3.get_resolution(cell) != resolution:
+        return f"cell {cell!r} is not an H3 cell of resolution {resolution}"
+    if partition not in target_partitions(cell, k, partitions):
+        return "no cell of this cell's k-ring is on this partition"
+    return None
 
 
 def admit(wm: int | None, ts: int, now_ms: int, policy: FeaturePolicy) -> str:
@@ -105,12 +127,16 @@ class FeaturesAgent:
         self.push_codec = codec_for(PushMessage)
         self._clocks: dict[int, Clock] | None = None  # loaded from the store on first use
         self._running_at: dict[str, int] = {}
+        self._summaries: dict[tuple[int, int], dict[str, PaneSummary]] = {}  # (partition, pane start) ->
+        self._tally: Counter[tuple[str, str, str]] = Counter()  # metric increments of this batch
+        self._now = 0
         self.records = 0  # records processed, for tests and benchmarks
 
     def forget(self) -> None:
         """Drop what is kept in memory (partitions moved, or a batch failed): reloaded from the store."""
         self._clocks = None
         self._running_at.clear()
+        self._summaries.clear()
         self.panes.forget()
         self.latest.forget()
 
@@ -124,6 +150,7 @@ class FeaturesAgent:
 
     async def _process(self, events: Sequence[faust.EventT]) -> None:
         out = self.producer.group()
+        self._now = self.clock_ms()
         before: dict[int, tuple[faust.EventT, int | None]] = {}
         for event, batch in decode_records(events, CellActivityBatch, self.dead_letters, out):
             partition = event.message.partition
@@ -137,6 +164,7 @@ class FeaturesAgent:
                 with self.dead_letters.guard(out, event, "bad request", None):
                     self._apply(clock, event, r, "request")
         bind_event(None)
+        self._count_events()
         closed_at = self.clock_ms()
         emitted = sum(self._close(out, partition, event, wm_before, closed_at)
                       for partition, (event, wm_before) in before.items())
@@ -150,6 +178,11 @@ class FeaturesAgent:
         self.panes.persist_offsets(state)
         self.latest.persist_offsets(state)
         self.records += len(events)
+
+    def _count_events(self) -> None:
+        for labels, n in self._tally.items():
+            self.metrics.feature_events.labels(*labels).inc(n)
+        self._tally.clear()
 
     def clock(self, partition: int) -> Clock:
         """The partition's clock (all clocks are loaded from the stored panes on first use)."""
@@ -166,33 +199,30 @@ class FeaturesAgent:
                      sum(len(c) for c in clock.panes.values()))
         return clocks
 
-    def _check(self, item: Mapping[str, Any], partition: int) -> None:
-        cell = item["cell"]
-        if not h3.is_valid_cell(cell) or h3.get_resolution(cell) != self.policy.resolution:
-            raise Rejected(f"cell {cell!r} is not an H3 cell of resolution {self.policy.resolution}")
-        if partition not in target_partitions(cell, self.policy.k, self.partitions):
-            raise Rejected("no cell of this cell's k-ring is on this partition")
-
     def _apply(self, clock: Clock, event: faust.EventT, item: Mapping[str, Any], kind: str) -> None:
         partition = event.message.partition
-        self._check(item, partition)
-        ts, cell = item["ts"], item["cell"]
-        outcome = admit(clock.wm, ts, self.clock_ms(), self.policy)
+        cell, ts = item["cell"], item["ts"]
+        problem = _refusal(cell, partition, self.policy.resolution, self.policy.k, self.partitions)
+        if problem:
+            raise Rejected(problem)
+        outcome = admit(clock.wm, ts, self._now, self.policy)
         copy = "own" if partition_for(cell, self.partitions) == partition else "neighbour"
         if outcome in (LATE, FUTURE):
-            self.metrics.feature_events.labels(kind, outcome, copy).inc()
+            self._tally[(kind, outcome, copy)] += 1
             if outcome == LATE:
                 self.metrics.late_by_ms.observe((clock.wm or ts) - ts)
             return
-        start = pane_start(ts, self.policy.pane_ms)
+        start = ts - ts % self.policy.pane_ms
         key = self.keys.encode(cell, partition, start)
-        pane = self.panes.get(key) or new_pane()
+        pane = self.panes.get(key)
+        if pane is None:
+            pane = new_pane()
         changed = apply_sighting(pane, item, self.policy) if kind == "sighting" else apply_request(pane, item)
         self.panes.set(key, pane, event)  # max_ts may move even for a replay: the watermark is stored
         clock.note(start, cell, ts)
         if changed:
             clock.touched.add(cell)
-        self.metrics.feature_events.labels(kind, outcome if changed else DUPLICATE, copy).inc()
+        self._tally[(kind, outcome if changed else DUPLICATE, copy)] += 1
 
     def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, wm_before: int | None,
                now: int) -> int:
@@ -208,48 +238,87 @@ class FeaturesAgent:
         # Windows ending by the first pane hold nothing; none after the last pane's reach either.
         after = first if wm_before is None else max(first, wm_before - p.grace_ms)
         until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
-        emitted = sum(self._emit_window(out, partition, clock, spec, end, event, now, final=True)
-                      for end, spec in closing_windows(p.specs, after, until))
+        emitted = 0
+        for end, specs in groupby(closing_windows(p.specs, after, until), key=lambda e: e[0]):
+            emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
         if p.running_ms and clock.touched:
             emitted += self._emit_running(out, partition, clock, event, now)
         clock.touched.clear()
         for start in [s for s in clock.panes if s + p.max_window_ms + p.grace_ms <= clock.wm]:
             for cell in clock.panes.pop(start):
                 self.panes.delete(self.keys.encode(cell, partition, start), event)
+            self._summaries.pop((partition, start), None)
         bind_event(None)
         return emitted
 
-    def _counts(self, partition: int, clock: Clock, spec: WindowSpec, end: int) -> dict[str, Any]:
-        """Every cell's counts over the window ending at `end` (cells with a pane in it only)."""
-        by_cell: dict[str, list[Pane]] = {}
-        for start in range(end - spec.size_ms, end, self.policy.pane_ms):
-            for cell in clock.panes.get(start, ()):
-                pane = self.panes.get(self.keys.encode(cell, partition, start))
-                if pane is not None:
-                    by_cell.setdefault(cell, []).append(pane)
-        return {cell: window_counts(panes, self.policy) for cell, panes in by_cell.items()}
+    def _summaries_of(self, partition: int, clock: Clock, start: int, closed: bool) -> dict[str, PaneSummary]:
+        """Summaries of the partition's panes starting at `start`, by cell; those of closed panes
+        never change, so they are kept until the panes expire."""
+        held = self._summaries.get((partition, start))
+        if held is not None:
+            return held
+        out = {}
+        for cell in clock.panes.get(start, ()):
+            pane = self.panes.get(self.keys.encode(cell, partition, start))
+            if pane is not None:
+                # Only a cell's own partition has all its fixes: travel is computed there only.
+                own = partition_for(cell, self.partitions) == partition
+                out[cell] = summarize(pane, self._earlier(partition, cell, start) if own else [], self.policy)
+        if closed:
+            self._summaries[(partition, start)] = out
+        return out
+
+    def _earlier(self, partition: int, cell: str, start: int) -> list[tuple[int, Pane]]:
+        """The cell's panes a segment into the pane at `start` can come from, nearest first."""
+        out = []
+        prev = start - self.policy.pane_ms
+        while prev + self.policy.pane_ms > start - self.policy.speed_max_gap_ms:
+            pane = self.panes.get(self.keys.encode(cell, partition, prev))
+            if pane is not None:
+                out.append((prev, pane))
+            prev -= self.policy.pane_ms
+        return out
+
+    def _counts(self, partition: int, clock: Clock, end: int, sizes: list[int]) -> dict[int, dict[str, Counts]]:
+        """size -> cell -> counts over [end - size, end), for the cells with a pane in that window."""
+        p = self.policy
+        closed_until = (clock.wm or 0) - p.grace_ms - p.pane_ms  # panes starting by then are closed
+        by_cell: dict[str, list[tuple[int, PaneSummary]]] = {}
+        for start in range(end - p.pane_ms, end - sizes[-1] - 1, -p.pane_ms):
+            for cell, summary in self._summaries_of(partition, clock, start, start <= closed_until).items():
+                by_cell.setdefault(cell, []).append((start, summary))
+        out: dict[int, dict[str, Counts]] = {size: {} for size in sizes}
+        for cell, summaries in by_cell.items():
+            for size, counts in nested_counts(summaries, end, sizes).items():
+                out[size][cell] = counts
+        return out
 
     def _owned_near(self, partition: int, cells: Iterable[str]) -> list[str]:
         """Cells this partition owns within k of any of `cells`: the ones whose features can change."""
         near = {n for c in cells for n in kring(c, self.policy.k)}
         return sorted(n for n in near if partition_for(n, self.partitions) == partition)
 
-    def _emit_window(self, out: DeliveryGroup, partition: int, clock: Clock, spec: WindowSpec, end: int,
-                     event: faust.EventT, now: int, *, final: bool, only: set[str] | None = None) -> int:
-        """Features of one window for the owned cells near activity (or `only` those); how many."""
-        counts = self._counts(partition, clock, spec, end)
-        if not counts:
-            return 0
-        cells = self._owned_near(partition, counts)
-        if only is not None:
-            cells = [c for c in cells if c in only]
-        primary = spec == self.policy.primary
-        for f in window_features(cells, counts, spec, end, self.policy, final=final, emitted_ts=now):
-            self.producer.send(out, CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
-            if primary:
-                self._publish(out, f, event, now)
-        self.metrics.windows_closed.labels(spec.label, str(final).lower()).inc(len(cells))
-        return len(cells)
+    def _emit_end(self, out: DeliveryGroup, partition: int, clock: Clock, end: int, specs: list[WindowSpec],
+                  event: faust.EventT, now: int, *, final: bool = True, only: set[str] | None = None) -> int:
+        """Features of the windows of `specs` ending at `end`, for the owned cells near activity (or
+        `only` those); how many records."""
+        by_size = self._counts(partition, clock, end, sorted({spec.size_ms for spec in specs}))
+        emitted = 0
+        for spec in specs:
+            counts = by_size[spec.size_ms]
+            if not counts:
+                continue
+            cells = self._owned_near(partition, counts)
+            if only is not None:
+                cells = [c for c in cells if c in only]
+            primary = spec == self.policy.primary
+            for f in window_features(cells, counts, spec, end, self.policy, final=final, emitted_ts=now):
+                self.producer.send(out, CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
+                if primary:
+                    self._publish(out, f, event, now)
+            self.metrics.windows_closed.labels(spec.label, str(final).lower()).inc(len(cells))
+            emitted += len(cells)
+        return emitted
 
     def _emit_running(self, out: DeliveryGroup, partition: int, clock: Clock, event: faust.EventT,
                       now: int) -> int:
@@ -263,7 +332,7 @@ class FeaturesAgent:
         for cell in due:
             self._running_at[cell] = now
         end = (clock.wm // spec.step_ms + 1) * spec.step_ms
-        return self._emit_window(out, partition, clock, spec, end, event, now, final=False, only=due)
+        return self._emit_end(out, partition, clock, end, [spec], event, now, final=False, only=due)
 
     def _publish(self, out: DeliveryGroup, features: dict[str, Any], event: faust.EventT, now: int) -> None:
         """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""

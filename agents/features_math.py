@@ -8,7 +8,7 @@ Dispatch imports this module for the fare (`surge_of`) and the ETA
     smoothed(c) = sum_d w_d * sum_{n in ring(c, d)} x(n) / sum_d w_d * |ring(c, d)|,  d = 0..k
     ratio       = (smoothed_demand + prior) / (smoothed_supply + prior)
     surge       = min(cap, max(floor, 1 + sensitivity * (ratio - 1)))
-    speed       = moving distance / moving time of the cell's drivers, else of its k-ring, else default
+    speed       = moving distance / moving time of the cell's drivers, or the default where that is thin
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from agents.geo import haversine_m
 from infra.settings import Settings, number_list
 
 __all__ = [
-    "TUMBLING", "HOPPING", "CELL", "RING", "DEFAULT",
+    "TUMBLING", "HOPPING", "CELL", "DEFAULT",
     "WindowSpec", "FeaturePolicy", "Counts", "rings", "kring", "smooth", "surge", "segment", "travel_speed",
     "window_features", "surge_of", "travel_speed_of", "eta_s",
 ]
 
 TUMBLING, HOPPING = "TUMBLING", "HOPPING"
-CELL, RING, DEFAULT = "CELL", "RING", "DEFAULT"
+CELL, DEFAULT = "CELL", "DEFAULT"
 
 
 @dataclass(frozen=True)
@@ -176,22 +176,11 @@ def segment(a_ts: int, a_lat: float, a_lng: float, b_ts: int, b_lat: float, b_ln
     return dist, dt
 
 
-def travel_speed(dist_m: float, moving_ms: int, ring_dist_m: float, ring_moving_ms: int,
-                 policy: FeaturePolicy) -> tuple[float, str]:
-    """(m/s, source): the cell's own when it has enough moving time, else its k-ring's, else the default."""
-    need_ms = policy.speed_min_moving_s * 1000.0
-    if moving_ms > 0 and moving_ms >= need_ms:
+def travel_speed(dist_m: float, moving_ms: int, policy: FeaturePolicy) -> tuple[float, str]:
+    """(m/s, source): the cell's own when its drivers moved long enough in the window, else the default."""
+    if moving_ms > 0 and moving_ms >= policy.speed_min_moving_s * 1000.0:
         return dist_m * 1000.0 / moving_ms, CELL
-    if ring_moving_ms > 0 and ring_moving_ms >= need_ms:
-        return ring_dist_m * 1000.0 / ring_moving_ms, RING
     return policy.default_speed_mps, DEFAULT
-
-
-def _segments(source: str, own: Counts, near: list[Counts]) -> int:
-    """How many segments of travel the speed came from."""
-    if source == CELL:
-        return own.segments
-    return sum(n.segments for n in near) if source == RING else 0
 
 
 def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: WindowSpec, end_ms: int,
@@ -203,10 +192,7 @@ def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: Wi
     out = []
     for cell in cells:
         own = counts.get(cell, NOTHING)
-        # In ring order, not set order: float sums must not depend on the process's hash seed.
-        near = [counts[n] for ring in rings(cell, policy.k) for n in ring if n in counts]
-        speed, source = travel_speed(own.dist_m, own.moving_ms, sum(n.dist_m for n in near),
-                                     sum(n.moving_ms for n in near), policy)
+        speed, source = travel_speed(own.dist_m, own.moving_ms, policy)
         smoothed_supply = smooth(cell, supply, policy.ring_weights)
         smoothed_demand = smooth(cell, demand, policy.ring_weights)
         out.append({
@@ -214,7 +200,8 @@ def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: Wi
             "end_ts": end_ms, "final": final, "supply": own.supply, "demand": own.demand,
             "smoothed_supply": smoothed_supply, "smoothed_demand": smoothed_demand,
             "surge": surge(smoothed_demand, smoothed_supply, policy), "speed_mps": speed,
-            "speed_source": source, "speed_segments": _segments(source, own, near), "emitted_ts": emitted_ts,
+            "speed_source": source, "speed_segments": own.segments if source == CELL else 0,
+            "emitted_ts": emitted_ts,
         })
     return out
 

@@ -7,11 +7,15 @@ Values are decoded Avro dicts (CellPane, CellSighting, CellRequest).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from agents.features_math import Counts, FeaturePolicy, WindowSpec, segment
 
-__all__ = ["Pane", "new_pane", "pane_start", "apply_sighting", "apply_request", "window_counts", "closing_windows"]
+__all__ = [
+    "Pane", "PaneSummary", "new_pane", "pane_start", "apply_sighting", "apply_request", "summarize", "nested_counts",
+    "closing_windows",
+]
 
 Pane = dict[str, Any]  # a decoded CellPane
 Item = Mapping[str, Any]  # a decoded CellSighting or CellRequest
@@ -62,27 +66,78 @@ def apply_request(pane: Pane, r: Item) -> bool:
     return True
 
 
-def window_counts(panes: Sequence[Pane], policy: FeaturePolicy) -> Counts:
-    """One cell's counts over a window, from its panes in time order: distinct available drivers,
-    distinct rides, and travel inside panes plus between a driver's consecutive panes."""
+@dataclass(frozen=True)
+class PaneSummary:
+    """A closed pane reduced to what windows add up: who was available, which rides, travel inside it,
+    and travel into it from each earlier pane (prev pane start -> metres, ms, segments)."""
+
+    available: frozenset[str]
+    rides: frozenset[str]
+    dist_m: float
+    moving_ms: int
+    segments: int
+    links: tuple[tuple[int, float, int, int], ...]
+
+
+def summarize(pane: Pane, earlier: Sequence[tuple[int, Pane]], policy: FeaturePolicy) -> PaneSummary:
+    """Summary of `pane`; `earlier` are the cell's panes that a segment could come from, nearest first
+    (a driver links to the nearest one holding it)."""
+    links: dict[int, list[Any]] = {}
+    dist, moving, segments = 0.0, 0, 0
+    for driver, t in pane["drivers"].items():
+        dist, moving, segments = dist + t["dist_m"], moving + t["moving_ms"], segments + t["segments"]
+        for start, prev_pane in earlier:
+            prev = prev_pane["drivers"].get(driver)
+            if prev is None:
+                continue
+            travel = None if t["first_seq"] <= prev["last_seq"] else segment(
+                prev["last_ts"], prev["last_lat"], prev["last_lng"], t["first_ts"], t["first_lat"], t["first_lng"],
+                policy)
+            if travel is not None:
+                link = links.setdefault(start, [0.0, 0, 0])
+                link[0], link[1], link[2] = link[0] + travel[0], link[1] + travel[1], link[2] + 1
+            break
+    return PaneSummary(
+        available=frozenset(d for d, t in pane["drivers"].items() if t["available"]),
+        rides=frozenset(pane["rides"]), dist_m=dist, moving_ms=moving, segments=segments,
+        links=tuple((start, d, m, n) for start, (d, m, n) in sorted(links.items())),
+    )
+
+
+def nested_counts(summaries: Sequence[tuple[int, PaneSummary]], end_ms: int,
+                  sizes_ms: Sequence[int]) -> dict[int, Counts]:
+    """One cell's counts for the windows [end - size, end) of every size (ascending), in one pass over
+    its panes newest first; a size whose window holds none of the cell's panes is left out."""
     available: set[str] = set()
     rides: set[str] = set()
     dist, moving, segments = 0.0, 0, 0
-    last: dict[str, Mapping[str, Any]] = {}
-    for pane in panes:
-        rides.update(pane["rides"])
-        for driver, t in pane["drivers"].items():
-            if t["available"]:
-                available.add(driver)
-            dist, moving, segments = dist + t["dist_m"], moving + t["moving_ms"], segments + t["segments"]
-            prev = last.get(driver)
-            if prev is not None and t["first_seq"] > prev["last_seq"]:
-                travel = segment(prev["last_ts"], prev["last_lat"], prev["last_lng"], t["first_ts"], t["first_lat"],
-                                 t["first_lng"], policy)
-                if travel is not None:
-                    dist, moving, segments = dist + travel[0], moving + travel[1], segments + 1
-            last[driver] = t
-    return Counts(len(available), len(rides), dist, moving, segments)
+    pending: dict[int, list[Any]] = {}  # links from an earlier pane into the panes already in
+    out: dict[int, Counts] = {}
+    sizes = iter(sizes_ms)
+    size = next(sizes, None)
+    taken = False
+    for start, s in summaries:
+        while size is not None and start < end_ms - size:
+            if taken:
+                out[size] = Counts(len(available), len(rides), dist, moving, segments)
+            size = next(sizes, None)
+        if size is None:
+            break
+        taken = True
+        available |= s.available
+        rides |= s.rides
+        dist, moving, segments = dist + s.dist_m, moving + s.moving_ms, segments + s.segments
+        link = pending.pop(start, None)
+        if link is not None:
+            dist, moving, segments = dist + link[0], moving + link[1], segments + link[2]
+        for prev, d, m, n in s.links:
+            acc = pending.setdefault(prev, [0.0, 0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + d, acc[1] + m, acc[2] + n
+    while size is not None:
+        if taken:
+            out[size] = Counts(len(available), len(rides), dist, moving, segments)
+        size = next(sizes, None)
+    return out
 
 
 def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int) -> list[tuple[int, WindowSpec]]:

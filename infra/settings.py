@@ -92,10 +92,10 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Pseudo-count added to smoothed demand and supply (no division by zero, calm when thin)."
     )
     features_default_speed_mps: float = Field(
-        8.0, gt=0, description="Travel speed where a cell and its k-ring have too little data (8 m/s = 29 km/h)."
+        8.0, gt=0, description="Travel speed where a cell's own moves are too few (8 m/s = 29 km/h)."
     )
     features_speed_min_moving_s: float = Field(
-        20.0, ge=0, description="Moving time (s) a cell (else its k-ring) needs in a window to give its own speed."
+        20.0, ge=0, description="Moving time (s) a cell's drivers need in a window for the cell's own speed."
     )
     features_speed_min_mps: float = Field(
         0.5, ge=0, description="Consecutive fixes slower than this are a parked driver, not travel."

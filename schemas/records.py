@@ -52,8 +52,8 @@ RIDE_EVENTS = (
 )
 ACTORS = ("rider", "driver", "ops", "system")
 WINDOW_KINDS = ("TUMBLING", "HOPPING")
-# Where a cell's travel speed came from: its own drivers, its k-ring's, or the configured default.
-SPEED_SOURCES = ("CELL", "RING", "DEFAULT")
+# Where a cell's travel speed came from: its own drivers' moves, or the configured default.
+SPEED_SOURCES = ("CELL", "DEFAULT")
 
 
 class ChoiceField(StringField):

@@ -44,17 +44,19 @@ def cell_to_activity(app: faust.App, partitions: int, policy: FeaturePolicy) -> 
 
 
 class PaneKeys:
-    """The store key (Faust's windowed key, JSON text) of a cell's pane in a partition."""
+    """The store key (Faust's windowed key, JSON text) of a cell's pane in a partition.
+
+    Formatted here (~1 us) instead of through Faust's serializer registry
+    (~40 us): a unit test holds the two equal.
+    """
 
     def __init__(self, table: faust.Table) -> None:
-        self.table = table
+        self.window = table.window
         self.encode = lru_cache(maxsize=1 << 18)(self._encode)
 
     def _encode(self, cell: str, partition: int, start_ms: int) -> str:
-        window_range = self.table.window.current(start_ms / 1000)
-        raw = self.table.app.serializers.dumps_key(self.table.key_type, ((cell, partition), window_range),
-                                                   serializer=self.table.key_serializer)
-        return raw.decode()
+        start, end = self.window.current(start_ms / 1000)
+        return json.dumps([[cell, partition], [start, end]], separators=(",", ":"))
 
 
 def _decode(key: Any) -> tuple[str, int, int]:

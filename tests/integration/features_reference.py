@@ -165,13 +165,8 @@ def _features(c: str, per: dict[str, dict], p: Params) -> dict[str, Any]:
     s_supply, s_demand = smoothed("drivers"), smoothed("rides")
     ratio = (s_demand + p.prior) / (s_supply + p.prior)
     own = per.get(c, {"drivers": (), "rides": (), "dist": 0.0, "ms": 0, "segments": 0})
-    near = [per[n] for ring in rings for n in ring if n in per]
-    ring_ms = sum(x["ms"] for x in near)
     if own["ms"] and own["ms"] >= p.min_moving_s * 1000:
         speed, source, segments = own["dist"] * 1000 / own["ms"], "CELL", own["segments"]
-    elif ring_ms and ring_ms >= p.min_moving_s * 1000:
-        speed, source = sum(x["dist"] for x in near) * 1000 / ring_ms, "RING"
-        segments = sum(x["segments"] for x in near)
     else:
         speed, source, segments = p.default_speed, "DEFAULT", 0
     return {

@@ -53,7 +53,7 @@ def _event(seq: int = 1, **extra: Any) -> dict[str, Any]:
 _FEATURES = {
     "cell": "8928308280fffff", "kind": "HOPPING", "size_s": 120, "start_ts": T0, "end_ts": T0 + 120_000,
     "final": True, "supply": 4, "demand": 6, "smoothed_supply": 3.25, "smoothed_demand": 5.5, "surge": 1.4,
-    "speed_mps": 7.5, "speed_source": "RING", "speed_segments": 40, "emitted_ts": T0 + 131_000,
+    "speed_mps": 7.5, "speed_source": "CELL", "speed_segments": 40, "emitted_ts": T0 + 131_000,
 }
 SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     LocationEvent: _event(accuracy=4.5, speed=12.25, bearing=270.0),

@@ -22,7 +22,7 @@ from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellActivityBatch, CellFeatures, CellLatest, CellPane, DeadLetter, DriverState, \
     LocationBatch, PushMessage, RideEvent
-from tables.cell_to_activity import cell_to_activity, stored_panes
+from tables.cell_to_activity import PaneKeys, cell_to_activity, stored_panes
 from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
 from tables.writer import TableWriter
@@ -66,7 +66,8 @@ class Wired:
         self.topic = self.app.topic("cell-activity", key_type=bytes, value_type=bytes, key_serializer="raw",
                                     value_serializer="raw", partitions=PARTITIONS)
         self.faust_agent = register(self.app, self.topic, self.agent, batch_max=10, batch_within_s=0.01)
-        self.fanout = ActivityFanout(self.producer, partitions=PARTITIONS, resolution=9, k=policy.k)  # type: ignore[arg-type]
+        self.fanout = ActivityFanout(self.producer, partitions=PARTITIONS, resolution=9, k=policy.k,  # type: ignore[arg-type]
+                                     pane_ms=policy.pane_ms)  # type: ignore[arg-type]
 
     def new_agent(self) -> FeaturesAgent:
         return FeaturesAgent(
@@ -224,7 +225,7 @@ async def test_drivers_agent_sends_sightings_to_every_partition_of_the_k_ring() 
     app = faust.App(f"test-drivers-sightings-{id(object())}", store="memory://", broker="kafka://127.0.0.1:1")
     producer = FakeProducer()
     states = TableWriter(driver_to_state(app, PARTITIONS), producer, codec_for(DriverState), cache_max=100)  # type: ignore[arg-type]
-    fanout = ActivityFanout(producer, partitions=PARTITIONS, resolution=9, k=1)  # type: ignore[arg-type]
+    fanout = ActivityFanout(producer, partitions=PARTITIONS, resolution=9, k=1, pane_ms=30_000)  # type: ignore[arg-type]
     agent_obj = DriversAgent(
         states=states, producer=producer, dead_letters=DeadLetters("locations-dlq", producer, lambda: 7),  # type: ignore[arg-type]
         policy=DriverPolicy(), partitions=PARTITIONS, cell_partitions=PARTITIONS, clock_ms=lambda: 5, activity=fanout,
@@ -242,14 +243,17 @@ async def test_drivers_agent_sends_sightings_to_every_partition_of_the_k_ring() 
     seqs: dict[int, list[int]] = {}
     for v, _, p in producer.on("cell-activity"):
         seqs.setdefault(p, []).extend(s["seq"] for s in codec_for(CellActivityBatch).loads(v)["sightings"])
-    assert set(seqs) == set(target_partitions(A, 1, PARTITIONS))
-    assert all(got == [1, 2, 1] for got in seqs.values())  # the stale seq 1 is sent again, the jump is not
+    own = partition_for(A, PARTITIONS)
+    assert set(seqs) == set(target_partitions(A, 1, PARTITIONS)) and len(seqs) > 1
+    assert seqs[own] == [1, 2, 1]  # every fix, the stale seq 1 again too (a replay), never the jump
+    # The neighbours' partitions only learn that d-1 was in A during this pane.
+    assert all(got == [1] for p, got in seqs.items() if p != own)
 
 
 async def test_demand_agent_forwards_requests_only() -> None:
     app = faust.App(f"test-demand-{id(object())}", store="memory://", broker="kafka://127.0.0.1:1")
     producer = FakeProducer()
-    fanout = ActivityFanout(producer, partitions=PARTITIONS, resolution=9, k=1)  # type: ignore[arg-type]
+    fanout = ActivityFanout(producer, partitions=PARTITIONS, resolution=9, k=1, pane_ms=30_000)  # type: ignore[arg-type]
     agent_obj = DemandAgent(fanout=fanout, producer=producer,  # type: ignore[arg-type]
                             dead_letters=DeadLetters("features-dlq", producer, lambda: 7), resolution=9)  # type: ignore[arg-type]
     topic = app.topic("rides", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
@@ -271,3 +275,13 @@ async def test_demand_agent_forwards_requests_only() -> None:
     assert ride_request({**ride, "event": "CANCELLED"}, 9) is None
     reasons = [codec_for(DeadLetter).loads(v)["reason"] for v, _, _ in producer.on("features-dlq")]
     assert len(reasons) == 2 and "pickup_lat must be <= 90" in reasons[0] and "undecodable" in reasons[1]
+
+
+def test_pane_keys_are_fausts_windowed_keys() -> None:
+    app = faust.App(f"test-pane-keys-{id(object())}", store="memory://", broker="kafka://127.0.0.1:1")
+    table = cell_to_activity(app, PARTITIONS, POLICY)
+    keys = PaneKeys(table)
+    for start in (T0, T0 + 30_000, 1_700_000_010_000, 1_795_237_170_000):
+        faust_key = app.serializers.dumps_key(table.key_type, ((A, 3), table.window.current(start / 1000)),
+                                              serializer=table.key_serializer)
+        assert keys.encode(A, 3, start).encode() == faust_key

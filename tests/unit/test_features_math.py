@@ -8,7 +8,6 @@ from agents.features_math import (
     CELL,
     DEFAULT,
     HOPPING,
-    RING,
     TUMBLING,
     Counts,
     FeaturePolicy,
@@ -104,11 +103,10 @@ def test_segment_is_travel_only() -> None:
     assert segment(T0, lat, lng, T0, north_100m, lng, P) is None
 
 
-def test_travel_speed_falls_back_from_cell_to_ring_to_default() -> None:
-    assert travel_speed(200.0, 20_000, 900.0, 90_000, P) == (10.0, CELL)
-    assert travel_speed(50.0, 5_000, 900.0, 90_000, P) == (10.0, RING)
-    assert travel_speed(50.0, 5_000, 60.0, 6_000, P) == (P.default_speed_mps, DEFAULT)
-    assert travel_speed(0.0, 0, 0.0, 0, FeaturePolicy(speed_min_moving_s=0)) == (P.default_speed_mps, DEFAULT)
+def test_travel_speed_falls_back_to_the_default_where_thin() -> None:
+    assert travel_speed(200.0, 20_000, P) == (10.0, CELL)
+    assert travel_speed(50.0, 5_000, P) == (P.default_speed_mps, DEFAULT)
+    assert travel_speed(0.0, 0, FeaturePolicy(speed_min_moving_s=0)) == (P.default_speed_mps, DEFAULT)
 
 
 def test_window_features_smooth_over_neighbours_and_pick_the_speed_source() -> None:
@@ -121,7 +119,7 @@ def test_window_features_smooth_over_neighbours_and_pick_the_speed_source() -> N
     assert own["smoothed_supply"] == pytest.approx((2 + 0.5 * 4) / 4)
     assert own["smoothed_demand"] == pytest.approx(6 / 4)
     assert own["surge"] == pytest.approx(surge(6 / 4, 1.0, P))
-    assert (own["speed_mps"], own["speed_source"], own["speed_segments"]) == (pytest.approx(10.0), RING, 7)
+    assert (own["speed_mps"], own["speed_source"], own["speed_segments"]) == (P.default_speed_mps, DEFAULT, 0)
     assert (near["speed_mps"], near["speed_source"], near["speed_segments"]) == (pytest.approx(10.0), CELL, 5)
     assert near["smoothed_demand"] == pytest.approx(0.5 * 6 / 4)
     assert own["final"] is True and own["emitted_ts"] == T0 + 1

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import random
+
 import pytest
 
 from agents.features import FUTURE, LATE, ON_TIME, OUT_OF_ORDER, admit
-from agents.features_math import HOPPING, TUMBLING, FeaturePolicy, WindowSpec
+from agents.features_math import HOPPING, TUMBLING, Counts, FeaturePolicy, WindowSpec, segment
 from agents.geo import haversine_m
-from agents.panes import apply_request, apply_sighting, closing_windows, new_pane, pane_start, window_counts
+from agents.panes import (
+    apply_request,
+    apply_sighting,
+    closing_windows,
+    nested_counts,
+    new_pane,
+    pane_start,
+    summarize,
+)
 from schemas.avro import codec_for
 from schemas.records import CellPane
 
@@ -65,7 +75,7 @@ def test_requests_are_a_set_of_rides() -> None:
     assert encodes(pane)["rides"] == {"r1": T0 + 3, "r2": T0 + 9} and pane["max_ts"] == T0 + 9
 
 
-def test_window_counts_are_distinct_over_panes_and_link_a_drivers_consecutive_panes() -> None:
+def test_summaries_link_a_drivers_consecutive_panes() -> None:
     a, b = new_pane(), new_pane()
     apply_sighting(a, s("d1", 1, T0 + 20_000, 0), P)
     apply_sighting(a, s("d1", 2, T0 + 25_000, 1), P)
@@ -75,11 +85,61 @@ def test_window_counts_are_distinct_over_panes_and_link_a_drivers_consecutive_pa
     apply_request(a, r("r1", T0 + 1))
     apply_request(b, r("r1", T0 + 31_000))
     apply_request(b, r("r2", T0 + 32_000))
-    c = window_counts([a, b], P)
-    assert (c.supply, c.demand, c.segments, c.moving_ms) == (2, 2, 2, 10_000)
-    assert c.dist_m == pytest.approx(2 * haversine_m(LAT, LNG, LAT + STEP, LNG))
-    only_a = window_counts([a], P)
-    assert (only_a.supply, only_a.demand, only_a.segments) == (1, 1, 1)  # d2 was not available in `a`
+    sa, sb = summarize(a, [], P), summarize(b, [(T0, a)], P)
+    assert (sa.available, sa.segments, sa.links) == (frozenset({"d1"}), 1, ())
+    assert sb.links == ((T0, pytest.approx(haversine_m(LAT, LNG, LAT + STEP, LNG)), 5_000, 1),)
+    both = nested_counts([(T0 + 30_000, sb), (T0, sa)], T0 + 60_000, [30_000, 60_000])
+    assert (both[60_000].supply, both[60_000].demand, both[60_000].segments, both[60_000].moving_ms) == (2, 2, 2, 10_000)
+    assert both[60_000].dist_m == pytest.approx(2 * haversine_m(LAT, LNG, LAT + STEP, LNG))
+    assert (both[30_000].supply, both[30_000].demand, both[30_000].segments) == (2, 2, 0)  # the link needs `a`
+    assert nested_counts([(T0, sa)], T0 + 90_000, [30_000, 60_000, 120_000]).keys() == {120_000}
+
+
+def _definition(fixes: list[dict[str, Any]], rides: list[dict[str, Any]], start: int, end: int) -> Counts:
+    """One cell over [start, end) from the raw items: distinct available drivers and rides, travel
+    between each driver's consecutive fixes."""
+    inside = [f for f in fixes if start <= f["ts"] < end]
+    dist, moving, segments = 0.0, 0, 0
+    for driver in {f["driver_id"] for f in inside}:
+        mine = sorted((f for f in inside if f["driver_id"] == driver), key=lambda f: f["seq"])
+        for x, y in zip(mine, mine[1:]):
+            travel = segment(x["ts"], x["lat"], x["lng"], y["ts"], y["lat"], y["lng"], P)
+            if travel is not None:
+                dist, moving, segments = dist + travel[0], moving + travel[1], segments + 1
+    return Counts(len({f["driver_id"] for f in inside if f["available"]}),
+                  len({q["ride_id"] for q in rides if start <= q["ts"] < end}), dist, moving, segments)
+
+
+def test_nested_counts_over_summaries_equal_the_definition() -> None:
+    rng = random.Random(4)
+    fixes, rides = [], []
+    for d in range(6):
+        ts, seq, north = T0 + rng.randrange(20_000), 0, 0
+        while ts < T0 + 600_000:
+            seq += 1
+            north += rng.choice((0, 0, 1, 2))
+            fixes.append(s(f"d{d}", seq, ts, north, available=rng.random() < 0.7))
+            ts += rng.choice((2_000, 5_000, 9_000, 25_000, 40_000))
+    rides = [r(f"r{i % 30}", T0 + rng.randrange(600_000)) for i in range(60)]
+    panes: dict[int, dict[str, Any]] = {}
+    for item in sorted(fixes + rides, key=lambda x: x["ts"]):
+        pane = panes.setdefault(pane_start(item["ts"], P.pane_ms), new_pane())
+        (apply_sighting(pane, item, P) if "driver_id" in item else apply_request(pane, item))
+    summaries = {start: summarize(pane, [(start - P.pane_ms, panes[start - P.pane_ms])]
+                                  if start - P.pane_ms in panes else [], P) for start, pane in panes.items()}
+    sizes = [60_000, 120_000, 240_000, 480_000]
+    for end in range(T0 + 30_000, T0 + 630_000, 30_000):
+        newest_first = [(st, summaries[st]) for st in sorted(summaries, reverse=True) if st < end]
+        got = nested_counts(newest_first, end, sizes)
+        for size in sizes:
+            want = _definition(fixes, rides, end - size, end)
+            if size not in got:
+                assert want == Counts()
+                continue
+            c = got[size]
+            assert (c.supply, c.demand, c.moving_ms, c.segments) == (
+                want.supply, want.demand, want.moving_ms, want.segments), (end - T0, size)
+            assert c.dist_m == pytest.approx(want.dist_m)
 
 
 def test_closing_windows_are_the_ends_passed_by_size_then_kind() -> None:
