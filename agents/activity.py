@@ -6,8 +6,9 @@ neighbours' supply and demand and smooths without asking other partitions (or
 workers). The cell's own partition gets every sighting (travel speed needs
 consecutive fixes); the neighbours' partitions only need to know who was
 there, available or not, in each pane, so a driver's further sightings in the
-same cell and pane are not copied to them (the memory of what was copied is
-lost on restart, which only copies again).
+same cell and pane are not copied to them. What was copied is remembered only
+once Kafka has it (`delivered`), so a batch that failed copies again when
+replayed; a restart forgets it all, which only copies again too.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ class ActivityFanout:
         self._pending: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(
             lambda: {"sightings": [], "requests": []})
         self._copied: dict[str, tuple[str, int, bool]] = {}  # driver -> (cell, pane, available) neighbours know
+        self._copying: dict[str, tuple[str, int, bool]] = {}  # the same, collected in this batch
+        self._unacked: dict[str, tuple[str, int, bool]] = {}  # the same, sent, not acked yet
 
     def sighting(self, ping: Mapping[str, Any], status: str) -> None:
         """A driver's fix (a decoded LocationEvent) with the driver's status then."""
@@ -75,12 +78,11 @@ class ActivityFanout:
         own = partition_for(cell, self.partitions)
         self._pending[own]["sightings"].append(item)
         pane = ping["fix_ts"] - ping["fix_ts"] % self.pane_ms
-        known = self._copied.get(item["driver_id"])
+        driver = item["driver_id"]
+        known = self._copying.get(driver) or self._copied.get(driver)
         if known is not None and known[0] == cell and known[1] == pane and (known[2] or not available):
-            return  # the neighbours' partitions already have this driver here, in this pane, as available
-        if len(self._copied) >= COPIED_MAX:
-            self._copied.clear()  # forgetting only costs a few copies again
-        self._copied[item["driver_id"]] = (cell, pane, available)
+            return  # the neighbours' partitions have this driver here, in this pane, as available
+        self._copying[driver] = (cell, pane, available)
         for partition in target_partitions(cell, self.k, self.partitions):
             if partition != own:
                 self._pending[partition]["sightings"].append(item)
@@ -91,9 +93,17 @@ class ActivityFanout:
             self._pending[partition]["requests"].append(item)
 
     def send(self, group: DeliveryGroup) -> int:
-        """Produce what was collected (in `group`); how many records."""
+        """Produce what was collected (in `group`); how many records. Call `delivered` once acked."""
         for partition, batch in self._pending.items():
             self.producer.send(group, CELL_ACTIVITY.name, self.codec.dumps(batch), partition=partition)
         sent = len(self._pending)
         self._pending.clear()
+        self._unacked, self._copying = self._copying, {}  # a failed batch's copies are never remembered
         return sent
+
+    def delivered(self) -> None:
+        """What the last `send` produced is in Kafka: the neighbours' partitions know it."""
+        if len(self._copied) + len(self._unacked) > COPIED_MAX:
+            self._copied.clear()  # forgetting only costs a few copies again
+        self._copied.update(self._unacked)
+        self._unacked = {}

@@ -210,6 +210,8 @@ class DriversAgent:
         if self.activity is not None:
             self.activity.send(group)
         await group.wait()
+        if self.activity is not None:
+            self.activity.delivered()
         self.states.persist_offsets(group)
 
     def _reject(self, group: DeliveryGroup, event: faust.EventT, ping: Ping, reason: str) -> None:

@@ -83,6 +83,12 @@ def _refusal(cell: str, partition: int, resolution: int, k: int, partitions: int
     return None
 
 
+@lru_cache(maxsize=1 << 17)
+def _owned_ring(cell: str, k: int, partition: int, partitions: int) -> tuple[str, ...]:
+    """The cells within k of `cell` that `partition` owns."""
+    return tuple(n for n in kring(cell, k) if partition_for(n, partitions) == partition)
+
+
 def admit(wm: int | None, ts: int, now_ms: int, policy: FeaturePolicy) -> str:
     """Where an event at `ts` stands against its partition's watermark `wm` (pure)."""
     if ts > now_ms + policy.max_future_ms:
@@ -295,8 +301,10 @@ class FeaturesAgent:
 
     def _owned_near(self, partition: int, cells: Iterable[str]) -> list[str]:
         """Cells this partition owns within k of any of `cells`: the ones whose features can change."""
-        near = {n for c in cells for n in kring(c, self.policy.k)}
-        return sorted(n for n in near if partition_for(n, self.partitions) == partition)
+        near: set[str] = set()
+        for cell in cells:
+            near.update(_owned_ring(cell, self.policy.k, partition, self.partitions))
+        return sorted(near)
 
     def _emit_end(self, out: DeliveryGroup, partition: int, clock: Clock, end: int, specs: list[WindowSpec],
                   event: faust.EventT, now: int, *, final: bool = True, only: set[str] | None = None) -> int:

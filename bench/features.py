@@ -41,8 +41,8 @@ CITY = (37.7749, -122.4194)
 RADIUS_M = 4000.0
 PING_EVERY_S = 10
 SLICE_MS = 5_000
-AHEAD_SLICES = 3  # queued ahead of the features agent: enough to keep it busy
-GRACE_MS = 30_000  # > AHEAD_SLICES * SLICE_MS: the feeder's lead never makes an event late
+AHEAD_SLICES = 5  # queued ahead of the features agent: enough to keep it busy
+GRACE_MS = 40_000  # > AHEAD_SLICES * SLICE_MS: the feeder's lead never makes an event late
 
 
 def _offset(lat: float, lng: float, north_m: float, east_m: float) -> tuple[float, float]:

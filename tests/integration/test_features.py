@@ -1,7 +1,8 @@
 """Features on the real broker: a recorded stream through the worker equals the plain-Python reference.
 
-The module runs its own broker: the watermark is per partition, so the other
-tests' pings (other places, other times) would otherwise make these events late.
+These tests run their own brokers: the watermark is per partition, so the other
+tests' pings (other places, other times) would make these events late, and a
+new worker group first replays whatever earlier runs left in the topics.
 """
 from __future__ import annotations
 

@@ -285,3 +285,31 @@ def test_pane_keys_are_fausts_windowed_keys() -> None:
         faust_key = app.serializers.dumps_key(table.key_type, ((A, 3), table.window.current(start / 1000)),
                                               serializer=table.key_serializer)
         assert keys.encode(A, 3, start).encode() == faust_key
+
+
+def test_fanout_copies_to_neighbours_once_per_pane_and_again_after_a_failed_batch() -> None:
+    producer = FakeProducer()
+    fanout = ActivityFanout(producer, partitions=PARTITIONS, resolution=9, k=1, pane_ms=30_000)  # type: ignore[arg-type]
+    own = partition_for(A, PARTITIONS)
+
+    def batch(*pings: dict[str, Any], acked: bool = True) -> dict[int, list[tuple[int, bool]]]:
+        for p in pings:
+            fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
+        start = len(producer.sent)
+        fanout.send(producer.group())  # type: ignore[arg-type]
+        if acked:
+            fanout.delivered()
+        out: dict[int, list[tuple[int, bool]]] = {}
+        for _, v, _, p in producer.sent[start:]:
+            out[p] = [(s["seq"], s["available"]) for s in codec_for(CellActivityBatch).loads(v)["sightings"]]
+        return out
+
+    first = batch(ping("d1", 1, 1, status="ON_TRIP"), ping("d1", 2, 2, status="ON_TRIP"))
+    assert first[own] == [(1, False), (2, False)] and all(v == [(1, False)] for p, v in first.items() if p != own)
+    became_available = batch(ping("d1", 3, 3))
+    assert len(became_available) > 1 and all(v == [(3, True)] for v in became_available.values())
+    assert batch(ping("d1", 4, 4)) == {own: [(4, True)]}  # nothing new for the neighbours
+    assert len(batch(ping("d1", 5, 31))) > 1  # a new pane
+    lost = batch(ping("d1", 6, 61), acked=False)
+    assert len(lost) > 1
+    assert len(batch(ping("d1", 6, 61))) > 1  # the replay of a failed batch copies again
