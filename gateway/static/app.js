@@ -209,7 +209,11 @@
     return socket;
   }
 
-  const fleet = new Fleet(makeMap());
-  connect(fleet);
+  const map = makeMap();
+  const fleet = new Fleet(map);
+  const socket = connect(fleet);
   setInterval(() => panel.refresh(fleet), 500);
+  // Extensions (static/supply.js, the ops supply/demand layer) get the map and the socket.
+  window.livetrack = { map, socket };
+  document.dispatchEvent(new CustomEvent("livetrack:ready", { detail: window.livetrack }));
 })();

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import fastavro
 import h3
 import pytest
+from playwright.async_api import async_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.broker import kafka_running
@@ -35,6 +36,7 @@ from schemas.topics import CELL_FEATURES, LOCATIONS, RIDES
 from tests.conftest import _free_port
 from tests.integration.features_reference import Ping, Request, Stream, recorded_stream, reference
 from tests.integration.fixtures import Pipeline, Subscriber, read_topic
+from tests.integration.test_page import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.integration
 
@@ -119,9 +121,9 @@ class Feeder:
             self.producer.send(group, RIDES.name, codec_for(RideEvent).dumps(_ride(r, event)), key=r.ride.encode())
         await group.wait()
 
-    async def stream(self, stream: Stream, base_ts: int, *, after_slice: Any = None) -> None:
+    async def stream(self, stream: Stream, base_ts: int, *, after_slice: Any = None, minutes: int = MINUTES) -> None:
         """The stream slice by slice (30 s of event time each), paced, in event-time order."""
-        for k in range(MINUTES * 60_000 // SLICE_MS):
+        for k in range(minutes * 60_000 // SLICE_MS):
             lo, hi = base_ts + k * SLICE_MS, base_ts + (k + 1) * SLICE_MS
             await self.send([p for p in stream.pings if lo <= p.ts < hi],
                             [r for r in stream.requests if lo <= r.ts < hi],
@@ -298,3 +300,32 @@ def test_cell_features_read_with_the_avsc_and_fastavro_only(features_settings: S
         assert row["cell"] == record["cell"] and int(row["supply"]) == record["supply"]  # type: ignore[index]
         assert float(row["surge"]) == pytest.approx(record["surge"])  # type: ignore[index]
         assert int(row["log_append_ms"]) >= record["emitted_ts"]  # type: ignore[index]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="make test installs Debian's chromium; run it through make")
+async def test_page_supply_layer_draws_the_cells_drivers_are_in(fresh_settings: Settings) -> None:
+    base = _base_ts(hours_ago=2)
+    stream = recorded_stream(base, "c", seed=3, minutes=4, drivers=6, rides=20)
+    pipeline = Pipeline(fresh_settings)
+    pipeline.start_worker()
+    await pipeline.start_gateway()
+    try:
+        async with async_playwright() as pw, Feeder(fresh_settings) as feeder:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = await browser.new_page(viewport={"width": 1000, "height": 700})
+            await page.goto(f"{pipeline.url}/#token={pipeline.token()}")
+            await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
+            await page.check(".leaflet-control-layers-overlays input")  # switch the layer on
+            await feeder.stream(stream, base, minutes=4)
+            await feeder.clock("c", base + 45 * 60_000)
+            windows = await wait_for(fresh_settings, reference(stream), base - 480_000, base + 30 * 60_000)
+            cells = {h3.latlng_to_cell(p.lat, p.lng, 9) for p in stream.pings}
+            # Each cell a driver was in is subscribed and drawn from its channel: one update per primary window.
+            want = {c: sum(1 for (w, kind, size, _) in windows if (w, kind, size) == (c, "HOPPING", 120)) for c in cells}
+            await page.wait_for_function(
+                "want => Object.entries(want).every(([c, n]) => window.livetrackSupply.cells.get(c)?.seq === n"
+                " && (n === 0 || window.livetrackSupply.cells.get(c).polygon))", arg=want, timeout=30_000)
+            await browser.close()
+    finally:
+        pipeline.stop()
+    assert sum(n > 0 for n in want.values()) >= 3
