@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Also emit running (not final) primary-window features at most this often per cell; 0 = off."
     )
     features_stale_ms: int = Field(
-        600_000, gt=0, description="Surge and speed lookups ignore features older than this (event time)."
+        600_000, gt=0, description="Surge and speed lookups ignore features whose window ended longer ago than this."
     )
 
     # --- gateway -----------------------------------------------------------
