@@ -315,7 +315,9 @@ async def test_page_supply_layer_draws_the_cells_drivers_are_in(fresh_settings: 
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
             await page.goto(f"{pipeline.url}/#token={pipeline.token()}")
             await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
-            await page.check(".leaflet-control-layers-overlays input")  # switch the layer on
+            # Switch the layer on (Leaflet redraws the control on click, so no check() of the box).
+            await page.click(".leaflet-control-layers-overlays input")
+            await page.wait_for_function("window.livetrackSupply?.on === true", timeout=10_000)
             await feeder.stream(stream, base, minutes=4)
             await feeder.clock("c", base + 45 * 60_000)
             windows = await wait_for(fresh_settings, reference(stream), base - 480_000, base + 30 * 60_000)
