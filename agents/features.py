@@ -105,6 +105,7 @@ class Clock:
     """One partition's watermark (max event time seen) and which cells have a pane when."""
 
     wm: int | None = None
+    closed: int | None = None  # the watermark when windows were last closed
     panes: dict[int, set[str]] = field(default_factory=dict)  # pane start -> cells
     touched: set[str] = field(default_factory=set)  # cells with news this batch (running updates)
 
@@ -157,11 +158,9 @@ class FeaturesAgent:
     async def _process(self, events: Sequence[faust.EventT]) -> None:
         out = self.producer.group()
         self._now = self.clock_ms()
-        before: dict[int, tuple[faust.EventT, int | None]] = {}
+        first_close: int | None = None
         for event, batch in decode_records(events, CellActivityBatch, self.dead_letters, out):
-            partition = event.message.partition
-            clock = self.clock(partition)
-            before.setdefault(partition, (event, clock.wm))
+            clock = self.clock(event.message.partition)
             bind_event(event)  # pane reads and writes go to this event's partition
             for s in batch["sightings"]:
                 with self.dead_letters.guard(out, event, "bad sighting", None):
@@ -169,14 +168,15 @@ class FeaturesAgent:
             for r in batch["requests"]:
                 with self.dead_letters.guard(out, event, "bad request", None):
                     self._apply(clock, event, r, "request")
+            # Close right away, not after the whole batch: a window is out as soon as it can be.
+            now = self.clock_ms()
+            if self._close(out, event.message.partition, event, now) and first_close is None:
+                first_close = now
         bind_event(None)
         self._count_events()
-        closed_at = self.clock_ms()
-        emitted = sum(self._close(out, partition, event, wm_before, closed_at)
-                      for partition, (event, wm_before) in before.items())
         await out.wait()  # outputs first: state is never ahead of what was emitted
-        if emitted:
-            self.metrics.close_to_ack.observe(max(0, self.clock_ms() - closed_at) / 1000)
+        if first_close is not None:
+            self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first_close) / 1000)
         state = self.producer.group()
         self.panes.flush(state)
         self.latest.flush(state)
@@ -201,6 +201,7 @@ class FeaturesAgent:
         for cell, partition, start, raw in stored_panes(self.panes.table):
             clocks.setdefault(partition, Clock()).note(start, cell, self.panes.codec.loads(raw)["max_ts"])
         for partition, clock in clocks.items():
+            clock.closed = clock.wm  # what was stored was written after its windows were emitted
             log.info("features partition %d resumes at event time %s with %d panes", partition, clock.wm,
                      sum(len(c) for c in clock.panes.values()))
         return clocks
@@ -230,20 +231,20 @@ class FeaturesAgent:
             clock.touched.add(cell)
         self._tally[(kind, outcome if changed else DUPLICATE, copy)] += 1
 
-    def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, wm_before: int | None,
-               now: int) -> int:
-        """Emit every window the batch moved the watermark past, then drop panes no window needs;
-        how many features were emitted."""
+    def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, now: int) -> int:
+        """Emit every window the watermark passed since the last close, then drop panes no window
+        needs; how many features were emitted."""
         clock = self.clock(partition)
-        if clock.wm is None or not clock.panes:
+        if clock.wm is None or clock.wm == clock.closed or not clock.panes:
             return 0
         self.metrics.watermark.labels(str(partition)).set(clock.wm)
         bind_event(event)
         p = self.policy
         first, last = min(clock.panes), max(clock.panes)
         # Windows ending by the first pane hold nothing; none after the last pane's reach either.
-        after = first if wm_before is None else max(first, wm_before - p.grace_ms)
+        after = first if clock.closed is None else max(first, clock.closed - p.grace_ms)
         until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
+        clock.closed = clock.wm
         emitted = 0
         for end, specs in groupby(closing_windows(p.specs, after, until), key=lambda e: e[0]):
             emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)

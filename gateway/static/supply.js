@@ -31,7 +31,8 @@
       this.on = false;
       map.on("overlayadd", (e) => e.layer === this.group && this.start());
       map.on("overlayremove", (e) => e.layer === this.group && this.stop());
-      L.control.layers(null, { "supply / demand": this.group }, { collapsed: false }).addTo(map);
+      L.control.layers(null, { "supply / demand": this.group }, { collapsed: false, position: "bottomleft" })
+        .addTo(map);
       socket.on("update", (msg) => this.onUpdate(msg));
       socket.on("connect", () => this.on && [...this.cells.keys()].forEach((cell) => this.subscribe(cell)));
     }

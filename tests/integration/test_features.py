@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import fastavro
 import h3
+from confluent_kafka import Consumer, TopicPartition
 import pytest
 from playwright.async_api import async_playwright
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,8 +41,9 @@ from tests.integration.test_page import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.integration
 
-GRACE_MS = 300_000  # > any lag between the pings' and the requests' paths while a test paces its input
+GRACE_MS = 300_000  # > (LEAD_SLICES + 2) * SLICE_MS: the feeder's lead never makes an event late
 SLICE_MS = 30_000
+LEAD_SLICES = 6  # the feeder waits for the worker to consume all but this many slices
 PACE_S = 0.3
 MINUTES = 12
 Key = tuple[str, str, int, int]
@@ -96,11 +98,19 @@ def _event(p: Ping) -> dict[str, Any]:
 
 
 class Feeder:
-    """Produces a stream as the gateway and dispatch would: LocationBatch per driver partition, RideEvents."""
+    """Produces a stream as the gateway and dispatch would: LocationBatch per driver partition, RideEvents.
+
+    It never runs more than LEAD_SLICES ahead of what the worker has consumed (its committed offsets on
+    `locations` and `rides`), so the pings' and the requests' paths stay within the grace of each other
+    however slow a loaded machine makes the worker.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.producer = AsyncProducer(settings.bootstrap)
+        self.marks: list[dict[tuple[str, int], int]] = []  # per slice: the last offset produced so far
+        self.probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
+                               "enable.auto.commit": False})
 
     async def __aenter__(self) -> "Feeder":
         self.producer.start()
@@ -108,6 +118,7 @@ class Feeder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.close()
+        self.probe.close()
 
     async def send(self, pings: list[Ping], requests: list[Request] = (), others: list[Request] = ()) -> None:  # type: ignore[assignment]
         group = self.producer.group()
@@ -120,10 +131,18 @@ class Feeder:
         for r, event in [(r, "REQUESTED") for r in requests] + [(r, "OFFERED") for r in others]:
             self.producer.send(group, RIDES.name, codec_for(RideEvent).dumps(_ride(r, event)), key=r.ride.encode())
         await group.wait()
+        self.marks.append({**(self.marks[-1] if self.marks else {}), **group.offsets})
+
+    def _consumed(self, mark: dict[tuple[str, int], int]) -> bool:
+        committed = self.probe.committed([TopicPartition(t, p) for t, p in mark], timeout=10)
+        return all(tp.offset > mark[(tp.topic, tp.partition)] for tp in committed)
 
     async def stream(self, stream: Stream, base_ts: int, *, after_slice: Any = None, minutes: int = MINUTES) -> None:
-        """The stream slice by slice (30 s of event time each), paced, in event-time order."""
+        """The stream slice by slice (30 s of event time each), in event-time order, at most LEAD_SLICES
+        ahead of the worker."""
         for k in range(minutes * 60_000 // SLICE_MS):
+            while k > LEAD_SLICES and not await asyncio.to_thread(self._consumed, self.marks[k - LEAD_SLICES - 1]):
+                await asyncio.sleep(0.2)
             lo, hi = base_ts + k * SLICE_MS, base_ts + (k + 1) * SLICE_MS
             await self.send([p for p in stream.pings if lo <= p.ts < hi],
                             [r for r in stream.requests if lo <= r.ts < hi],
@@ -327,6 +346,8 @@ async def test_page_supply_layer_draws_the_cells_drivers_are_in(fresh_settings: 
             await page.wait_for_function(
                 "want => Object.entries(want).every(([c, n]) => window.livetrackSupply.cells.get(c)?.seq === n"
                 " && (n === 0 || window.livetrackSupply.cells.get(c).polygon))", arg=want, timeout=30_000)
+            await page.evaluate("window.livetrack.map.setView([48.8566, 2.3522], 15)")
+            await page.screenshot(path=str(fresh_settings.state_dir / "page-supply.png"))
             await browser.close()
     finally:
         pipeline.stop()
