@@ -37,6 +37,7 @@ from agents.metrics import WorkerMetrics
 from agents.panes import (
     Pane,
     PaneSummary,
+    apply_presence,
     apply_request,
     apply_sighting,
     closing_windows,
@@ -224,7 +225,12 @@ class FeaturesAgent:
         pane = self.panes.get(key)
         if pane is None:
             pane = new_pane()
-        changed = apply_sighting(pane, item, self.policy) if kind == "sighting" else apply_request(pane, item)
+        if kind == "request":
+            changed = apply_request(pane, item)
+        elif copy == "own":
+            changed = apply_sighting(pane, item, self.policy)
+        else:  # a neighbour's cell: only who was there counts here (smoothing), not how they moved
+            changed = apply_presence(pane, item)
         self.panes.set(key, pane, event)  # max_ts may move even for a replay: the watermark is stored
         clock.note(start, cell, ts)
         if changed:

@@ -2,7 +2,8 @@
 
 Applying is idempotent, so a replayed batch (at-least-once) changes nothing:
 a sighting whose seq is not above the last seq the pane holds for its driver
-is a replay (or out of order) and is ignored; rides are a set of ride ids.
+is a replay (or out of order) and is ignored; presence in a neighbour's cell
+and rides are sets.
 Values are decoded Avro dicts (CellPane, CellSighting, CellRequest).
 """
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from agents.features_math import Counts, FeaturePolicy, WindowSpec, segment
 
 __all__ = [
-    "Pane", "PaneSummary", "new_pane", "pane_start", "apply_sighting", "apply_request", "summarize", "nested_counts",
-    "closing_windows",
+    "Pane", "PaneSummary", "new_pane", "pane_start", "apply_sighting", "apply_presence", "apply_request", "summarize",
+    "nested_counts", "closing_windows",
 ]
 
 Pane = dict[str, Any]  # a decoded CellPane
@@ -22,7 +23,7 @@ Item = Mapping[str, Any]  # a decoded CellSighting or CellRequest
 
 
 def new_pane() -> Pane:
-    return {"drivers": {}, "rides": {}, "max_ts": 0}
+    return {"drivers": {}, "present": {}, "rides": {}, "max_ts": 0}
 
 
 def pane_start(ts: int, pane_ms: int) -> int:
@@ -54,6 +55,16 @@ def apply_sighting(pane: Pane, s: Item, policy: FeaturePolicy) -> bool:
         trace["segments"] += 1
     trace.update(last_seq=s["seq"], last_ts=s["ts"], last_lat=s["lat"], last_lng=s["lng"],
                  available=trace["available"] or s["available"])
+    return True
+
+
+def apply_presence(pane: Pane, s: Item) -> bool:
+    """Note that a driver was in a neighbour's cell (available or not) in place; False when known."""
+    pane["max_ts"] = max(pane["max_ts"], s["ts"])
+    held = pane["present"].get(s["driver_id"])
+    if held is True or held == s["available"]:
+        return False
+    pane["present"][s["driver_id"]] = s["available"]
     return True
 
 
@@ -98,7 +109,8 @@ def summarize(pane: Pane, earlier: Sequence[tuple[int, Pane]], policy: FeaturePo
                 link[0], link[1], link[2] = link[0] + travel[0], link[1] + travel[1], link[2] + 1
             break
     return PaneSummary(
-        available=frozenset(d for d, t in pane["drivers"].items() if t["available"]),
+        available=frozenset([*(d for d, t in pane["drivers"].items() if t["available"]),
+                             *(d for d, available in pane["present"].items() if available)]),
         rides=frozenset(pane["rides"]), dist_m=dist, moving_ms=moving, segments=segments,
         links=tuple((start, d, m, n) for start, (d, m, n) in sorted(links.items())),
     )

@@ -263,9 +263,11 @@ class PaneTrace(_Record, namespace="livetrack.PaneTrace"):  # type: ignore[call-
 
 
 class CellPane(_Record, namespace="livetrack.CellPane"):  # type: ignore[call-arg]
-    """What one partition saw of one cell during one pane (table `cell_to_activity`)."""
+    """What one partition saw of one cell during one pane (table `cell_to_activity`): the traces of
+    the drivers of a cell it owns, or only who was there (available or not) for a neighbour's cell."""
 
     drivers: Dict[str, PaneTrace]
+    present: Dict[str, bool]
     rides: Dict[str, int]
     max_ts: int
 

@@ -96,6 +96,7 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
             "last_ts": T0 + 9000, "last_lat": 37.771, "last_lng": -122.41, "dist_m": 111.2, "moving_ms": 9000,
             "segments": 3, "available": False,
         }},
+        "present": {"d-2": False, "d-3": True},
         "rides": {"r-1": T0 + 5},
         "max_ts": T0 + 9000,
     },

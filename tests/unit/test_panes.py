@@ -11,6 +11,7 @@ from agents.features import FUTURE, LATE, ON_TIME, OUT_OF_ORDER, admit
 from agents.features_math import HOPPING, TUMBLING, Counts, FeaturePolicy, WindowSpec, segment
 from agents.geo import haversine_m
 from agents.panes import (
+    apply_presence,
     apply_request,
     apply_sighting,
     closing_windows,
@@ -162,3 +163,16 @@ def test_admission_against_the_watermark() -> None:
     assert admit(wm, T0 + 89_999, now, FeaturePolicy(grace_ms=10_001)) == OUT_OF_ORDER
     assert admit(wm, now + P.max_future_ms + 1, now, P) == FUTURE
     assert pane_start(T0 + 89_999, P.pane_ms) == T0 + 60_000
+
+
+def test_presence_in_a_neighbours_cell_is_a_set_that_only_gains_availability() -> None:
+    pane = new_pane()
+    assert apply_presence(pane, s("d1", 1, T0, available=False))
+    assert not apply_presence(pane, s("d1", 9, T0 + 5, available=False))
+    assert apply_presence(pane, s("d1", 2, T0 + 9, available=True))
+    assert not apply_presence(pane, s("d1", 3, T0 + 12, available=False))  # seen available stays so
+    assert apply_presence(pane, s("d2", 1, T0 + 3, available=False))
+    assert encodes(pane)["present"] == {"d1": True, "d2": False} and pane["drivers"] == {}
+    assert pane["max_ts"] == T0 + 12
+    summary = summarize(pane, [], P)
+    assert (summary.available, summary.segments, summary.dist_m) == (frozenset({"d1"}), 0, 0.0)
