@@ -17,12 +17,13 @@ from agents.metrics import WorkerMetrics, serve_metrics
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, CellLatest, CellPane, DriverState
+from schemas.records import CellDrivers, CellLatest, CellPane, DriverState, Watermark
 from schemas.topics import CELL_ACTIVITY, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, RIDES, TopicSpec
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
 from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
+from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
 
 __all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
@@ -101,6 +102,8 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     policy = FeaturePolicy.from_settings(settings)
     activity_partitions = CELL_ACTIVITY.partition_count(settings.partitions)
     panes = TableWriter(cell_to_activity(app, activity_partitions, policy), producer, codec_for(CellPane), **cache)
+    watermarks = TableWriter(partition_to_watermark(app, activity_partitions), producer, codec_for(Watermark),
+                             **cache)
     latest_table = cell_to_features(app, activity_partitions)
     latest = TableWriter(latest_table, producer, codec_for(CellLatest), **cache)
     features_dlq = DeadLetters(FEATURES_DLQ.name, producer, clock_ms)
@@ -112,8 +115,8 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                               pane_ms=policy.pane_ms)
 
     feature_agent = features.FeaturesAgent(
-        panes=panes, latest=latest, producer=producer, dead_letters=features_dlq, policy=policy,
-        partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
+        panes=panes, watermarks=watermarks, latest=latest, producer=producer, dead_letters=features_dlq,
+        policy=policy, partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
     )
 
     async def forget_cached(*_: object, **__: object) -> None:

@@ -1,20 +1,21 @@
 """Features agent (topic `cell-activity`, partitioned by H3 cell): windowed supply, demand, surge, speed.
 
-Per batch: each sighting and request updates one pane of its cell (table
-`cell_to_activity`, one write per pane per batch); the partition's event time
-(the max event time seen, "watermark") moves; every window whose end plus
-grace it passed is closed: counts from the panes, k-ring smoothing, surge and
-travel speed for the cells this partition owns, one CellFeatures record each
-on `cell-features`, and for the primary window a `cell:{h3}` push (seq owned
-here, in `cell_to_features`). Events for a pane already closed are late: not
-counted in any window, counted in the metrics.
+Each sighting and request updates one pane of its cell (table
+`cell_to_activity`, written once per pane per batch) and moves the partition's
+event time (the max event time seen, "watermark"). After each record, every
+window whose end plus grace the watermark passed is closed: counts from the
+panes, k-ring smoothing, surge and travel speed for the cells this partition
+owns, one CellFeatures record each on `cell-features`, and for the primary
+window a `cell:{h3}` push (seq owned here, in `cell_to_features`). Events for
+a pane already closed are late: counted in no window, counted in the metrics.
 
 Outputs first, state second: the features and pushes are acked before the
-panes and `cell_to_features` are written, so state never runs ahead of what was
-emitted. A crash in between replays the batch: panes ignore what they hold and
-the same windows close again with the same values and seqs (at-least-once,
-duplicates identical). The watermark is the max `max_ts` of the stored panes,
-so a restarted worker knows which windows it already closed.
+panes, the watermark and `cell_to_features` are written (in that order), so
+state never runs ahead of what was emitted. A crash in between replays the
+batch: panes ignore what they hold and the same windows close again with the
+same values and seqs (at-least-once, duplicates identical). The stored
+watermark is written after the panes, so a restarted worker resumes at the
+last batch it fully wrote and judges replayed events as it did the first time.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class Clock:
     wm: int | None = None
     closed: int | None = None  # the watermark when windows were last closed
     panes: dict[int, set[str]] = field(default_factory=dict)  # pane start -> cells
-    touched: set[str] = field(default_factory=set)  # cells with news this batch (running updates)
+    touched: set[str] = field(default_factory=set)  # cells with news since the last close (running updates)
 
     def note(self, start: int, cell: str, ts: int) -> None:
         self.panes.setdefault(start, set()).add(cell)
@@ -119,11 +120,13 @@ class FeaturesAgent:
     """Applies CellActivityBatch records to panes and emits the windows they close."""
 
     def __init__(
-        self, *, panes: TableWriter, latest: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-        policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics, clock_ms: Callable[[], int],
+        self, *, panes: TableWriter, watermarks: TableWriter, latest: TableWriter, producer: AsyncProducer,
+        dead_letters: DeadLetters, policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics,
+        clock_ms: Callable[[], int],
     ) -> None:
         self.panes = panes
         self.keys = PaneKeys(panes.table)
+        self.watermarks = watermarks
         self.latest = latest
         self.producer = producer
         self.dead_letters = dead_letters
@@ -146,6 +149,7 @@ class FeaturesAgent:
         self._running_at.clear()
         self._summaries.clear()
         self.panes.forget()
+        self.watermarks.forget()
         self.latest.forget()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
@@ -179,11 +183,11 @@ class FeaturesAgent:
         if first_close is not None:
             self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first_close) / 1000)
         state = self.producer.group()
-        self.panes.flush(state)
-        self.latest.flush(state)
+        for table in (self.panes, self.watermarks, self.latest):  # the watermark covers written panes only
+            table.flush(state)
         await state.wait()
-        self.panes.persist_offsets(state)
-        self.latest.persist_offsets(state)
+        for table in (self.panes, self.watermarks, self.latest):
+            table.persist_offsets(state)
         self.records += len(events)
 
     def _count_events(self) -> None:
@@ -199,11 +203,13 @@ class FeaturesAgent:
 
     def _load(self) -> dict[int, Clock]:
         clocks: dict[int, Clock] = {}
-        for cell, partition, start, raw in stored_panes(self.panes.table):
-            clocks.setdefault(partition, Clock()).note(start, cell, self.panes.codec.loads(raw)["max_ts"])
-        for partition, clock in clocks.items():
-            clock.closed = clock.wm  # what was stored was written after its windows were emitted
-            log.info("features partition %d resumes at event time %s with %d panes", partition, clock.wm,
+        for cell, partition, start, _ in stored_panes(self.panes.table):
+            clocks.setdefault(partition, Clock()).panes.setdefault(start, set()).add(cell)
+        for key, raw in self.watermarks.table.data.items():
+            clock = clocks.setdefault(int(key), Clock())
+            # Stored after its batch's windows were emitted: they are all closed.
+            clock.wm = clock.closed = self.watermarks.codec.loads(raw)["ts"]
+            log.info("features partition %s resumes at event time %s with %d panes", int(key), clock.wm,
                      sum(len(c) for c in clock.panes.values()))
         return clocks
 
@@ -222,18 +228,16 @@ class FeaturesAgent:
             return
         start = ts - ts % self.policy.pane_ms
         key = self.keys.encode(cell, partition, start)
-        pane = self.panes.get(key)
-        if pane is None:
-            pane = new_pane()
+        pane = self.panes.get(key) or new_pane()
         if kind == "request":
             changed = apply_request(pane, item)
         elif copy == "own":
             changed = apply_sighting(pane, item, self.policy)
         else:  # a neighbour's cell: only who was there counts here (smoothing), not how they moved
             changed = apply_presence(pane, item)
-        self.panes.set(key, pane, event)  # max_ts may move even for a replay: the watermark is stored
         clock.note(start, cell, ts)
         if changed:
+            self.panes.set(key, pane, event)
             clock.touched.add(cell)
         self._tally[(kind, outcome if changed else DUPLICATE, copy)] += 1
 
@@ -245,6 +249,7 @@ class FeaturesAgent:
             return 0
         self.metrics.watermark.labels(str(partition)).set(clock.wm)
         bind_event(event)
+        self.watermarks.set(str(partition), {"ts": clock.wm}, event)
         p = self.policy
         first, last = min(clock.panes), max(clock.panes)
         # Windows ending by the first pane hold nothing; none after the last pane's reach either.

@@ -23,7 +23,7 @@ Item = Mapping[str, Any]  # a decoded CellSighting or CellRequest
 
 
 def new_pane() -> Pane:
-    return {"drivers": {}, "present": {}, "rides": {}, "max_ts": 0}
+    return {"drivers": {}, "present": {}, "rides": {}}
 
 
 def pane_start(ts: int, pane_ms: int) -> int:
@@ -40,8 +40,7 @@ def _trace(s: Item) -> dict[str, Any]:
 
 
 def apply_sighting(pane: Pane, s: Item, policy: FeaturePolicy) -> bool:
-    """Add a sighting to `pane` in place; False when it is a replay (nothing changed but max_ts)."""
-    pane["max_ts"] = max(pane["max_ts"], s["ts"])
+    """Add a sighting to `pane` in place; False when it is a replay (nothing changed)."""
     trace = pane["drivers"].get(s["driver_id"])
     if trace is None:
         pane["drivers"][s["driver_id"]] = _trace(s)
@@ -60,7 +59,6 @@ def apply_sighting(pane: Pane, s: Item, policy: FeaturePolicy) -> bool:
 
 def apply_presence(pane: Pane, s: Item) -> bool:
     """Note that a driver was in a neighbour's cell (available or not) in place; False when known."""
-    pane["max_ts"] = max(pane["max_ts"], s["ts"])
     held = pane["present"].get(s["driver_id"])
     if held is True or held == s["available"]:
         return False
@@ -70,7 +68,6 @@ def apply_presence(pane: Pane, s: Item) -> bool:
 
 def apply_request(pane: Pane, r: Item) -> bool:
     """Add a requested ride to `pane` in place; False when the pane already has it."""
-    pane["max_ts"] = max(pane["max_ts"], r["ts"])
     if r["ride_id"] in pane["rides"]:
         return False
     pane["rides"][r["ride_id"]] = r["ts"]

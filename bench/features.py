@@ -1,7 +1,7 @@
 """Feature agents at saturation: pings and ride requests through drivers -> features (and demand -> features).
 
 A worker runs on a fresh broker; this process feeds it a city in event-time
-order (drivers pinging every 10 s, ride requests among them), slice by slice,
+order (drivers pinging every 5 s, ride requests among them), slice by slice,
 keeping a few slices queued ahead of the features agent (read from the
 worker's /metrics) so the worker never waits for input while event time stays
 within the grace. Windows close as event time moves, as in production.
@@ -12,7 +12,7 @@ within the grace. Windows close as event time moves, as in production.
 - `window_close_to_topic_p95_ms`: a window's close (the agent's decision, the
   record's `emitted_ts`) -> its CellFeatures record in the log (LogAppendTime).
 
-    python -m bench.features [--drivers 1000] [--minutes 10] [--rides 3000]
+    python -m bench.features [--drivers 1000] [--ping-every-s 5] [--minutes 6] [--rides 3000]
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ from schemas.topics import CELL_FEATURES, LOCATIONS, RIDES
 
 CITY = (37.7749, -122.4194)
 RADIUS_M = 4000.0
-PING_EVERY_S = 10
 SLICE_MS = 5_000
 AHEAD_SLICES = 5  # queued ahead of the features agent: enough to keep it busy
 GRACE_MS = 40_000  # > AHEAD_SLICES * SLICE_MS: the feeder's lead never makes an event late
@@ -49,19 +48,18 @@ def _offset(lat: float, lng: float, north_m: float, east_m: float) -> tuple[floa
     return lat + north_m / 111_195, lng + east_m / (111_195 * math.cos(math.radians(lat)))
 
 
-def city(drivers: int, minutes: int, rides: int, base_ms: int, seed: int = 7) -> list[tuple[list, list]]:
+def city(drivers: int, every_s: int, minutes: int, rides: int, base_ms: int, seed: int = 7) -> list[tuple[list, list]]:
     """Per slice: (pings, ride requests), in event-time order; drivers move 5-15 m/s, turning now and then."""
     rng = random.Random(seed)
     slices: list[tuple[list, list]] = [([], []) for _ in range(minutes * 60_000 // SLICE_MS)]
     for d in range(drivers):
         r, a = RADIUS_M * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
         lat, lng = _offset(*CITY, r * math.cos(a), r * math.sin(a))
-        heading, speed, start = rng.uniform(0, 2 * math.pi), rng.uniform(5, 15), rng.randrange(PING_EVERY_S * 1000)
-        for k in range(minutes * 60 // PING_EVERY_S):
+        heading, speed, start = rng.uniform(0, 2 * math.pi), rng.uniform(5, 15), rng.randrange(every_s * 1000)
+        for k in range(minutes * 60 // every_s):
             heading += rng.uniform(-0.5, 0.5)
-            lat, lng = _offset(lat, lng, speed * PING_EVERY_S * math.cos(heading),
-                               speed * PING_EVERY_S * math.sin(heading))
-            ts = base_ms + start + k * PING_EVERY_S * 1000
+            lat, lng = _offset(lat, lng, speed * every_s * math.cos(heading), speed * every_s * math.sin(heading))
+            ts = base_ms + start + k * every_s * 1000
             slices[(ts - base_ms) // SLICE_MS][0].append(
                 {"driver_id": f"bf-{d:05d}", "seq": k + 1, "lat": lat, "lng": lng, "fix_ts": ts, "received_ts": ts,
                  "accuracy": None, "speed": None, "bearing": None})
@@ -154,13 +152,14 @@ def close_to_topic(settings: Settings) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--drivers", type=int, default=1000)
-    p.add_argument("--minutes", type=int, default=10, help="event time the stream covers")
+    p.add_argument("--ping-every-s", type=int, default=5, help="each driver's ping interval (event time)")
+    p.add_argument("--minutes", type=int, default=6, help="event time the stream covers")
     p.add_argument("--rides", type=int, default=3000)
     args = p.parse_args()
     settings = bench_settings(app_id=f"livetrack-bench-features-{int(time.time())}", features_grace_ms=GRACE_MS)
     base = int(time.time() * 1000) - 3_600_000
     base -= base % 480_000
-    slices = city(args.drivers, args.minutes, args.rides, base)
+    slices = city(args.drivers, args.ping_every_s, args.minutes, args.rides, base)
     counts = [len(pings) + len(rides) for pings, rides in slices]
     with kafka_running(settings, fresh=True):
         records = encode(slices, settings.partitions)
@@ -172,7 +171,8 @@ def main() -> None:
         finally:
             worker.stop()
         figures.update(close_to_topic(settings))
-    figures.update({"features_drivers": args.drivers, "features_rides": args.rides,
+    figures.update({"features_drivers": args.drivers, "features_ping_every_s": args.ping_every_s,
+                    "features_rides": args.rides,
                     "features_minutes": args.minutes, "features_grace_ms": GRACE_MS})
     emit(figures)
 

@@ -37,6 +37,7 @@ __all__ = [
     "CellPane",
     "CellFeatures",
     "CellLatest",
+    "Watermark",
     "PUBLISHED_RECORDS",
 ]
 
@@ -269,7 +270,6 @@ class CellPane(_Record, namespace="livetrack.CellPane"):  # type: ignore[call-ar
     drivers: Dict[str, PaneTrace]
     present: Dict[str, bool]
     rides: Dict[str, int]
-    max_ts: int
 
 
 class CellFeatures(_Record, namespace="livetrack.CellFeatures"):  # type: ignore[call-arg]
@@ -304,6 +304,13 @@ class CellLatest(_Record, namespace="livetrack.CellLatest"):  # type: ignore[cal
 
     features: Optional[CellFeatures] = None
     push_seq: int = 0
+
+
+class Watermark(_Record, namespace="livetrack.Watermark"):  # type: ignore[call-arg]
+    """How far a `cell-activity` partition's event time got, as of its last fully written batch
+    (table `partition_to_watermark`)."""
+
+    ts: int = _epoch_ms()
 
 
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.

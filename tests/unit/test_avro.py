@@ -29,6 +29,7 @@ from schemas.records import (
     CellPane,
     PushMessage,
     RideEvent,
+    Watermark,
 )
 
 T0 = 1_732_170_000_000
@@ -98,10 +99,10 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         }},
         "present": {"d-2": False, "d-3": True},
         "rides": {"r-1": T0 + 5},
-        "max_ts": T0 + 9000,
     },
     CellFeatures: _FEATURES,
     CellLatest: {"features": _FEATURES, "push_seq": 12},
+    Watermark: {"ts": T0},
 }
 ALL_RECORDS = tuple(SAMPLES)
 

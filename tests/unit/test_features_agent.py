@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -20,11 +21,22 @@ from agents.features_math import FeaturePolicy, rings
 from agents.metrics import WorkerMetrics
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
-from schemas.records import CellActivityBatch, CellFeatures, CellLatest, CellPane, DeadLetter, DriverState, \
-    LocationBatch, PushMessage, RideEvent
+from schemas.records import (
+    CellActivityBatch,
+    CellFeatures,
+    CellLatest,
+    CellPane,
+    DeadLetter,
+    DriverState,
+    LocationBatch,
+    PushMessage,
+    RideEvent,
+    Watermark,
+)
 from tables.cell_to_activity import PaneKeys, cell_to_activity, stored_panes
 from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
+from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
 from tests.unit.test_drivers_agent import FakeProducer
 
@@ -61,6 +73,8 @@ class Wired:
                                  codec_for(CellPane), cache_max=1000)
         self.latest = TableWriter(cell_to_features(self.app, PARTITIONS), self.producer,  # type: ignore[arg-type]
                                   codec_for(CellLatest), cache_max=1000)
+        self.watermarks = TableWriter(partition_to_watermark(self.app, PARTITIONS), self.producer,  # type: ignore[arg-type]
+                                      codec_for(Watermark), cache_max=1000)
         self.metrics = WorkerMetrics()
         self.agent = self.new_agent()
         self.topic = self.app.topic("cell-activity", key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -71,7 +85,8 @@ class Wired:
 
     def new_agent(self) -> FeaturesAgent:
         return FeaturesAgent(
-            panes=self.panes, latest=self.latest, producer=self.producer,  # type: ignore[arg-type]
+            panes=self.panes, watermarks=self.watermarks, latest=self.latest,
+            producer=self.producer,  # type: ignore[arg-type]
             dead_letters=DeadLetters("features-dlq", self.producer, lambda: NOW), policy=self.policy,  # type: ignore[arg-type]
             partitions=PARTITIONS, metrics=self.metrics, clock_ms=lambda: NOW,
         )
@@ -313,3 +328,50 @@ def test_fanout_copies_to_neighbours_once_per_pane_and_again_after_a_failed_batc
     lost = batch(ping("d1", 6, 61), acked=False)
     assert len(lost) > 1
     assert len(batch(ping("d1", 6, 61))) > 1  # the replay of a failed batch copies again
+
+
+@dataclass
+class _Message:
+    value: bytes
+    partition: int
+    offset: int
+    topic: str = "cell-activity"
+    key: bytes | None = None
+
+
+@dataclass
+class _Event:
+    message: _Message
+
+
+async def test_a_crash_between_panes_and_watermark_replays_to_the_same_windows() -> None:
+    """Panes written, watermark not (a SIGKILL mid-flush): the replayed batch closes the same windows
+    with the same values, and none of its events is judged late against the panes written ahead."""
+    w = Wired()
+    first = [ping("d1", 1, 1), ping("d2", 1, 2), ping("d1", 2, 20, 1)]
+    for p in first:
+        w.fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
+    batch1 = [_Event(_Message(v, p, i)) for i, (v, p) in enumerate(w.batches())]
+    later = [ping("d1", 3, 100, 2), ping("d2", 2, 101)]
+    for p in later:
+        w.fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
+    batch2 = [_Event(_Message(v, p, 100 + i)) for i, (v, p) in enumerate(w.batches())]
+    await w.agent.process(batch1)  # type: ignore[arg-type]
+    flush = w.watermarks.flush
+
+    def crash(group: Any) -> int:
+        raise RuntimeError("SIGKILL")
+
+    w.watermarks.flush = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await w.agent.process(batch2)  # type: ignore[arg-type]
+    emitted = w.features()
+    del w.producer.sent[:]
+    w.watermarks.flush = flush  # type: ignore[method-assign]
+    await w.agent.process(batch2)  # type: ignore[arg-type]  # the replay
+    again = w.features()
+    assert again and {(f["cell"], f["kind"], f["size_s"], f["start_ts"]) for f in again} == {
+        (f["cell"], f["kind"], f["size_s"], f["start_ts"]) for f in emitted}
+    strip = [{k: v for k, v in f.items() if k != "emitted_ts"} for f in emitted]
+    assert [{k: v for k, v in f.items() if k != "emitted_ts"} for f in again] == strip
+    assert w.sample("livetrack_features_events_total", kind="sighting", outcome="late", copy="own") == 0
