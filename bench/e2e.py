@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import bench_settings, emit, percentiles
 from bench.loadgen import post_at_rate
+from gateway.auth import Tokens
 from infra.broker import LocalBroker, kafka_running
 from infra.processes import WORKER_READY, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
@@ -36,27 +37,29 @@ def ping(driver: str, seq: int, now_ms: int) -> dict[str, Any]:
             "ts": now_ms, "speed": 25.0}
 
 
-async def _send(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> dict:
+async def _send(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> dict:
     host, port = url.split("//")[1].split(":")
     n = int(rate * duration_s)
 
     def body(i: int) -> dict:  # `ts` is stamped now: the receiver's latency is arrival - ts
         return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000))
 
-    result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate)
+    result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate,
+                                headers={"Authorization": f"Bearer {token}"})
     accepted = result.statuses.get(202, 0)
     return {"sent": result.sent, "accepted": accepted, "errors": result.sent - accepted, "rate": result.rate}
 
 
-def sender(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int, out: Any) -> None:
+def sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
+           out: Any) -> None:
     """Child process: post pings at the rate, then report counts."""
-    out.put(asyncio.run(_send(url, drivers, rate, duration_s, first_seq)))
+    out.put(asyncio.run(_send(url, token, drivers, rate, duration_s, first_seq)))
 
 
-def _run_sender(url: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> Any:
+def _run_sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> Any:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=sender, args=(url, drivers, rate, duration_s, first_seq, out))
+    proc = ctx.Process(target=sender, args=(url, token, drivers, rate, duration_s, first_seq, out))
     proc.start()
     return proc, out
 
@@ -70,9 +73,10 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
         if m["data"]["seq"] >= measured_from[0]:
             latencies.append(time.time() * 1000 - m["data"]["ts"])
 
+    token = Tokens(settings).mint("ops", "bench-e2e")
     client = socketio.AsyncClient(reconnection=False)
     client.on("update", on_update, namespace="/live")
-    await client.connect(settings.gateway_url, namespaces=["/live"], transports=["websocket"])
+    await client.connect(settings.gateway_url, namespaces=["/live"], transports=["websocket"], auth={"token": token})
     await asyncio.gather(*(client.call("subscribe", {"channel": f"driver:{d}"}, namespace="/live", timeout=30)
                            for d in drivers))
     loop = asyncio.get_running_loop()
@@ -81,7 +85,7 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
     for first_seq, secs in ((1, WARMUP_S), (after_warmup, duration_s)):  # warm-up, then the measured run
         measured_from[0] = first_seq if first_seq > 1 else 10**9
         emitted_before = _emit_buckets(settings)
-        proc, out = _run_sender(settings.gateway_url, drivers, rate, secs, first_seq)
+        proc, out = _run_sender(settings.gateway_url, token, drivers, rate, secs, first_seq)
         result = await loop.run_in_executor(None, out.get)
         await loop.run_in_executor(None, proc.join)
         await asyncio.sleep(3.0)  # stragglers

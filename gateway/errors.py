@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge"]
+__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge", "Unauthorized", "Forbidden"]
 
 
 class GatewayError(Exception):
@@ -35,3 +35,22 @@ class NotFound(GatewayError):
 class PayloadTooLarge(GatewayError):
     status = 413
 
+
+
+class Unauthorized(GatewayError):
+    """No valid token: missing, malformed, expired, badly signed or of an unknown role."""
+
+    status = 401
+
+
+class Forbidden(GatewayError):
+    """A valid token whose role or subject may not do this; `problems` as for InvalidInput."""
+
+    status = 403
+
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self), "problems": self.problems} if self.problems else {"error": str(self)}

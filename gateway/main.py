@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import socketio
 from aiohttp import web
 
+from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
@@ -47,7 +48,10 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """A gateway bound to `settings`: routes, Socket.IO /live, Kafka producer and bridge."""
-    app = web.Application(client_max_size=settings.ingest_max_body_bytes, middlewares=[error_middleware])
+    tokens = Tokens(settings)
+    # error_middleware outermost: an Unauthorized raised by auth becomes its 401.
+    app = web.Application(client_max_size=settings.ingest_max_body_bytes,
+                          middlewares=[error_middleware, auth_middleware(tokens)])
     app[SETTINGS] = settings
     app[METRICS] = metrics = Metrics()
     app[STORE] = store = ChannelStore()
@@ -55,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins or None,
                                max_http_buffer_size=64 * 1024)
     app[SIO] = sio
-    app[LIVE] = live = LiveNamespace(store, metrics)
+    app[LIVE] = live = LiveNamespace(store, metrics, tokens)
     sio.register_namespace(live)
     sio.attach(app)
     setup_routes(app)

@@ -16,6 +16,9 @@ class Metrics:
         self.rejected = Counter("livetrack_ingest_rejected_requests", "Ingest requests refused", ["status"], registry=r)
         self.pushed = Counter("livetrack_push_messages", "Push messages received from Kafka", registry=r)
         self.emitted = Counter("livetrack_push_emits", "Updates emitted to Socket.IO rooms", registry=r)
+        self.refused = Counter(
+            "livetrack_live_refused", "/live connections and subscriptions refused", ["what"], registry=r
+        )
         self.connected = Gauge("livetrack_sockets_connected", "Open /live connections", registry=r)
         self.event_to_emit = Histogram(
             "livetrack_event_to_emit_seconds", "Gateway receipt of the event -> emit of its update",

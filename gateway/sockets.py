@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import socketio
+from socketio.exceptions import ConnectionRefusedError
 
+from gateway.auth import Principal, Tokens, may_subscribe
 from gateway.channels import CHANNEL_RE, ChannelStore, Update, update_from_push
+from gateway.errors import Unauthorized
 from gateway.metrics import Metrics
 
 __all__ = ["LiveNamespace", "NAMESPACE"]
@@ -20,21 +23,38 @@ FLEET = "fleet"
 class LiveNamespace(socketio.AsyncNamespace):
     """Clients subscribe to channels; the bridge's updates go to the channel's room."""
 
-    def __init__(self, store: ChannelStore, metrics: Metrics) -> None:
+    def __init__(self, store: ChannelStore, metrics: Metrics, tokens: Tokens,
+                 ride_rider: Callable[[str], str | None] = lambda ride_id: None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.metrics = metrics
+        self.tokens = tokens
+        # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
+        self.ride_rider = ride_rider
+        self.principals: dict[str, Principal] = {}
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        """Refuse a connection without a valid `auth: {token}`; the client sees the reason."""
+        try:
+            principal = self.tokens.verify(auth.get("token") if isinstance(auth, dict) else None)
+        except Unauthorized as exc:
+            self.metrics.refused.labels("connect").inc()
+            raise ConnectionRefusedError(str(exc)) from None
+        self.principals[sid] = principal
         self.metrics.connected.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        self.metrics.connected.dec()
+        if self.principals.pop(sid, None) is not None:
+            self.metrics.connected.dec()
 
     async def on_subscribe(self, sid: str, data: Any) -> dict[str, Any]:
         channel = _channel_of(data)
         if channel is None:
             return {"ok": False, "error": "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"}
+        principal = self.principals.get(sid)
+        if principal is None or not may_subscribe(principal, channel, self.ride_rider):
+            self.metrics.refused.labels("subscribe").inc()
+            return {"ok": False, "error": f"not allowed: {channel}"}
         await self.enter_room(sid, channel)
         return {"ok": True, "channel": channel, "snapshot": self.store.snapshot(channel)}
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.errors import InvalidInput, NotFound
+from gateway.auth import may_publish, may_subscribe, principal_of
+from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
-from gateway.keys import BATCHER, BRIDGE, METRICS, SETTINGS, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, SETTINGS, STORE
 
 __all__ = ["post_locations", "get_driver", "healthz", "metrics", "index"]
 
@@ -32,14 +33,28 @@ async def post_locations(request: web.Request) -> web.Response:
         await _json_body(request), max_items=app[SETTINGS].ingest_max_items,
         received_ts=time.time_ns() // 1_000_000,
     )
+    _check_publisher(request, events)
     await app[BATCHER].submit(events)
     app[METRICS].ingested.inc(len(events))
     return web.json_response({"accepted": len(events)}, status=202)
 
 
+def _check_publisher(request: web.Request, events: list) -> None:
+    """All-or-nothing: one ping for a driver the caller may not speak for refuses the request."""
+    principal = principal_of(request)
+    problems = [
+        {"index": i, "field": "driver_id", "reason": f"a {principal.role} token may not publish for this driver"}
+        for i, e in enumerate(events) if not may_publish(principal, e.driver_id)
+    ]
+    if problems:
+        raise Forbidden(f"{len(problems)} location(s) for drivers this token does not speak for", problems)
+
+
 async def get_driver(request: web.Request) -> web.Response:
     """The driver as subscribers last saw it (the snapshot of `driver:{id}`)."""
     driver_id = request.match_info["driver_id"]
+    if not may_subscribe(principal_of(request), f"driver:{driver_id}", request.app[LIVE].ride_rider):
+        raise Forbidden(f"this token may not read driver {driver_id!r}")
     update = request.app[STORE].latest(f"driver:{driver_id}")
     if update is None:
         raise NotFound(f"unknown driver {driver_id!r}")

@@ -69,12 +69,23 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
 def _sim(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    from gateway.auth import Tokens
     from sim.fleet import run_fleet
 
+    # The simulator is a fleet integration: one ops token publishes for all its drivers.
+    token = Tokens(settings).mint("ops", "simulator", ttl_s=30 * 24 * 3600)
     try:
-        asyncio.run(run_fleet(settings, duration_s=args.duration))
+        asyncio.run(run_fleet(settings, duration_s=args.duration, token=token))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how the simulator is meant to stop
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a token for development and the demo (signed with the configured or dev key)."""
+    from gateway.auth import Tokens
+
+    print(Tokens(settings).mint(args.role, args.sub, args.ttl))
     return 0
 
 
@@ -86,7 +97,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings, "gateway": _gateway,
-    "sim": _sim, "demo": _demo,
+    "sim": _sim, "demo": _demo, "token": _token,
 }
 
 
@@ -105,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     sub.add_parser("demo", help="broker, topics, worker, gateway and simulator together")
+    tok = sub.add_parser("token", help="mint a JWT for a device or client (development, demo)")
+    tok.add_argument("--role", required=True, choices=["driver", "rider", "ops"])
+    tok.add_argument("--sub", required=True, help="driver id, rider id or operator name")
+    tok.add_argument("--ttl", type=float, default=None, help="seconds (default LIVETRACK_TOKEN_TTL_S)")
     return p
 
 

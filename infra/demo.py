@@ -5,6 +5,7 @@ import logging
 import signal
 import threading
 
+from gateway.auth import Tokens
 from infra.broker import kafka_running
 from infra.processes import Proc, gateway_args, sim_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
@@ -34,7 +35,9 @@ def _run(settings: Settings) -> int:
         procs.append(spawn(gateway_args(), settings, "gateway"))
         wait_http_ok(f"{settings.gateway_url}/healthz", procs)
         procs.append(spawn(sim_args(), settings, "sim"))
-        print(f"\n  livetrack is running: open {settings.gateway_url}/  (logs in {settings.state_dir / 'logs'})")
+        token = Tokens(settings).mint("ops", "demo", ttl_s=24 * 3600)
+        print(f"\n  livetrack is running: open {settings.gateway_url}/#token={token}")
+        print(f"  (an ops token for 24 h; logs in {settings.state_dir / 'logs'})")
         print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz. Ctrl-C stops everything.\n",
               flush=True)
         while not stop.wait(1.0):

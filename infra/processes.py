@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import psutil
+from pydantic import SecretStr
 
 from infra.settings import Settings
 
@@ -27,6 +28,10 @@ def env_for(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVETRACK_")}
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue  # unset optional: the child's default is None too
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()  # str() would give the mask
         env[f"LIVETRACK_{name.upper()}"] = str(value)
     return env
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     )
     ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
     cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")
+
+    # --- auth ----------------------------------------------------------------
+    jwt_secret: SecretStr = Field(
+        SecretStr(""), description="HS256 key for tokens; '' = a random dev key kept in state_dir/jwt.key (0600)."
+    )
+    jwt_public_key: Path | None = Field(
+        None, description="PEM public key file; when set, RS256 tokens signed by its private key are accepted too."
+    )
+    jwt_issuer: str = Field("livetrack", description="`iss` every token must carry.")
+    jwt_leeway_s: float = Field(5.0, description="Clock skew tolerated on `exp`/`iat`.")
+    token_ttl_s: int = Field(3600, description="Default lifetime of tokens minted by `livetrack token`.")
 
     # --- simulator ---------------------------------------------------------
     sim_drivers: int = Field(200, description="Simulated drivers.")

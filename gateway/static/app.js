@@ -21,10 +21,10 @@
     return Number.isFinite(lat) && Number.isFinite(lng) ? [lat, lng] : FALLBACK_CITY;
   }
 
-  /** The access token: ?token=... first, then localStorage "livetrack.token"; may be null. */
+  /** The access token: #token=... (never sent to the server) first, then localStorage "livetrack.token". */
   function accessToken() {
-    const fromQuery = new URLSearchParams(location.search).get("token");
-    if (fromQuery) return fromQuery;
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (fromHash) return fromHash;
     try {
       return localStorage.getItem("livetrack.token");
     } catch {

@@ -10,6 +10,7 @@ from typing import Any
 import socketio
 from confluent_kafka import Consumer, TopicPartition
 
+from gateway.auth import Tokens
 from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
@@ -29,10 +30,17 @@ class Pipeline:
         self.settings = settings
         self.worker: Proc | None = None
         self.gateway: Proc | None = None
+        self.tokens = Tokens(settings)
 
     @property
     def url(self) -> str:
         return self.settings.gateway_url
+
+    def token(self, role: str = "ops", sub: str = "it-ops", ttl_s: float | None = None) -> str:
+        return self.tokens.mint(role, sub, ttl_s)
+
+    def headers(self, role: str = "ops", sub: str = "it-ops") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, sub)}"}
 
     def start_worker(self, timeout_s: float = 90) -> None:
         self.worker = spawn(worker_args(), self.settings, "worker")
@@ -60,14 +68,15 @@ class Pipeline:
 class Subscriber:
     """An official python-socketio client on /live that queues the updates it receives."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None) -> None:
         self.url = url
+        self.auth = {"token": token} if token else None
         self.sio = socketio.AsyncClient(reconnection=False)
         self.updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sio.on("update", self.updates.put_nowait, namespace="/live")
 
     async def __aenter__(self) -> "Subscriber":
-        await self.sio.connect(self.url, namespaces=["/live"], transports=["websocket"])
+        await self.sio.connect(self.url, namespaces=["/live"], transports=["websocket"], auth=self.auth)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -27,9 +27,9 @@ async def test_map_shows_pins_moving(pipeline: Pipeline) -> None:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = await browser.new_page(viewport={"width": 1000, "height": 700})
-            await page.goto(f"{pipeline.url}/")
+            await page.goto(f"{pipeline.url}/#token={pipeline.token()}")
             await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=pipeline.headers()) as http:
                 await http.post(f"{pipeline.url}/v1/locations", json=[ping(d, 1) for d in drivers])
                 await page.wait_for_function(f"Number(document.getElementById('drivers').textContent) >= {len(drivers)}",
                                              timeout=20_000)

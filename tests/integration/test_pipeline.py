@@ -22,40 +22,40 @@ def driver() -> str:
     return f"it-{uuid.uuid4().hex[:10]}"
 
 
-async def post(url: str, body: object) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/locations", json=body) as resp:
+async def post(pipeline: Pipeline, body: object) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(headers=pipeline.headers()) as http:
+        async with http.post(f"{pipeline.url}/v1/locations", json=body) as resp:
             return resp.status, await resp.json()
 
 
 async def test_ping_reaches_subscriber_and_snapshot(pipeline: Pipeline) -> None:
     d = driver()
-    async with Subscriber(pipeline.url) as client:
+    async with Subscriber(pipeline.url, pipeline.token()) as client:
         ack = await client.subscribe(f"driver:{d}")
         assert ack == {"ok": True, "channel": f"driver:{d}", "snapshot": None}
-        status, body = await post(pipeline.url, ping(d, 1))
+        status, body = await post(pipeline, ping(d, 1))
         assert (status, body) == (202, {"accepted": 1})
         update = await client.next()
     assert update["channel"] == f"driver:{d}" and update["seq"] == 1 and update["type"] == "driver.location"
     assert update["data"]["driver_id"] == d and update["data"]["lat"] == pytest.approx(ping(d, 1)["lat"])
     assert update["data"]["status"] == "AVAILABLE" and update["data"]["cell"]
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=pipeline.headers()) as http:
         async with http.get(f"{pipeline.url}/v1/drivers/{d}") as resp:
             assert resp.status == 200
             assert (await resp.json())["seq"] == 1
         async with http.get(f"{pipeline.url}/v1/drivers/{driver()}") as resp:
             assert resp.status == 404
-    async with Subscriber(pipeline.url) as late:
+    async with Subscriber(pipeline.url, pipeline.token()) as late:
         ack = await late.subscribe(f"driver:{d}")
     assert ack["snapshot"]["seq"] == 1 and ack["snapshot"]["data"]["driver_id"] == d
 
 
 async def test_batch_of_drivers_each_get_their_update(pipeline: Pipeline) -> None:
     drivers = [driver() for _ in range(20)]
-    async with Subscriber(pipeline.url) as client:
+    async with Subscriber(pipeline.url, pipeline.token()) as client:
         for d in drivers:
             await client.subscribe(f"driver:{d}")
-        status, body = await post(pipeline.url, [ping(d, 1) for d in drivers])
+        status, body = await post(pipeline, [ping(d, 1) for d in drivers])
         assert (status, body) == (202, {"accepted": 20})
         got = {(await client.next())["channel"] for _ in drivers}
     assert got == {f"driver:{d}" for d in drivers}
@@ -64,13 +64,13 @@ async def test_batch_of_drivers_each_get_their_update(pipeline: Pipeline) -> Non
 async def test_bad_input_is_refused_and_produces_nothing(pipeline: Pipeline) -> None:
     before = end_offsets(pipeline.settings, LOCATIONS.name)
     good, bad = ping(driver(), 1), {**ping(driver(), 1), "lat": 123.0, "seq": -5}
-    status, body = await post(pipeline.url, [good, bad, {"driver_id": "x"}])
+    status, body = await post(pipeline, [good, bad, {"driver_id": "x"}])
     assert status == 400
     problems = {(p["index"], p["field"]) for p in body["problems"]}
     assert {(1, "lat"), (1, "seq"), (2, "lng"), (2, "ts")} <= problems and not any(i == 0 for i, _ in problems)
-    status, body = await post(pipeline.url, [ping(driver(), 1)] * (pipeline.settings.ingest_max_items + 1))
+    status, body = await post(pipeline, [ping(driver(), 1)] * (pipeline.settings.ingest_max_items + 1))
     assert status == 413
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=pipeline.headers()) as http:
         big = b"[" + b" " * pipeline.settings.ingest_max_body_bytes + b"]"
         async with http.post(f"{pipeline.url}/v1/locations", data=big,
                              headers={"Content-Type": "application/json"}) as resp:
@@ -97,9 +97,9 @@ async def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline
     producer.send(group, LOCATIONS.name, codec.dumps({"events": [_event(elsewhere, 1)]}), partition=part)
     await group.wait()
     await producer.close()
-    async with Subscriber(pipeline.url) as client:
+    async with Subscriber(pipeline.url, pipeline.token()) as client:
         await client.subscribe(f"driver:{d}")
-        assert (await post(pipeline.url, ping(d, 2)))[0] == 202
+        assert (await post(pipeline, ping(d, 2)))[0] == 202
         update = await client.next()
     assert update["data"]["seq"] == 2  # the worker survived all three and still works
     letters = [codec_for(DeadLetter).loads(m.value()) for m in read_topic(s, LOCATIONS_DLQ.name, dlq_before)]
@@ -111,24 +111,24 @@ async def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline
 
 async def test_worker_restart_keeps_state_from_rocksdb_and_from_changelog(pipeline: Pipeline) -> None:
     d = driver()
-    async with Subscriber(pipeline.url) as client:
+    async with Subscriber(pipeline.url, pipeline.token()) as client:
         await client.subscribe(f"driver:{d}")
         for seq in (1, 2, 3):
-            await post(pipeline.url, ping(d, seq))
+            await post(pipeline, ping(d, seq))
         assert [(await client.next())["seq"] for _ in range(3)] == [1, 2, 3]
 
         pipeline.stop_worker(signal.SIGKILL)  # no clean shutdown: RocksDB and changelog as they were
         pipeline.start_worker()
-        await post(pipeline.url, ping(d, 2))  # stale after restart: must be refused
-        await post(pipeline.url, ping(d, 4))
+        await post(pipeline, ping(d, 2))  # stale after restart: must be refused
+        await post(pipeline, ping(d, 4))
         update = await client.next()
         assert (update["seq"], update["data"]["seq"]) == (4, 4)  # push seq went on from the stored state
 
         pipeline.stop_worker()
         pipeline.wipe_worker_state()  # no RocksDB at all: everything comes back from the changelog
         pipeline.start_worker()
-        await post(pipeline.url, ping(d, 3))
-        await post(pipeline.url, ping(d, 5))
+        await post(pipeline, ping(d, 3))
+        await post(pipeline, ping(d, 5))
         update = await client.next()
         assert (update["seq"], update["data"]["seq"]) == (5, 5)
 

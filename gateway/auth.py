@@ -1,0 +1,153 @@
+"""Who is calling and what they may do: JWT bearer tokens for devices (HTTP) and clients (/live).
+
+Roles: `driver` (sub = its driver id), `rider` (sub = rider id), `ops` (sees and may publish
+everything; the simulator is a fleet integration holding an ops token). HS256 with the configured
+secret; RS256 too when a public key is configured (tokens minted by an external identity provider).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jwt
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import Unauthorized
+from infra.settings import Settings
+
+__all__ = [
+    "ROLES", "Principal", "Tokens", "principal_of", "auth_middleware", "may_publish", "may_subscribe",
+    "bearer_token",
+]
+
+ROLES = ("driver", "rider", "ops")
+PRINCIPAL = "livetrack.principal"  # request key
+MIN_SECRET_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    role: str
+    sub: str
+
+
+def _dev_key(state_dir: Path) -> bytes:
+    """A random HS256 key shared by every process on this state_dir; created once, owner-only."""
+    path = state_dir / "jwt.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process won the race; read theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+class Tokens:
+    """Mints and verifies livetrack tokens for one Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        secret = settings.jwt_secret.get_secret_value()
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:  # RFC 7518 3.2: at least the hash size
+            raise ValueError(f"LIVETRACK_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+        self._hs_key = secret.encode() if secret else _dev_key(settings.state_dir)
+        self._rs_key = settings.jwt_public_key.read_bytes() if settings.jwt_public_key else None
+        self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway_s
+        self.default_ttl_s = settings.token_ttl_s
+
+    def mint(self, role: str, sub: str, ttl_s: float | None = None) -> str:
+        """An HS256 token for `role`/`sub`, valid `ttl_s` seconds."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        now = int(time.time())
+        ttl = self.default_ttl_s if ttl_s is None else ttl_s
+        claims = {"sub": sub, "role": role, "iss": self._issuer, "iat": now, "exp": now + int(ttl)}
+        return jwt.encode(claims, self._hs_key, algorithm="HS256")
+
+    def verify(self, token: object) -> Principal:
+        """The token's principal, or Unauthorized saying why not (never echoing the token)."""
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("missing token")
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+            key = self._key_for(alg)
+            claims = jwt.decode(
+                token, key, algorithms=[alg], issuer=self._issuer, leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "role", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("bad signature") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"token lacks claim {exc.claim!r}") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("malformed token") from None
+        role, sub = claims.get("role"), claims.get("sub")
+        if role not in ROLES:
+            raise Unauthorized("unknown role")
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized("token lacks a subject")
+        return Principal(role, sub)
+
+    def _key_for(self, alg: object) -> bytes:
+        if alg == "HS256":
+            return self._hs_key
+        if alg == "RS256" and self._rs_key is not None:
+            return self._rs_key
+        raise Unauthorized(f"algorithm {alg!r} not accepted")
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The caller of a `/v1/` view (set by auth_middleware)."""
+    return request[PRINCIPAL]
+
+
+def auth_middleware(tokens: Tokens) -> Callable:
+    """Requires a valid bearer token on every `/v1/` route."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            request[PRINCIPAL] = tokens.verify(bearer_token(request.headers.get("Authorization")))
+        return await handler(request)
+
+    return middleware
+
+
+def may_publish(principal: Principal, driver_id: str) -> bool:
+    """Ops publish for any driver, a driver only for itself, riders never."""
+    return principal.role == "ops" or (principal.role == "driver" and principal.sub == driver_id)
+
+
+def may_subscribe(principal: Principal, channel: str, ride_rider: Callable[[str], str | None]) -> bool:
+    """Ops see everything; a driver its own channel; a rider the channels of its own rides."""
+    if principal.role == "ops":
+        return True
+    kind, _, ident = channel.partition(":")
+    if principal.role == "driver":
+        return kind == "driver" and ident == principal.sub
+    if principal.role == "rider":
+        return kind == "ride" and ride_rider(ident) == principal.sub
+    return False
