@@ -229,6 +229,7 @@ class _Apply:
             return
         ranked = self.candidates() if ranked is None else ranked
         if not ranked:
+            log.info("ride %s: no candidate within k=%d; looking again in %d ms", r["ride_id"], r["ring"], p.retry_ms)
             r["deadline_ms"] = self.now + p.retry_ms  # everyone near is busy or tried: look again soon
             return
         best = ranked[0]
@@ -312,6 +313,8 @@ class _Apply:
     def refused(self) -> Step:
         if not self.answers_open_offer("REQUESTED"):
             return self.unchanged()
+        log.info("ride %s: driver %s refused the reservation: %s", self.r["ride_id"], self.cmd["driver_id"],
+                 self.cmd.get("reason"))
         self.drop_offer(busy=self.cmd.get("reason") == "reserved")
         self.offer_next()
         return self.step

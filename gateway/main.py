@@ -12,9 +12,10 @@ from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, SETTINGS, SIO, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
+from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
 from infra.producer import AsyncProducer
@@ -40,7 +41,9 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[BRIDGE] = bridge = PushBridge(settings, app[LIVE].publish, replay_ms=REPLAY_MS)
     await bridge.start()
+    await app[RIDES].start(producer)
     yield
+    await app[RIDES].stop()
     await bridge.stop()
     await batcher.close()
     await producer.close()
@@ -59,7 +62,8 @@ def create_app(settings: Settings) -> web.Application:
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins or None,
                                max_http_buffer_size=64 * 1024)
     app[SIO] = sio
-    app[LIVE] = live = LiveNamespace(store, metrics, tokens)
+    app[RIDES] = rides = RideDesk(settings, RideView())
+    app[LIVE] = live = LiveNamespace(store, metrics, tokens, ride_rider=rides.view.rider_of, decide=rides.decide)
     sio.register_namespace(live)
     sio.attach(app)
     setup_routes(app)

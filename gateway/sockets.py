@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import socketio
 from socketio.exceptions import ConnectionRefusedError
 
 from gateway.auth import Principal, Tokens, may_subscribe
 from gateway.channels import CHANNEL_RE, ChannelStore, Update, update_from_push
-from gateway.errors import Unauthorized
+from gateway.errors import GatewayError, Unauthorized
 from gateway.metrics import Metrics
 
 __all__ = ["LiveNamespace", "NAMESPACE"]
@@ -24,13 +24,16 @@ class LiveNamespace(socketio.AsyncNamespace):
     """Clients subscribe to channels; the bridge's updates go to the channel's room."""
 
     def __init__(self, store: ChannelStore, metrics: Metrics, tokens: Tokens,
-                 ride_rider: Callable[[str], str | None] = lambda ride_id: None) -> None:
+                 ride_rider: Callable[[str], str | None] = lambda ride_id: None,
+                 decide: Callable[[Principal, str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.metrics = metrics
         self.tokens = tokens
         # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
         self.ride_rider = ride_rider
+        # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
+        self.decide = decide
         self.principals: dict[str, Principal] = {}
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -65,6 +68,24 @@ class LiveNamespace(socketio.AsyncNamespace):
         await self.leave_room(sid, channel)
         return {"ok": True, "channel": channel}
 
+    async def on_accept(self, sid: str, data: Any) -> dict[str, Any]:
+        """A driver accepts an offer: `{"ride_id": ...}`; the outcome comes on its `driver:{id}` channel."""
+        return await self._answer(sid, data, "ACCEPT")
+
+    async def on_decline(self, sid: str, data: Any) -> dict[str, Any]:
+        return await self._answer(sid, data, "DECLINE")
+
+    async def _answer(self, sid: str, data: Any, op: str) -> dict[str, Any]:
+        ride_id = data.get("ride_id") if isinstance(data, dict) else None
+        principal = self.principals.get(sid)
+        if principal is None or self.decide is None or not isinstance(ride_id, str):
+            return {"ok": False, "error": "send {\"ride_id\": ...} on a driver's connection"}
+        try:
+            await self.decide(principal, ride_id, op)
+        except GatewayError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
+
     async def publish(self, batch: list[dict[str, Any]]) -> None:
         """Fan a batch of decoded push messages out to their rooms (the bridge's handler)."""
         now = time.time()
@@ -77,7 +98,8 @@ class LiveNamespace(socketio.AsyncNamespace):
             self.metrics.event_to_emit.observe(max(0.0, now - update.ts / 1000))
 
     async def _emit(self, update: Update) -> None:
-        rooms = [update.channel, FLEET] if update.channel.startswith("driver:") else [update.channel]
+        # Ops watch every driver and every ride on `fleet` (the live map shows whole trips).
+        rooms = [update.channel, FLEET] if update.channel.startswith(("driver:", "ride:")) else [update.channel]
         await self.emit("update", update.payload(), room=rooms)
         self.metrics.emitted.inc()
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Awaitable, Callable, Generic, TypeVar
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 __all__ = ["TopicTail"]
 
@@ -58,8 +58,8 @@ class TopicTail(Generic[T]):
         starts = self._consumer.offsets_for_times(wanted, timeout=10)
         for tp in starts:
             _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            if tp.offset < 0:  # nothing that recent: start at the end
-                tp.offset = OFFSET_END
+            if tp.offset < 0:  # nothing that recent: start at the end as it is now (OFFSET_END would
+                tp.offset = high  # be resolved at the first fetch, skipping what arrives until then)
             elif tp.offset < high:
                 self._catch_up[tp.partition] = high - 1
         self._consumer.assign(starts)
