@@ -155,7 +155,8 @@ class _Apply:
             return self.done(False)
         refusal = self.refusal()
         if refusal:
-            self.reply("REFUSED", reason=refusal)
+            # Until when it is held, so the rides agent skips it for other rides meanwhile.
+            self.reply("REFUSED", reason=refusal, expires_at=s.get("reserved_until", 0) if refusal == "reserved" else 0)
             return self.done(False)
         s.update(ride_id=c["ride_id"], offer_attempt=c["attempt"], reserved_until=self.now + c["ttl_ms"])
         s["offer_seq"] = self.offer_push()
@@ -205,6 +206,9 @@ class _Apply:
             return self.done(False)
         self.cmd = {**c, "attempt": s["offer_attempt"]}
         self.clear()
+        # Said on the channel too, so the driver's other devices close the offer.
+        self.push("offer.revoked", {"attempt": self.cmd["attempt"], "reason": "declined"},
+                  priority=OFFER_PRIORITY, ttl_ms=NOTICE_TTL_MS)
         self.reply("DECLINED", reason=c.get("reason") or "declined by driver")
         return self.done()
 

@@ -39,7 +39,7 @@ from tables.writer import TableWriter
 
 __all__ = [
     "ACTIVE", "FINAL", "TRANSITIONS", "DispatchPolicy", "IllegalTransition", "RidesAgent", "Step",
-    "apply_command", "next_state", "may_cancel", "ride_channel", "register",
+    "apply_command", "held_until", "next_state", "may_cancel", "ride_channel", "register",
 ]
 
 log = logging.getLogger(__name__)
@@ -426,6 +426,19 @@ def apply_command(ride: Ride | None, cmd: Command, policy: DispatchPolicy, query
     return _HANDLERS[cmd["command"]](_Apply(ride, cmd, policy, query, now_ms))
 
 
+HELD_MAX = 50_000
+
+
+def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int:
+    """Until when an answer of the offers agent says its driver is not free (0: it does not say)."""
+    command = cmd["command"]
+    if command == "RESERVED" or (command == "REFUSED" and cmd.get("reason") == "reserved"):
+        return int(cmd.get("expires_at") or 0)
+    if command == "ASSIGNED" or (command == "REFUSED" and cmd.get("reason") == "busy"):
+        return now_ms + busy_ms  # by then the replica shows the driver's new status
+    return 0
+
+
 class RidesAgent:
     """Applies RideCommand records: events, offer commands and pushes out, then `ride_to_state`.
 
@@ -449,10 +462,24 @@ class RidesAgent:
         self.push_codec = codec_for(PushMessage)
         self.command_codec = codec_for(RideCommand)
         self.deadlines: dict[str, int] = {}  # ride id -> when its timer acts (ms)
+        self.held: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
+        self.busy_hint_ms = policy.candidate_max_age_ms // 4
         self.outcomes: Counter[str] = Counter()
 
     def query(self, cell: str, k: int, exclude: Collection[str]) -> list[Candidate]:
-        return self.view.candidates(cell, k, now_ms=self.clock_ms(), max_age_ms=self.max_age_ms, exclude=exclude)
+        now = self.clock_ms()
+        found = self.view.candidates(cell, k, now_ms=now, max_age_ms=self.max_age_ms, exclude=exclude)
+        return [c for c in found if self.held.get(c.driver_id, 0) <= now]
+
+    def note_held(self, cmd: Command) -> None:
+        """Remember drivers the offers agent said are held, until when: the replica learns it later,
+        and asking a held driver for every other ride costs a round trip each (a hint, not a rule)."""
+        until = held_until(cmd, self.clock_ms(), self.busy_hint_ms)
+        if until:
+            self.held[cmd["driver_id"]] = until
+        if len(self.held) > HELD_MAX:
+            now = self.clock_ms()
+            self.held = {d: t for d, t in self.held.items() if t > now}
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
         """Apply a batch of commands; outputs acked first, then the rides' new state."""
@@ -462,8 +489,9 @@ class RidesAgent:
         for event, cmd in decode_records(events, RideCommand, self.dead_letters, group):
             bind_event(event)
             with self.dead_letters.guard(group, event, f"bad {cmd.get('command')} command"):
-                held = changed.get(cmd["ride_id"])
-                ride = held[0] if held else self.rides.get(cmd["ride_id"])
+                self.note_held(cmd)
+                pending = changed.get(cmd["ride_id"])
+                ride = pending[0] if pending else self.rides.get(cmd["ride_id"])
                 step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
                 self._send(group, step)
                 self._count(cmd, step)

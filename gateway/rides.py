@@ -161,16 +161,15 @@ def _public(ride: ViewRide) -> dict[str, Any]:
 
 
 def _answered(driver: str, ok_event: str) -> Callable[[ViewRide], bool | None]:
-    """Outcome of a driver's answer: True once `ok_event` names the driver, False once the offer
-    is gone otherwise (expired, cancelled, someone else), None while undecided."""
+    """Outcome of a driver's answer: True once `ok_event` names the driver, False once its offer is
+    gone otherwise (expired, cancelled, someone else assigned), None while undecided (the view may
+    not even have seen the offer yet: the driver hears of it before `rides` does)."""
 
     def outcome(ride: ViewRide) -> bool | None:
         for e in reversed(ride["events"]):
-            if e["event"] == ok_event and e["driver_id"] == driver:
-                return True
-            if e["event"] == "OFFERED" and e["driver_id"] == driver:
-                return None
-            if e["event"] in ("EXPIRED", "DECLINED", "ACCEPTED", "CANCELLED", "NO_DRIVERS"):
+            if e["driver_id"] == driver and e["event"] in (ok_event, "OFFERED", "DECLINED", "EXPIRED", "ACCEPTED"):
+                return True if e["event"] == ok_event else None if e["event"] == "OFFERED" else False
+            if e["event"] == "ACCEPTED" or e["state"] in FINAL:
                 return False
         return None
 
