@@ -152,7 +152,7 @@ class _Apply:
             # Replayed after a crash: the same offer again, same seq (the gateway drops what it has).
             self.offer_push(seq=s["offer_seq"])
             self.reply("RESERVED", expires_at=s["reserved_until"])
-            return self.done(False)
+            return self.done()  # written again: in the changelog before it is re-sent
         refusal = self.refusal()
         if refusal:
             # Until when it is held, so the rides agent skips it for other rides meanwhile.
@@ -187,7 +187,7 @@ class _Apply:
         s, c = self.s, self.cmd
         if _holds(s, c["ride_id"]) and assigned(s):
             self.reply("ASSIGNED")  # replayed, or the driver pressed twice
-            return self.done(False)
+            return self.done()  # written again: in the changelog before it is re-sent
         if not (_holds(s, c["ride_id"]) and reserved(s, self.now)):
             self.push("offer.revoked", {"attempt": c["attempt"], "reason": "no open offer for this ride"},
                       priority=OFFER_PRIORITY, ttl_ms=NOTICE_TTL_MS)
@@ -263,9 +263,15 @@ class OffersAgent:
         self.ops: Counter[str] = Counter()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch of commands; return once the state and every output is acked by Kafka."""
+        """Apply a batch of commands: the drivers' new state acked first, then what it sends.
+
+        A reply or push seen before its state is durable could outlive a crash that loses the
+        state (an ASSIGNED for a driver whose recovered state is merely reserved, then reserved
+        again for another ride). State first, so a replayed command finds the decision already
+        taken and re-sends it (the replay branches of `apply_offer`).
+        """
         group = self.producer.group()
-        memberships: dict[int, list[Message]] = {}
+        results: list[OfferResult] = []
         for event, cmd in decode_records(events, OfferCommand, self.dead_letters, group):
             bind_event(event)
             with self.dead_letters.guard(group, event, f"bad {cmd.get('op')} offer command"):
@@ -275,15 +281,20 @@ class OffersAgent:
                 result = apply_offer(self.states.get(cmd["driver_id"]), cmd, self.policy, self.clock_ms())
                 if result.state is not None:
                     self.states.set(cmd["driver_id"], result.state, event)
-                self._send(group, result, memberships)
+                results.append(result)
                 self.ops[cmd["op"]] += 1
         bind_event(None)
         self.states.flush(group)
-        for partition, changes in memberships.items():
-            self.producer.send(group, DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}),
-                               partition=partition)
         await group.wait()
         self.states.persist_offsets(group)
+        out = self.producer.group()
+        memberships: dict[int, list[Message]] = {}
+        for result in results:
+            self._send(out, result, memberships)
+        for partition, changes in memberships.items():
+            self.producer.send(out, DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}),
+                               partition=partition)
+        await out.wait()
 
     def _send(self, group: Any, result: OfferResult, memberships: dict[int, list[Message]]) -> None:
         send, c = self.producer.send, self.codecs

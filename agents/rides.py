@@ -442,9 +442,12 @@ def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int:
 class RidesAgent:
     """Applies RideCommand records: events, offer commands and pushes out, then `ride_to_state`.
 
-    Outputs are produced and acked before the ride's new state is written: a crash in between
-    replays the commands against the old state and sends the same versions and seqs again (the
-    readers keep the first of a version, the gateway drops a seq it has), never a gap.
+    A ride's new state is written, with the records it decided (its outbox) and the offset of the
+    command, and acked before any of those records is produced. A crash before the ack replays the
+    commands against the old state (nothing was sent); a crash after it replays them against the
+    new state, which re-sends the outbox instead of deciding again. So no event, offer or push is
+    ever seen that the ride's durable state does not reflect, and a version is never logged as two
+    different events (readers keep the first copy of a version; the gateway drops a seq it has).
     """
 
     def __init__(self, *, rides: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
@@ -482,39 +485,56 @@ class RidesAgent:
             self.held = {d: t for d, t in self.held.items() if t > now}
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch of commands; outputs acked first, then the rides' new state."""
+        """Apply a batch of commands: the rides' new state (with its outbox) acked first, then the outputs."""
         await self.view.ready.wait()  # no matching against an empty replica after a restart
         group = self.producer.group()
         changed: dict[str, tuple[Ride, faust.EventT]] = {}
+        outgoing: list[Message] = []  # in the order decided: a driver's RELEASE before its next RESERVE
         for event, cmd in decode_records(events, RideCommand, self.dead_letters, group):
             bind_event(event)
             with self.dead_letters.guard(group, event, f"bad {cmd.get('command')} command"):
                 self.note_held(cmd)
-                pending = changed.get(cmd["ride_id"])
-                ride = pending[0] if pending else self.rides.get(cmd["ride_id"])
-                step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
-                self._send(group, step)
-                self._count(cmd, step)
-                if step.ride is not None:
-                    changed[cmd["ride_id"]] = (step.ride, event)
+                self._apply(cmd, event, changed, outgoing)
         bind_event(None)
-        await group.wait()
-        group = self.producer.group()
         for ride_id, (ride, event) in changed.items():
             self.rides.set(ride_id, ride, event)
-            self._track_deadline(ride)
         self.rides.flush(group)
         await group.wait()
         self.rides.persist_offsets(group)
+        for ride, _event in changed.values():
+            self._track_deadline(ride)
+        out = self.producer.group()
+        for m in outgoing:
+            self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
+        await out.wait()
 
-    def _send(self, group: Any, step: Step) -> None:
-        send = self.producer.send
-        for e in step.events:
-            send(group, RIDES.name, self.event_codec.dumps(e), key=e["ride_id"].encode())
-        for o in step.offers:
-            send(group, OFFERS.name, self.offer_codec.dumps(o), key=o["driver_id"].encode())
-        for p in step.pushes:
-            send(group, PUSH.name, self.push_codec.dumps(p), key=p["channel"].encode())
+    def _apply(self, cmd: Command, event: faust.EventT, changed: dict[str, tuple[Ride, faust.EventT]],
+               outgoing: list[Message]) -> None:
+        ride_id, offset = cmd["ride_id"], event.message.offset
+        pending = changed.get(ride_id)
+        ride = pending[0] if pending else self.rides.get(ride_id)
+        if ride is not None and offset <= ride["applied_offset"]:
+            # Applied before a crash, maybe not sent: send what it decided then, never decide again
+            # (the replica and the clock have moved; a second decision could differ from the first).
+            if offset == ride["applied_offset"]:
+                outgoing.extend(ride["outbox"])
+            return
+        step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
+        self._count(cmd, step)
+        messages = self._encode(step)
+        outgoing.extend(messages)
+        if step.ride is not None:
+            earlier = pending[0]["outbox"] if pending else []  # this batch's, not sent yet either
+            step.ride.update(applied_offset=offset, outbox=[*earlier, *messages])
+            changed[ride_id] = (step.ride, event)
+
+    def _encode(self, step: Step) -> list[Message]:
+        """The step's records as Outgoing dicts (topic, key, Avro value)."""
+        return [
+            *({"topic": RIDES.name, "key": e["ride_id"], "value": self.event_codec.dumps(e)} for e in step.events),
+            *({"topic": OFFERS.name, "key": o["driver_id"], "value": self.offer_codec.dumps(o)} for o in step.offers),
+            *({"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in step.pushes),
+        ]
 
     def _count(self, cmd: Command, step: Step) -> None:
         self.outcomes[cmd["command"]] += 1

@@ -32,6 +32,7 @@ __all__ = [
     "RideCommand",
     "OFFER_OPS",
     "OfferCommand",
+    "Outgoing",
     "Ride",
     "PUBLISHED_RECORDS",
 ]
@@ -274,6 +275,14 @@ class OfferCommand(_Record, namespace="livetrack.OfferCommand"):  # type: ignore
     reason: Optional[str] = StringField(required=False, default=None)
 
 
+class Outgoing(_Record, namespace="livetrack.Outgoing"):  # type: ignore[call-arg]
+    """A record to produce: kept with the state that decided it until Kafka has it (an outbox)."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
 class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
     """One ride as the rides agent holds it (table `ride_to_state`).
 
@@ -311,6 +320,10 @@ class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
     pushed_lng: Optional[float] = FloatField(required=False, default=None)
     pushed_eta_s: Optional[float] = FloatField(required=False, default=None)
     reason: Optional[str] = StringField(required=False, default=None)
+    # The last `ride-commands` offset applied and what the commands applied with it sent: state
+    # is written before its outputs, and a replayed command re-sends them instead of re-deciding.
+    applied_offset: int = IntegerField(required=False, default=-1)
+    outbox: List[Outgoing] = []
 
 
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.

@@ -152,6 +152,8 @@ async def _run(pipeline: Pipeline, seed: int, kill_after_s: float | None) -> Non
     outcome = {state: sum(1 for e in last.values() if e["state"] == state) for state in
                sorted({e["state"] for e in last.values()})}
     print(f"\nseed {seed} kill={kill_after_s}: {len(last)} rides {outcome}; {offers} offers; http {load.statuses}")
+    if problems or offer_problems or reservation_problems:
+        _dump(events, pushes, states, f"/tmp/dispatch/audit-{seed}.txt")
     assert len(last) == REQUESTS, f"{REQUESTS - len(last)} requests never reached the rides log"
     assert offers > DRIVERS, "the load should offer most drivers at least once"
     assert outcome.get("ACCEPTED", 0) > 0 and outcome.get("NO_DRIVERS", 0) > 0
@@ -166,3 +168,15 @@ async def test_thousand_requests_two_hundred_drivers(pipeline: Pipeline) -> None
 
 async def test_thousand_requests_with_the_worker_killed_midway(pipeline: Pipeline) -> None:
     await _run(pipeline, seed=2, kill_after_s=1.5)
+
+
+def _dump(events: list, pushes: list, states: list, path: str) -> None:
+    import json as _json
+    with open(path, "w") as f:
+        for e in events:
+            f.write("E " + _json.dumps(e) + "\n")
+        for p in pushes:
+            if p["channel"].startswith("driver:"):
+                f.write("P " + _json.dumps(p) + "\n")
+        for st in states:
+            f.write("S " + _json.dumps(st) + "\n")
