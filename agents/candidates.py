@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import lru_cache
 from typing import Any, Collection, Mapping
 
 import h3
@@ -30,9 +31,15 @@ log = logging.getLogger(__name__)
 Available = Mapping[str, Mapping[str, int]]  # cell -> available driver -> last seen (ms)
 
 
-def ring_cells(cell: str, k: int) -> list[str]:
+@lru_cache(maxsize=1 << 16)
+def ring_cells(cell: str, k: int) -> tuple[str, ...]:
     """The cells within k steps of `cell` (its k-ring, the cell itself included)."""
-    return list(h3.grid_disk(cell, k))
+    return tuple(h3.grid_disk(cell, k))
+
+
+@lru_cache(maxsize=1 << 16)
+def _centre(cell: str) -> tuple[float, float]:
+    return h3.cell_to_latlng(cell)  # type: ignore[no-any-return]
 
 
 def candidates_in(
@@ -45,7 +52,7 @@ def candidates_in(
         drivers = available.get(cell)
         if not drivers:
             continue
-        lat, lng = h3.cell_to_latlng(cell)
+        lat, lng = _centre(cell)
         for driver, seen in drivers.items():
             if driver in exclude or now_ms - seen > max_age_ms:
                 continue

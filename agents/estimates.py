@@ -14,7 +14,7 @@ import h3
 from agents.geo import cell_of, haversine_m
 
 __all__ = [
-    "PRODUCTS", "ROUTE_FACTOR", "Candidate", "Rate", "SpeedLookup", "SurgeLookup", "AcceptanceScore",
+    "PRODUCTS", "ROUTE_FACTOR", "Candidate", "ConstantSpeed", "Rate", "SpeedLookup", "SurgeLookup", "AcceptanceScore",
     "constant_speed", "no_surge", "any_acceptance", "travel_time_s", "fare_estimate", "rank_candidates",
 ]
 
@@ -26,6 +26,7 @@ ROUTE_FACTOR = 1.3
 # Time per path cell is evaluated at the resolution pickups use; longer paths are sampled.
 PATH_CELLS_MAX = 64
 MIN_ACCEPTANCE = 0.05
+RANK_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,21 @@ PRODUCTS: dict[str, Rate] = {
 }
 
 
+@dataclass(frozen=True)
+class ConstantSpeed:
+    """The same travel speed everywhere (a SpeedLookup that needs no cells walked)."""
+
+    mps: float
+
+    def __call__(self, _cell: str) -> float:
+        return self.mps
+
+
 def constant_speed(mps: float) -> SpeedLookup:
     """The same travel speed everywhere."""
     if mps <= 0:
         raise ValueError("speed must be > 0")
-    return lambda _cell: mps
+    return ConstantSpeed(mps)
 
 
 def no_surge(_cell: str) -> float:
@@ -79,6 +90,8 @@ def travel_time_s(
     metres = haversine_m(lat1, lng1, lat2, lng2) * ROUTE_FACTOR
     if metres == 0:
         return 0.0
+    if isinstance(speed, ConstantSpeed):  # same answer as walking the cells, without the walk
+        return metres / speed.mps
     cells = _path_cells(cell_of(lat1, lng1, resolution), cell_of(lat2, lng2, resolution))
     per_cell = metres / len(cells)
     return sum(per_cell / max(0.1, speed(c)) for c in cells)
@@ -107,14 +120,19 @@ class Candidate:
 
 def rank_candidates(
     candidates: Iterable[Candidate], pickup_lat: float, pickup_lng: float, *, speed: SpeedLookup,
-    acceptance: AcceptanceScore = any_acceptance, resolution: int = 9,
+    acceptance: AcceptanceScore = any_acceptance, resolution: int = 9, limit: int = RANK_LIMIT,
 ) -> list[Candidate]:
-    """Best first: expected time until a driver is on the way, i.e. pickup ETA over the chance the
-    driver accepts; ties go to the most recently seen, then to the id (deterministic)."""
+    """The best `limit`, best first: expected time until a driver is on the way, i.e. pickup ETA
+    over the chance the driver accepts; ties go to the most recently seen, then to the id.
+
+    Only the nearest 2 x `limit` by straight line are priced (travel time walks H3 cells, the
+    costly part): under contention a ride is ranked again after every refusal.
+    """
+    by_distance = sorted(candidates, key=lambda c: (haversine_m(c.lat, c.lng, pickup_lat, pickup_lng), c.driver_id))
     ranked = []
-    for c in candidates:
+    for c in by_distance[: 2 * limit]:
         eta = travel_time_s(c.lat, c.lng, pickup_lat, pickup_lng, speed=speed, resolution=resolution)
         p = min(1.0, max(MIN_ACCEPTANCE, acceptance(c.driver_id)))
         ranked.append(Candidate(c.driver_id, c.lat, c.lng, c.seen_ts, round(eta, 1), eta / p))
     ranked.sort(key=lambda c: (c.score, -c.seen_ts, c.driver_id))
-    return ranked
+    return ranked[:limit]

@@ -229,7 +229,7 @@ class _Apply:
             return
         ranked = self.candidates() if ranked is None else ranked
         if not ranked:
-            log.info("ride %s: no candidate within k=%d; looking again in %d ms", r["ride_id"], r["ring"], p.retry_ms)
+            log.debug("ride %s: no candidate within k=%d; looking again in %d ms", r["ride_id"], r["ring"], p.retry_ms)
             r["deadline_ms"] = self.now + p.retry_ms  # everyone near is busy or tried: look again soon
             return
         best = ranked[0]
@@ -313,7 +313,7 @@ class _Apply:
     def refused(self) -> Step:
         if not self.answers_open_offer("REQUESTED"):
             return self.unchanged()
-        log.info("ride %s: driver %s refused the reservation: %s", self.r["ride_id"], self.cmd["driver_id"],
+        log.debug("ride %s: driver %s refused the reservation: %s", self.r["ride_id"], self.cmd["driver_id"],
                  self.cmd.get("reason"))
         self.drop_offer(busy=self.cmd.get("reason") == "reserved")
         self.offer_next()
@@ -429,14 +429,16 @@ def apply_command(ride: Ride | None, cmd: Command, policy: DispatchPolicy, query
 HELD_MAX = 50_000
 
 
-def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int:
-    """Until when an answer of the offers agent says its driver is not free (0: it does not say)."""
-    command = cmd["command"]
-    if command == "RESERVED" or (command == "REFUSED" and cmd.get("reason") == "reserved"):
+def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int | None:
+    """Until when an answer of the offers agent says its driver is not free (0: free now; None: it does not say)."""
+    command, reason = cmd["command"], cmd.get("reason")
+    if command == "RESERVED" or (command == "REFUSED" and reason == "reserved"):
         return int(cmd.get("expires_at") or 0)
-    if command == "ASSIGNED" or (command == "REFUSED" and cmd.get("reason") == "busy"):
-        return now_ms + busy_ms  # by then the replica shows the driver's new status
-    return 0
+    if command in ("ASSIGNED", "REFUSED"):
+        return now_ms + busy_ms  # busy, offline or unknown: by then the replica shows it
+    if command == "DECLINED":
+        return 0
+    return None
 
 
 class RidesAgent:
@@ -478,8 +480,22 @@ class RidesAgent:
         """Remember drivers the offers agent said are held, until when: the replica learns it later,
         and asking a held driver for every other ride costs a round trip each (a hint, not a rule)."""
         until = held_until(cmd, self.clock_ms(), self.busy_hint_ms)
+        if until is not None and cmd.get("driver_id"):
+            self._hold(cmd["driver_id"], until)
+
+    def note_asked(self, offers: Sequence[Message]) -> None:
+        """Drivers this worker just asked to reserve are held for its other rides until answered;
+        the ones it let go are free again."""
+        now = self.clock_ms()
+        for o in offers:
+            if o["op"] in ("RESERVE", "RELEASE", "FREE"):
+                self._hold(o["driver_id"], now + self.policy.reserve_timeout_ms if o["op"] == "RESERVE" else 0)
+
+    def _hold(self, driver_id: str, until: int) -> None:
         if until:
-            self.held[cmd["driver_id"]] = until
+            self.held[driver_id] = until
+        else:
+            self.held.pop(driver_id, None)
         if len(self.held) > HELD_MAX:
             now = self.clock_ms()
             self.held = {d: t for d, t in self.held.items() if t > now}
@@ -521,6 +537,7 @@ class RidesAgent:
             return
         step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
         self._count(cmd, step)
+        self.note_asked(step.offers)
         messages = self._encode(step)
         outgoing.extend(messages)
         if step.ride is not None:
