@@ -3,8 +3,7 @@
 200 drivers ping at 1 Hz around a city; riders request rides at `--rate` for `--duration` seconds
 (after a warm-up). The drivers' phones (an official python-socketio client watching every
 `driver:{id}`) accept each offer at once over HTTP; the riders' client subscribes to `ride:{id}`
-as soon as the request is answered. Each trip is then started and completed, so the driver is
-free again. Then a burst of `--burst` requests as fast as the gateway takes them.
+as soon as the request is answered. Once assigned, the rider cancels, so the driver is free again. Then a burst of `--burst` requests as fast as the gateway takes them.
 
 - offer:  the POST /v1/rides is sent -> the driver's client has the offer.
 - assign: the POST is sent -> the rider's client sees ride.state ACCEPTED.
@@ -57,6 +56,8 @@ class Bench:
         self.offered: dict[str, float] = {}  # ride id -> first offer at the driver's client
         self.assigned: dict[str, float] = {}  # ride id -> ACCEPTED at the rider's client
         self.outcomes: dict[str, str] = {}
+        self.to_worker: dict[str, float] = {}  # ride id -> POST sent -> the rides agent logged REQUESTED
+        self.to_phone: dict[str, float] = {}  # ride id -> the rides agent asked for the reservation -> offer seen
         self.statuses: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.http: aiohttp.ClientSession | None = None
@@ -104,6 +105,7 @@ class Bench:
         data = update["data"]
         if update["type"] == "offer":
             self.offered.setdefault(data["ride_id"], now_ms())
+            self.to_phone.setdefault(data["ride_id"], now_ms() - update["ts"])
             self.spawn(self.post(f"/v1/rides/{data['ride_id']}/accept", self.driver_tokens[data["driver_id"]]))
 
     def on_rider_update(self, update: dict[str, Any]) -> None:
@@ -115,9 +117,8 @@ class Bench:
                 self.spawn(self.finish(data["ride_id"], data["driver_id"]))
 
     async def finish(self, ride_id: str, driver: str) -> None:
-        """The trip happens at once: the driver is free for the next rider."""
-        await self.post(f"/v1/rides/{ride_id}/start", self.driver_tokens[driver])
-        await self.post(f"/v1/rides/{ride_id}/complete", self.driver_tokens[driver])
+        """The rider lets the driver go at once (one command, not a trip's two): free for the next rider."""
+        await self.post(f"/v1/rides/{ride_id}/cancel", self.rider, {"reason": "benchmark"})
 
     async def request(self) -> None:
         pickup, dest = self.point(), self.point()
@@ -127,6 +128,8 @@ class Bench:
         if status not in (201, 202):
             return
         self.sent[ride["ride_id"]] = sent
+        if "requested_ts" in ride:
+            self.to_worker[ride["ride_id"]] = ride["requested_ts"] - sent
         ack = await self.riders.call("subscribe", {"channel": f"ride:{ride['ride_id']}"}, namespace="/live",
                                      timeout=30)
         snap = (ack.get("snapshot") or {}).get("data") or {}
@@ -171,6 +174,9 @@ async def measure(settings: Settings, rate: float, duration_s: float, burst: int
     return {
         "rate": rate, "requests": len(measured), "offered": len(offers), "assigned": len(assigns),
         **percentiles(offers, "offer"), **percentiles(assigns, "assign"),
+        # Where an offer's time goes: gateway -> Kafka -> rides agent, then rides agent -> offers agent -> phone.
+        **percentiles([bench.to_worker[r] for r in measured if r in bench.to_worker], "request_to_rides_agent"),
+        **percentiles([bench.to_phone[r] for r in measured if r in bench.to_phone], "rides_agent_to_phone"),
         "burst_requests": len(burst_rides), "burst_assigned": len(done),
         "match_requests_per_s": round(len(done) / span_s, 1) if done else 0.0,
         "http": dict(sorted(bench.statuses.items())),

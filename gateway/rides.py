@@ -261,10 +261,9 @@ class RideDesk:
         """START or COMPLETE, by the ride's assigned driver (or ops)."""
         if principal.role not in ("driver", "ops"):
             raise Forbidden(f"only the ride's driver may {command.lower()} it")
-        await self.known(principal, ride_id)
-        # The view may not have seen the assignment yet: give it a moment before judging.
+        # This node may not have seen the assignment yet: give its view a moment before judging.
         ride = await self.view.wait_for(ride_id, lambda r: r["state"] not in ("REQUESTED", "OFFERED"),
-                                        self.timeout_s) or self.view.rides[ride_id]
+                                        self.timeout_s) or await self.known(principal, ride_id)
         if principal.role == "driver" and ride["driver_id"] != principal.sub:
             raise Forbidden(f"ride {ride_id!r} is not assigned to you")
         wanted, done = ("ACCEPTED", "ONGOING") if command == "START" else ("ONGOING", "COMPLETED")
