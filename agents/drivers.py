@@ -28,7 +28,7 @@ from tables.writer import TableWriter
 
 __all__ = [
     "ACCEPTED", "DUPLICATE", "STALE", "JUMP", "INVALID",
-    "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
+    "DriverKeyedAgent", "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,12 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) 
     return PingResult(ACCEPTED, state, push, memberships, move)
 
 
-class DriversAgent:
-    """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
+class DriverKeyedAgent:
+    """What the agents on driver-keyed topics share: the driver's state, where its cells go, a clock."""
 
     def __init__(
         self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-        policy: DriverPolicy, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
+        policy: Any, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
     ) -> None:
         self.states = states
         self.producer = producer
@@ -196,6 +196,13 @@ class DriversAgent:
         self.partitions = partitions
         self.cell_partitions = cell_partitions
         self.clock_ms = clock_ms
+
+
+class DriversAgent(DriverKeyedAgent):
+    """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.push_codec = codec_for(PushMessage)
         self.ping_codec = codec_for(LocationEvent)
         self.cells_codec = codec_for(CellMembershipBatch)

@@ -20,16 +20,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import faust
 
-from agents.batching import DeadLetters, bind_event, decode_records, register_batched
-from agents.drivers import driver_channel
+from agents.batching import bind_event, decode_records, register_batched
+from agents.drivers import DriverKeyedAgent, driver_channel
 from agents.estimates import SpeedLookup, constant_speed, travel_time_s
-from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellMembershipBatch, DriverStatusChanged, OfferCommand, PushMessage, RideCommand
 from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, PUSH, RIDE_COMMANDS
-from tables.writer import TableWriter
 
 __all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer", "register"]
 
@@ -245,18 +243,11 @@ def apply_offer(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: i
     return _HANDLERS[cmd["op"]](_Apply(prev, cmd, policy, now_ms))
 
 
-class OffersAgent:
+class OffersAgent(DriverKeyedAgent):
     """Applies OfferCommand records to `driver_to_state`, with the drivers agent's TableWriter."""
 
-    def __init__(self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-                 policy: OfferPolicy, partitions: int, cell_partitions: int, clock_ms: Callable[[], int]) -> None:
-        self.states = states
-        self.producer = producer
-        self.dead_letters = dead_letters
-        self.policy = policy
-        self.partitions = partitions
-        self.cell_partitions = cell_partitions
-        self.clock_ms = clock_ms
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.codecs = {name: codec_for(r) for name, r in (
             ("push", PushMessage), ("reply", RideCommand), ("cells", CellMembershipBatch),
             ("status", DriverStatusChanged))}

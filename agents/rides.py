@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import faust
 
-from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records, register_batched
+from agents.batching import DeadLetters, bind_event, decode_records, register_batched
 from agents.candidates import CellDriversView
 from agents.errors import AgentError, Rejected
 from agents.estimates import (

@@ -23,10 +23,8 @@ from typing import Any
 import aiohttp
 import socketio
 
-from bench.harness import bench_settings, emit, percentiles
+from bench.harness import bench_settings, emit, percentiles, pipeline_running
 from gateway.auth import Tokens
-from infra.broker import kafka_running
-from infra.processes import WORKER_READY, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 DRIVERS = 200
@@ -185,16 +183,8 @@ async def measure(settings: Settings, rate: float, duration_s: float, burst: int
 
 def run(rate: float, duration_s: float, burst: int) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-dispatch-{int(time.time())}")
-    with kafka_running(settings, fresh=True):
-        worker = spawn(worker_args(), settings, "dispatch-worker")
-        gateway = spawn(gateway_args(), settings, "dispatch-gateway")
-        try:
-            worker.wait_for_output(WORKER_READY, 90)
-            wait_http_ok(f"{settings.gateway_url}/healthz", [gateway], 90)
-            return asyncio.run(measure(settings, rate, duration_s, burst))
-        finally:
-            gateway.stop()
-            worker.stop()
+    with pipeline_running(settings, "dispatch"):
+        return asyncio.run(measure(settings, rate, duration_s, burst))
 
 
 def main() -> None:
