@@ -21,7 +21,8 @@ def settings(tmp_path: Path) -> Settings:
 
 def _claims(**over: object) -> dict:
     now = int(time.time())
-    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 60, **over}
+    # Made at collection: valid long enough for a whole suite to reach these tests.
+    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 3600, **over}
 
 
 def test_minted_token_verifies_to_its_principal(settings: Settings) -> None:
