@@ -12,6 +12,7 @@ from gateway.auth import Principal, Tokens, may_subscribe
 from gateway.channels import CHANNEL_RE, ChannelStore, Update, update_from_push
 from gateway.errors import GatewayError, Unauthorized
 from gateway.metrics import Metrics
+from infra.producer import ProduceError
 
 __all__ = ["LiveNamespace", "NAMESPACE"]
 
@@ -84,6 +85,8 @@ class LiveNamespace(socketio.AsyncNamespace):
             await self.decide(principal, ride_id, op)
         except GatewayError as exc:
             return {"ok": False, "error": str(exc)}
+        except ProduceError:
+            return {"ok": False, "error": "event log unavailable, retry", "retry": True}
         return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
 
     async def publish(self, batch: list[dict[str, Any]]) -> None:
