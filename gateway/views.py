@@ -58,7 +58,7 @@ async def get_driver(request: web.Request) -> web.Response:
     update = request.app[STORE].latest(f"driver:{driver_id}")
     if update is None:
         raise NotFound(f"unknown driver {driver_id!r}")
-    return web.json_response({**update.data, "channel_seq": update.seq})
+    return web.json_response({**update.data(), "channel_seq": update.seq})
 
 
 async def healthz(request: web.Request) -> web.Response:
