@@ -121,8 +121,9 @@ class LiveClient:
         return done
 
     def _apply_ack(self, channel: str, since: int | None, ack: dict[str, Any]) -> None:
-        for snapshot in ack.get("drivers", ()):  # `fleet`: every driver's latest, deduped per driver channel
-            self._on_update(snapshot)
+        for snapshot in ack.get("drivers", ()):  # `fleet`: every driver's latest, but for channels
+            if snapshot["channel"] not in self.channels:  # subscribed alone (they resume on their own)
+                self._on_update(snapshot)
         if since is not None and ack.get("recovered"):
             for update in ack.get("updates", ()):
                 self._on_update(update)
