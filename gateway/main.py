@@ -18,6 +18,7 @@ from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
+from infra.processes import raise_open_files_limit
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from infra.topics import partition_count
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def run(settings: Settings) -> None:
-    log.info("gateway on %s", settings.gateway_url)
+    files = raise_open_files_limit()  # one per /live connection
+    log.info("gateway on %s (up to %d open files)", settings.gateway_url, files)
     web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

@@ -26,6 +26,7 @@ class Metrics:
         self.refused = Counter(
             "livetrack_live_refused", "/live connections and subscriptions refused", ["what"], registry=r
         )
+        self.driver_reads = Counter("livetrack_driver_reads", "GET /v1/drivers/{id} requests answered", registry=r)
         self.connected = Gauge("livetrack_sockets_connected", "Open /live connections", registry=r)
         self.event_to_emit = Histogram(
             "livetrack_event_to_emit_seconds", "Gateway receipt of the event -> emit of its update",
