@@ -99,6 +99,8 @@ class DropProxy:
         self.links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.flowing = asyncio.Event()  # cleared: nothing from the gateway reaches the clients
+        self.flowing.set()
 
     async def __aenter__(self) -> "DropProxy":
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=2048)
@@ -134,16 +136,16 @@ class DropProxy:
         link = (client_w, up_w)
         self.links.add(link)
         try:
-            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w))
+            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w, self.flowing))
         finally:
             self.links.discard(link)
             client_w.transport.abort()
             up_w.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None = None) -> None:
     try:
-        while data := await reader.read(65536):
+        while (flowing is None or await flowing.wait()) and (data := await reader.read(65536)):
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
