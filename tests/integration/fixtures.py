@@ -5,6 +5,7 @@ import asyncio
 import random
 import shutil
 import signal
+import socket
 import time
 from typing import Any
 
@@ -94,8 +95,11 @@ class Subscriber:
 class DropProxy:
     """A TCP proxy in front of the gateway that can cut its connections abruptly, as a network does."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, small_buffers: bool = False) -> None:
         self.upstream_port = upstream_port
+        # Small socket and reader buffers towards the gateway: a stalled link backs up into the gateway
+        # after kilobytes, not the megabytes loopback would otherwise absorb.
+        self.small_buffers = small_buffers
         self.links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -127,9 +131,18 @@ class DropProxy:
             self.links.discard((client, upstream))
         return len(chosen)
 
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.small_buffers:
+            return await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixes the window
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.upstream_port))
+        return await asyncio.open_connection(sock=sock, limit=4096)
+
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            up_r, up_w = await self._connect_upstream()
         except OSError:
             client_w.transport.abort()
             return
