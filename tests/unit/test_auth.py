@@ -21,7 +21,8 @@ def settings(tmp_path: Path) -> Settings:
 
 def _claims(**over: object) -> dict:
     now = int(time.time())
-    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 60, **over}
+    # Built when the module is collected: valid long enough for a whole suite run to reach them.
+    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 6 * 3600, **over}
 
 
 def test_minted_token_verifies_to_its_principal(settings: Settings) -> None:
