@@ -61,8 +61,8 @@ class _Watchers:
         self.shown_ts: list[float | None] = [None] * len(channels)
         self.recording = False
         self.latencies: list[float] = []
-        self.clients = [LiveClient(url, token, on_update=self._recorder(i), call_timeout_s=60,
-                                   reconnection_delay=1, reconnection_delay_max=5) for i in range(len(channels))]
+        self.clients = [LiveClient(url, token, on_update=self._recorder(i), call_timeout_s=60)
+                        for i in range(len(channels))]
 
     def _recorder(self, i: int) -> Any:
         def on_update(update: dict[str, Any]) -> None:

@@ -10,13 +10,14 @@ grow and never repeat; a seq that is neither delivered nor declared skipped
 by the gateway (`skipped`: expired or superseded) is never silently lost:
 the client resubscribes from its last seq, and only if the gateway's history
 cannot cover the gap does it take the snapshot (`on_snapshot`, a `reset`).
-After every reconnection python-socketio makes, each channel resumes from
-the last seq seen.
+After every reconnection (the client's own: jittered exponential backoff,
+whatever the failure), each channel resumes from the last seq seen.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,8 +55,8 @@ class LiveClient:
         self, url: str, token: str | Callable[[], str], *,
         on_update: Callable[[Update], None] | None = None,
         on_snapshot: Callable[[str, Update | None], None] | None = None,
-        reconnection: bool = True, transports: tuple[str, ...] = ("websocket",), call_timeout_s: float = 30,
-        **sio_options: Any,
+        reconnection: bool = True, retry_delay_s: float = 1.0, retry_delay_max_s: float = 5.0,
+        transports: tuple[str, ...] = ("websocket",), call_timeout_s: float = 30, **sio_options: Any,
     ) -> None:
         self.url = url
         self.token = token
@@ -63,13 +64,21 @@ class LiveClient:
         self.on_snapshot = on_snapshot or (lambda channel, snapshot: None)
         self.transports = list(transports)
         self.call_timeout_s = call_timeout_s
-        self.sio = socketio.AsyncClient(reconnection=reconnection, handle_sigint=False, **sio_options)
+        # Reconnection is ours: python-socketio's loop ends for good when aiohttp raises anything but a
+        # ConnectionError mid-handshake (an AssertionError when the server dies during it, seen here).
+        self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, **sio_options)
+        self.reconnection = reconnection
+        self.retry_delay_s = retry_delay_s
+        self.retry_delay_max_s = retry_delay_max_s
         self.last: dict[str, int] = {}  # channel -> last seq applied
         self.channels: set[str] = set()  # what to (re)subscribe to on every connection
         self.stats = ClientStats()
         self._resyncing: set[str] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._closing = False
+        self._reconnecting: asyncio.Task[None] | None = None
         self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
+        self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         self.sio.on("update", self._on_update, namespace=NAMESPACE)
 
     @property
@@ -78,14 +87,41 @@ class LiveClient:
 
     async def connect(self, timeout_s: float = 10) -> None:
         """Connect (raises socketio.exceptions.ConnectionError with the gateway's reason when refused)."""
+        self._closing = False
+        self.connect_timeout_s = timeout_s
+        await self._connect_once()
+
+    async def _connect_once(self) -> None:
         auth = (lambda: {"token": self.token()}) if callable(self.token) else {"token": self.token}
         await self.sio.connect(self.url, namespaces=[NAMESPACE], transports=self.transports, auth=auth,
-                               wait_timeout=timeout_s)
+                               wait_timeout=self.connect_timeout_s)
 
     async def disconnect(self) -> None:
-        await self.sio.disconnect()
-        for task in list(self._tasks):
+        self._closing = True
+        for task in [*self._tasks, *([self._reconnecting] if self._reconnecting else [])]:
             task.cancel()
+        await self.sio.disconnect()
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        """Dropped (network, gateway gone or restarting, dropped as too slow): reconnect and resume."""
+        if self.reconnection and not self._closing and self._reconnecting is None:
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Retry with jittered exponential backoff until connected or closed; every failure is retried."""
+        delay = self.retry_delay_s
+        try:
+            while not self._closing and not self.connected:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self.retry_delay_max_s)
+                try:
+                    await self._connect_once()
+                except Exception as exc:  # refused, reset, timed out, or aiohttp's assertion: try again
+                    log.debug("reconnect failed: %s: %s", type(exc).__name__, exc)
+                    if self.sio.connected and not self.connected:
+                        await self.sio.disconnect()  # half connected: start clean
+        finally:
+            self._reconnecting = None
 
     async def subscribe(self, channel: str) -> dict[str, Any]:
         """Subscribe (resuming from the last seq seen, if any); the gateway's ack, once applied."""

@@ -34,8 +34,7 @@ class Watcher:
         self.seen: Seen = defaultdict(list)
         self.start: dict[str, int] = {}  # channel -> seq the first subscribe ack stood at
         self.data_seq: dict[tuple[str, int], int] = {}  # (channel, seq) -> the ping's seq it carries
-        self.client = LiveClient(url, token, on_update=self._on_update, reconnection_delay=0.2,
-                                 reconnection_delay_max=1.0)
+        self.client = LiveClient(url, token, on_update=self._on_update, retry_delay_s=0.2, retry_delay_max_s=1.0)
 
     def _on_update(self, update: dict[str, Any]) -> None:
         self.seen[update["channel"]].append((update["seq"], update.get("skipped", 0)))
