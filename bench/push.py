@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=5000, help="Socket.IO clients on the one gateway")
-    p.add_argument("--drivers", type=int, default=100, help="drivers, each ping a pushed move (clients watch them evenly)")
+    p.add_argument("--drivers", type=int, default=100, help="drivers (the clients watch them evenly)")
     p.add_argument("--hz", type=float, default=1.0, help="pings per second per driver")
     p.add_argument("--step-m", type=float, default=6.0,
                    help="metres a driver moves per ping (6: the 10 m push threshold pushes every 2nd ping)")

@@ -92,10 +92,10 @@ class Settings(BaseSettings):
     )
     push_retry_ms: int = Field(2000, ge=10, description="Resend an unacked event this long after it was sent.")
     push_send_backlog: int = Field(
-        16, ge=1, description="A connection with this many unsent frames is slow: its updates queue by priority, coalesced."
+        16, ge=1, description="A connection with this many unsent frames is slow: its updates queue, coalesced."
     )
     push_pending_max: int = Field(
-        5000, ge=1, description="A slow connection with more queued updates than this is dropped (it resumes with since)."
+        5000, ge=1, description="A slow connection with more updates queued than this is dropped (it resumes)."
     )
     push_tick_ms: int = Field(50, ge=5, description="How often slow connections' queues and due retries are served.")
 

@@ -156,7 +156,8 @@ class DropProxy:
             up_w.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None = None) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                flowing: asyncio.Event | None = None) -> None:
     try:
         while (flowing is None or await flowing.wait()) and (data := await reader.read(65536)):
             writer.write(data)
