@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-dispatch clean
+.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-dispatch bench-push clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-worker: install
 
 bench-dispatch: install
 	$(BIN)/python -m bench.dispatch $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(BURST),--burst $(BURST))
+
+bench-push: install
+	$(BIN)/python -m bench.push $(if $(CLIENTS),--clients $(CLIENTS)) $(if $(DURATION),--duration $(DURATION))
 
 bench-faust: install
 	$(BIN)/python -m bench.faust_floor

@@ -51,14 +51,14 @@ class DriverPolicy:
     push_min_distance_m: float = 10.0
     push_min_interval_ms: int = 5000
     membership_refresh_ms: int = 30_000
-    push_ttl_ms: int = 10_000
+    push_ttl_ms: int = 30_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> "DriverPolicy":
         return cls(
             h3_resolution=s.h3_resolution, max_speed_mps=s.max_speed_mps,
             push_min_distance_m=s.push_min_distance_m, push_min_interval_ms=s.push_min_interval_ms,
-            membership_refresh_ms=s.membership_refresh_ms,
+            membership_refresh_ms=s.membership_refresh_ms, push_ttl_ms=s.push_location_ttl_ms,
         )
 
 

@@ -53,12 +53,13 @@ def _check_publisher(request: web.Request, events: list) -> None:
 async def get_driver(request: web.Request) -> web.Response:
     """The driver as subscribers last saw it (the snapshot of `driver:{id}`)."""
     driver_id = request.match_info["driver_id"]
+    request.app[METRICS].driver_reads.inc()  # what polling costs (bench-push compares it with pushing)
     if not may_subscribe(principal_of(request), f"driver:{driver_id}", request.app[LIVE].ride_rider):
         raise Forbidden(f"this token may not read driver {driver_id!r}")
     update = request.app[STORE].latest(f"driver:{driver_id}")
     if update is None:
         raise NotFound(f"unknown driver {driver_id!r}")
-    return web.json_response({**update.data, "channel_seq": update.seq})
+    return web.json_response({**update.data(), "channel_seq": update.seq})
 
 
 async def post_ride(request: web.Request) -> web.Response:

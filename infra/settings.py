@@ -107,6 +107,28 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
     cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")
 
+    # --- push delivery (gateway) ---------------------------------------------
+    push_history_max: int = Field(256, ge=1, description="Updates kept per channel for resume (`since`), at most.")
+    push_history_age_ms: int = Field(
+        600_000, ge=1000,
+        description="Updates kept per channel for resume, by age; a booting gateway rebuilds this window from `push`.",
+    )
+    push_location_ttl_ms: int = Field(
+        30_000, ge=0, description="TTL of driver location pushes: never delivered later than this after they are sent."
+    )
+    push_ack_priority: int = Field(
+        5, ge=0, le=9,
+        description="Pushes of at least this priority are events: acked, retried until their TTL, never coalesced.",
+    )
+    push_retry_ms: int = Field(2000, ge=10, description="Resend an unacked event this long after it was sent.")
+    push_send_backlog: int = Field(
+        16, ge=1, description="A connection with this many unsent frames is slow: its updates queue, coalesced."
+    )
+    push_pending_max: int = Field(
+        5000, ge=1, description="A slow connection with more updates queued than this is dropped (it resumes)."
+    )
+    push_tick_ms: int = Field(50, ge=5, description="How often slow connections' queues and due retries are served.")
+
     # --- auth ----------------------------------------------------------------
     jwt_secret: SecretStr = Field(
         SecretStr(""), description="HS256 key for tokens; '' = a random dev key kept in state_dir/jwt.key (0600)."

@@ -16,7 +16,7 @@ from infra.settings import Settings
 def _free_port(pairs: bool = False) -> int:
     """A loopback port that is free (and, with pairs, so is the next one: broker + controller)."""
     for _ in range(200):
-        port = random.randint(20_000, 40_000)
+        port = random.randint(20_000, 32_000)  # below Linux's ephemeral range (32768+): no client socket takes it later
         ports = (port, port + 1) if pairs else (port,)
         try:
             for p in ports:

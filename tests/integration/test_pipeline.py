@@ -32,7 +32,7 @@ async def test_ping_reaches_subscriber_and_snapshot(pipeline: Pipeline) -> None:
     d = driver()
     async with Subscriber(pipeline.url, pipeline.token()) as client:
         ack = await client.subscribe(f"driver:{d}")
-        assert ack == {"ok": True, "channel": f"driver:{d}", "snapshot": None}
+        assert ack == {"ok": True, "channel": f"driver:{d}", "seq": 0, "snapshot": None}
         status, body = await post(pipeline, ping(d, 1))
         assert (status, body) == (202, {"accepted": 1})
         update = await client.next()
