@@ -159,7 +159,8 @@ async def test_decline_and_silence_pass_the_ride_on_and_cancel_releases_the_driv
         assert second != first
         # The second driver never answers: after the TTL the offer is revoked and the third is asked
         # (the two are on different channels, so they may come in either order).
-        got = await all_of(ops, revoked=lambda u: u["type"] == "offer.revoked" and u["data"]["ride_id"] == ride_id,
+        got = await all_of(ops, revoked=lambda u: u["type"] == "offer.revoked" and u["data"]["ride_id"] == ride_id
+                           and u["channel"] == f"driver:{second}",
                            offered=lambda u: u["type"] == "offer" and u["data"]["ride_id"] == ride_id)
         assert got["revoked"]["channel"] == f"driver:{second}" and got["revoked"]["data"]["reason"] == "expired"
         third = got["offered"]["data"]["driver_id"]
