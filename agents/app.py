@@ -9,20 +9,25 @@ from typing import Callable
 import faust
 from mode import Service
 
-from agents import cells, demand, drivers, features
+from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
 from agents.batching import DeadLetters
+from agents.candidates import CellDriversView, ViewService
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, CellLatest, CellPane, DriverState, Watermark
-from schemas.topics import CELL_ACTIVITY, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, RIDES, TopicSpec
+from schemas.records import CellDrivers, CellLatest, CellPane, DriverState, Ride, Watermark
+from schemas.topics import (
+    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, RIDES,
+    TopicSpec,
+)
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
 from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
+from tables.ride_to_state import ride_to_state
 from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
 
@@ -51,6 +56,10 @@ class Components:
     cells: TableWriter
     drivers: drivers.DriversAgent
     cell_agent: cells.CellsAgent
+    rides: TableWriter
+    view: CellDriversView
+    ride_agent: rides.RidesAgent
+    offer_agent: offers.OffersAgent
     demand: demand.DemandAgent
     features: features.FeaturesAgent
     feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
@@ -119,15 +128,22 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         policy=policy, partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
     )
 
+    ride_states = TableWriter(ride_to_state(app, settings.partitions), producer, codec_for(Ride), **cache)
+    view = CellDriversView()
+    app.add_dependency(ViewService(view, settings, cell_members.changelog))
+    dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, producer, clock_ms)
+
     async def forget_cached(*_: object, **__: object) -> None:
         # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
         states.forget()
         cell_members.forget()
+        ride_states.forget()
         feature_agent.forget()
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)
     partitions = settings.partitions
+    lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
     components = Components(
         producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,
         drivers=drivers.DriversAgent(
@@ -137,15 +153,30 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         ),
         cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
                                     ttl_ms=settings.membership_ttl_ms),
+        rides=ride_states, view=view,
+        ride_agent=rides.RidesAgent(
+            rides=ride_states, producer=producer, dead_letters=dispatch_dlq, view=view,
+            # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
+            policy=rides.DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
+            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
+        ),
+        offer_agent=offers.OffersAgent(
+            states=states, producer=producer, dead_letters=dispatch_dlq,
+            policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
+            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+        ),
         demand=demand.DemandAgent(fanout=fanout(), producer=producer, dead_letters=features_dlq,
                                   resolution=policy.resolution),
         features=feature_agent,
-        feature_lookup=FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms),
+        feature_lookup=lookup,
         metrics=metrics,
     )
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
+    rides.register(app, bind_topic(app, RIDE_COMMANDS, settings), components.ride_agent,
+                   tick_s=settings.dispatch_tick_ms / 1000, **batch)
+    offers.register(app, bind_topic(app, OFFERS, settings), components.offer_agent, **batch)
     demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
     features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)
     return app

@@ -21,11 +21,10 @@ import psutil
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import bench_settings, emit, percentiles
+from bench.harness import bench_settings, emit, percentiles, pipeline_running
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
-from infra.broker import LocalBroker, kafka_running
-from infra.processes import WORKER_READY, gateway_args, spawn, wait_http_ok, worker_args
+from infra.broker import LocalBroker
 from infra.settings import Settings
 
 WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
@@ -133,24 +132,16 @@ def main() -> None:
 
 def run(rate: float, duration_s: float) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-e2e-{int(time.time())}")
-    with kafka_running(settings, fresh=True):
-        worker = spawn(worker_args(), settings, "e2e-worker")
-        gateway = spawn(gateway_args(), settings, "e2e-gateway")
-        try:
-            worker.wait_for_output(WORKER_READY, 90)
-            wait_http_ok(f"{settings.gateway_url}/healthz", [gateway], 90)
-            measured = {"worker": worker.ps, "gateway": gateway.ps}
-            broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
-            if broker_pid is not None:
-                measured["broker"] = psutil.Process(broker_pid)
-            psutil.cpu_percent()
-            cpu0, t0 = _cpu(measured), time.perf_counter()
-            figures = asyncio.run(measure(settings, rate, duration_s))
-            cpu1, t1 = _cpu(measured), time.perf_counter()
-            figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
-        finally:
-            gateway.stop()
-            worker.stop()
+    with pipeline_running(settings, "e2e") as (worker, gateway):
+        measured = {"worker": worker.ps, "gateway": gateway.ps}
+        broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
+        if broker_pid is not None:
+            measured["broker"] = psutil.Process(broker_pid)
+        psutil.cpu_percent()
+        cpu0, t0 = _cpu(measured), time.perf_counter()
+        figures = asyncio.run(measure(settings, rate, duration_s))
+        cpu1, t1 = _cpu(measured), time.perf_counter()
+        figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
     for name in measured:
         figures[f"{name}_cpu_pct"] = round((cpu1[name] - cpu0[name]) / (t1 - t0) * 100, 1)
     return figures

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from hdrh.histogram import HdrHistogram
 
+from infra.broker import kafka_running
+from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
-__all__ = ["bench_settings", "percentiles", "emit", "wait_until"]
+__all__ = ["bench_settings", "percentiles", "emit", "wait_until", "pipeline_running"]
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -47,3 +50,18 @@ def wait_until(predicate: Any, timeout_s: float, every_s: float = 0.2) -> bool:
             return True
         time.sleep(every_s)
     return False
+
+
+@contextmanager
+def pipeline_running(settings: Settings, name: str) -> Iterator[tuple[Proc, Proc]]:
+    """A fresh broker, a worker and a gateway for one benchmark, all ready; stopped by PID after."""
+    with kafka_running(settings, fresh=True):
+        worker = spawn(worker_args(), settings, f"{name}-worker")
+        gateway = spawn(gateway_args(), settings, f"{name}-gateway")
+        try:
+            worker.wait_for_output(WORKER_READY, 90)
+            wait_http_ok(f"{settings.gateway_url}/healthz", [gateway], 90)
+            yield worker, gateway
+        finally:
+            gateway.stop()
+            worker.stop()

@@ -1,63 +1,220 @@
-"""What the gateway knows per channel: the latest message, the subscribe snapshot."""
+"""What the gateway knows per channel: a bounded history of updates, for snapshots and resume.
+
+Seqs come from the agent that owns the channel's state (PushMessage.seq); the
+gateway never makes one up, so every gateway node numbers a message alike and
+a client may resume on any of them. A channel's history is contiguous in seq,
+bounded by count and age, and rebuilt from the `push` topic when a gateway boots.
+"""
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
+
+from engineio import packet as eio_packet
 
 from schemas.records import ID_PATTERN
 
-__all__ = ["CHANNEL_RE", "Update", "ChannelStore", "update_from_push"]
+__all__ = [
+    "CHANNEL_RE", "FLEET", "NAMESPACE", "ChannelHistory", "ChannelStore", "Resume", "Update", "update_from_push",
+]
 
 # driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet`.
 CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|cell):{ID_PATTERN}|fleet)\Z")
+FLEET = "fleet"
+NAMESPACE = "/live"
+# A Socket.IO EVENT packet on /live (type 2, then the namespace), as python-socketio encodes one.
+_EVENT_PREFIX = f'2{NAMESPACE},["update",'
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=True)
 class Update:
-    """One push message as clients receive it (`update` event)."""
+    """One push message as the gateway holds it; `text` is the `update` event's payload, encoded once.
+
+    `must_ack` marks an event (priority at or above the ack threshold: offers,
+    status changes): acked by clients, retried until its TTL ends, never coalesced.
+    Anything else is state, where the latest of a type supersedes the earlier ones.
+    """
 
     channel: str
     seq: int
     type: str
-    ts: int
+    ts: int  # the event's time (gateway receipt of the ping), epoch ms
     priority: int
-    ttl_ms: int
-    data: dict[str, Any]
+    sent_ts: int  # when the agent produced it, epoch ms: the TTL and the history age count from here
+    ttl_ms: int  # 0: never expires
+    data_json: str
+    must_ack: bool = False
+    text: str = field(init=False, compare=False, repr=False)
+    _packet: eio_packet.Packet | None = field(init=False, compare=False, repr=False, default=None)
 
-    def payload(self) -> dict[str, Any]:
-        return {"channel": self.channel, "seq": self.seq, "type": self.type, "ts": self.ts, "data": self.data}
+    def __post_init__(self) -> None:
+        self.text = self.payload_json(0)
+
+    @property
+    def expires_ts(self) -> float:
+        return self.sent_ts + self.ttl_ms if self.ttl_ms else math.inf
+
+    def expired(self, now_ms: float) -> bool:
+        return now_ms >= self.expires_ts
+
+    def payload_json(self, skipped: int) -> str:
+        """The payload as JSON text; `skipped` > 0 says that many seqs before this one were left out on purpose."""
+        extra = ',"ack":true' if self.must_ack else ""
+        if self.ttl_ms:
+            extra += f',"expires_ts":{self.sent_ts + self.ttl_ms}'
+        if skipped:
+            extra += f',"skipped":{skipped}'
+        # `data` is embedded as the JSON text it arrived as (validated in update_from_push).
+        return (f'{{"channel":{json.dumps(self.channel)},"seq":{self.seq},"type":{json.dumps(self.type)},'
+                f'"ts":{self.ts},"priority":{self.priority}{extra},"data":{self.data_json}}}')
+
+    def payload(self, skipped: int = 0) -> dict[str, Any]:
+        """The payload as a dict (acks and snapshots; the fan-out sends `packet`)."""
+        return json.loads(self.text if not skipped else self.payload_json(skipped))  # type: ignore[no-any-return]
+
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.data_json)  # type: ignore[no-any-return]
+
+    def packet(self, skipped: int = 0) -> eio_packet.Packet:
+        """The Engine.IO frame of the `update` event, built once and shared by every recipient."""
+        if skipped:
+            return eio_packet.Packet(eio_packet.MESSAGE, _EVENT_PREFIX + self.payload_json(skipped) + "]")
+        if self._packet is None:
+            self._packet = eio_packet.Packet(eio_packet.MESSAGE, _EVENT_PREFIX + self.text + "]")
+        return self._packet
 
 
-def update_from_push(msg: dict[str, Any]) -> Update:
-    """An Update from a decoded PushMessage dict."""
+def update_from_push(msg: dict[str, Any], ack_priority: int) -> Update:
+    """An Update from a decoded PushMessage dict; ValueError when its `data` is not a JSON object."""
+    data_json = msg["data"]
+    if not isinstance(json.loads(data_json), dict):  # embedded verbatim in every client's frame: must be sound
+        raise ValueError("push data is not a JSON object")
     return Update(
-        channel=msg["channel"], seq=msg["seq"], type=msg["type"], ts=msg["event_ts"],
-        priority=msg["priority"], ttl_ms=msg["ttl_ms"], data=json.loads(msg["data"]),
+        channel=msg["channel"], seq=msg["seq"], type=msg["type"], ts=msg["event_ts"], priority=msg["priority"],
+        sent_ts=msg["sent_ts"], ttl_ms=msg["ttl_ms"], data_json=data_json,
+        must_ack=msg["priority"] >= ack_priority,
     )
 
 
-class ChannelStore:
-    """Latest update per channel; a replayed or redelivered older seq never overwrites a newer one."""
+@dataclass(frozen=True)
+class Resume:
+    """What a `subscribe` with `since` gets: the missed updates (each with the seqs skipped before it),
+    or, when the history cannot cover the gap, `recovered` False and the snapshot."""
+
+    recovered: bool
+    head: int
+    updates: list[tuple[Update, int]]
+    snapshot: Update | None = None
+
+
+class ChannelHistory:
+    """One channel: its latest seq, and its recent updates, contiguous in seq."""
+
+    __slots__ = ("updates", "head", "latest", "latest_state")
 
     def __init__(self) -> None:
-        self._latest: dict[str, Update] = {}
+        self.updates: deque[Update] = deque()
+        self.head = 0
+        self.latest: Update | None = None
+        self.latest_state: Update | None = None  # the newest non-event: a snapshot even once expired
+
+    def append(self, update: Update, max_len: int) -> bool:
+        """Keep `update`; False when its seq is not newer than the head (a replay or redelivery)."""
+        if update.seq <= self.head:
+            return False
+        if self.updates and update.seq != self.head + 1:
+            self.updates.clear()  # a hole (the replay window began mid-channel): only contiguous runs resume
+        self.updates.append(update)
+        if len(self.updates) > max_len:
+            self.updates.popleft()
+        self.head = update.seq
+        self.latest = update
+        if not update.must_ack:
+            self.latest_state = update
+        return True
+
+    def trim(self, oldest_sent_ts: float) -> None:
+        while self.updates and self.updates[0].sent_ts < oldest_sent_ts:
+            self.updates.popleft()
+
+    def snapshot(self, now_ms: float) -> Update | None:
+        """The channel's current state: the latest update, unless it is an event whose TTL has ended."""
+        latest = self.latest
+        if latest is not None and latest.must_ack and latest.expired(now_ms):
+            return self.latest_state
+        return latest
+
+    def after(self, since: int) -> list[Update] | None:
+        """Every held update with seq > since, in order; None when the history does not reach back to since + 1."""
+        if since >= self.head:
+            return []
+        if not self.updates or self.updates[0].seq > since + 1:
+            return None
+        return list(islice(self.updates, since + 1 - self.updates[0].seq, None))
+
+
+class ChannelStore:
+    """Every channel's history, bounded by count and age; snapshots and resume."""
+
+    def __init__(self, *, max_len: int, max_age_ms: int) -> None:
+        self.max_len = max_len
+        self.max_age_ms = max_age_ms
+        self._channels: dict[str, ChannelHistory] = {}
 
     def offer(self, update: Update) -> bool:
         """Record `update`; False when it is not newer than what is held (duplicate or old)."""
-        held = self._latest.get(update.channel)
-        if held is not None and held.seq >= update.seq:
-            return False
-        self._latest[update.channel] = update
-        return True
+        history = self._channels.get(update.channel)
+        if history is None:
+            history = self._channels[update.channel] = ChannelHistory()
+        return history.append(update, self.max_len)
+
+    def head(self, channel: str) -> int:
+        history = self._channels.get(channel)
+        return history.head if history else 0
 
     def latest(self, channel: str) -> Update | None:
-        return self._latest.get(channel)
+        history = self._channels.get(channel)
+        return history.latest if history else None
 
-    def snapshot(self, channel: str) -> dict[str, Any] | None:
-        held = self._latest.get(channel)
-        return held.payload() if held else None
+    def snapshot(self, channel: str, now_ms: float) -> Update | None:
+        history = self._channels.get(channel)
+        return history.snapshot(now_ms) if history else None
+
+    def drivers(self, now_ms: float) -> list[Update]:
+        """The snapshot of every driver channel heard from within the history age (the `fleet` first paint)."""
+        oldest = now_ms - self.max_age_ms
+        snaps = (h.snapshot(now_ms) for c, h in self._channels.items() if c.startswith("driver:"))
+        return [s for s in snaps if s is not None and s.sent_ts >= oldest]
+
+    def resume(self, channel: str, since: int, now_ms: float) -> Resume:
+        """What a client that has seen `since` missed: unexpired updates in order, or the snapshot."""
+        history = self._channels.get(channel)
+        if history is None:
+            return Resume(True, 0, [])  # nothing within the history window: nothing missed that still matters
+        history.trim(now_ms - self.max_age_ms)
+        missed = history.after(since)
+        if missed is None:
+            return Resume(False, history.head, [], history.snapshot(now_ms))
+        out: list[tuple[Update, int]] = []
+        skipped = 0
+        for update in missed:
+            if update.expired(now_ms):
+                skipped += 1  # never delivered late; the next one delivered says so
+            else:
+                out.append((update, skipped))
+                skipped = 0
+        return Resume(True, history.head, out)
+
+    def sweep(self, now_ms: float) -> None:
+        """Drop updates older than the history age from every channel (silent channels too)."""
+        oldest = now_ms - self.max_age_ms
+        for history in self._channels.values():
+            history.trim(oldest)
 
     def __len__(self) -> int:
-        return len(self._latest)
+        return len(self._channels)

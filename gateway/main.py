@@ -11,12 +11,15 @@ from aiohttp import web
 from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
-from gateway.channels import ChannelStore
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, SETTINGS, SIO, STORE
+from gateway.channels import NAMESPACE, ChannelStore
+from gateway.delivery import Fanout
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
+from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
+from infra.processes import raise_open_files_limit
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from infra.topics import partition_count
@@ -25,7 +28,6 @@ from schemas.topics import LOCATIONS
 __all__ = ["create_app", "run"]
 
 log = logging.getLogger(__name__)
-REPLAY_MS = 10 * 60 * 1000
 
 
 async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -38,12 +40,26 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
         producer, LOCATIONS.name, partitions,
         linger_s=settings.ingest_linger_ms / 1000, max_events=settings.ingest_batch_max,
     )
-    app[BRIDGE] = bridge = PushBridge(settings, app[LIVE].publish, replay_ms=REPLAY_MS)
+    live = app[LIVE]
+    # The replay window is the resume history: a restarted gateway resumes clients as before.
+    app[BRIDGE] = bridge = PushBridge(settings, live.publish, replay_ms=settings.push_history_age_ms)
     await bridge.start()
+    await app[RIDES].start(producer)
+    tasks = [asyncio.create_task(_open_when_ready(bridge, live), name="live-ready"),
+             asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")]
     yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await app[RIDES].stop()
     await bridge.stop()
     await batcher.close()
     await producer.close()
+
+
+async def _open_when_ready(bridge: PushBridge, live: LiveNamespace) -> None:
+    await bridge.ready.wait()
+    live.ready.set()
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -54,12 +70,16 @@ def create_app(settings: Settings) -> web.Application:
                           middlewares=[error_middleware, auth_middleware(tokens)])
     app[SETTINGS] = settings
     app[METRICS] = metrics = Metrics()
-    app[STORE] = store = ChannelStore()
+    app[STORE] = store = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
     origins = [o for o in settings.cors_origins.split(",") if o]
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins or None,
                                max_http_buffer_size=64 * 1024)
     app[SIO] = sio
-    app[LIVE] = live = LiveNamespace(store, metrics, tokens)
+    fanout = Fanout(sio.eio, metrics, backlog=settings.push_send_backlog, pending_max=settings.push_pending_max,
+                    retry_ms=settings.push_retry_ms, drop=lambda sid: sio.disconnect(sid, namespace=NAMESPACE))
+    app[RIDES] = rides = RideDesk(settings, RideView())
+    app[LIVE] = live = LiveNamespace(store, fanout, metrics, tokens, ack_priority=settings.push_ack_priority,
+                                     ride_rider=rides.view.rider_of, decide=rides.decide)
     sio.register_namespace(live)
     sio.attach(app)
     setup_routes(app)
@@ -68,6 +88,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def run(settings: Settings) -> None:
-    log.info("gateway on %s", settings.gateway_url)
+    files = raise_open_files_limit()  # one per /live connection
+    log.info("gateway on %s (up to %d open files)", settings.gateway_url, files)
     web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

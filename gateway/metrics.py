@@ -15,10 +15,18 @@ class Metrics:
         self.ingested = Counter("livetrack_ingest_events", "Location events accepted into Kafka", registry=r)
         self.rejected = Counter("livetrack_ingest_rejected_requests", "Ingest requests refused", ["status"], registry=r)
         self.pushed = Counter("livetrack_push_messages", "Push messages received from Kafka", registry=r)
-        self.emitted = Counter("livetrack_push_emits", "Updates emitted to Socket.IO rooms", registry=r)
+        self.emitted = Counter("livetrack_push_emits", "Update frames sent to /live connections", registry=r)
+        self.expired = Counter("livetrack_push_expired", "Push messages whose TTL ended before delivery", registry=r)
+        self.bad_pushes = Counter("livetrack_push_bad", "Push messages skipped: data not a JSON object", registry=r)
+        self.retried = Counter("livetrack_push_retries", "Unacked events sent again", registry=r)
+        self.slow_dropped = Counter("livetrack_push_slow_dropped", "Connections dropped for falling too far behind",
+                                    registry=r)
+        self.resumed = Counter("livetrack_push_resumes", "Subscriptions with since, by whether history covered the gap",
+                               ["recovered"], registry=r)
         self.refused = Counter(
             "livetrack_live_refused", "/live connections and subscriptions refused", ["what"], registry=r
         )
+        self.driver_reads = Counter("livetrack_driver_reads", "GET /v1/drivers/{id} requests answered", registry=r)
         self.connected = Gauge("livetrack_sockets_connected", "Open /live connections", registry=r)
         self.event_to_emit = Histogram(
             "livetrack_event_to_emit_seconds", "Gateway receipt of the event -> emit of its update",

@@ -70,12 +70,16 @@ def _sim(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from gateway.auth import Tokens
+    from sim.dispatch import DispatchSim
     from sim.fleet import run_fleet
 
-    # The simulator is a fleet integration: one ops token publishes for all its drivers.
-    token = Tokens(settings).mint("ops", "simulator", ttl_s=30 * 24 * 3600)
+    # The simulator is a fleet integration: one ops token publishes for all its drivers; each
+    # simulated driver and rider answers offers and requests rides with its own token.
+    tokens = Tokens(settings)
+    token = tokens.mint("ops", "simulator", ttl_s=30 * 24 * 3600)
+    dispatch = DispatchSim(settings, lambda role, sub: tokens.mint(role, sub, 30 * 24 * 3600))
     try:
-        asyncio.run(run_fleet(settings, duration_s=args.duration, token=token))
+        asyncio.run(run_fleet(settings, duration_s=args.duration, token=token, dispatch=dispatch))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how the simulator is meant to stop
     return 0
@@ -89,6 +93,36 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a channel's updates as JSON lines, through the Python client (resume, dedupe, gap repair)."""
+    import asyncio
+    import json
+
+    from gateway.auth import Tokens
+    from gateway.client import LiveClient
+
+    token = args.token or Tokens(settings).mint("ops", "watch")
+
+    async def watch() -> None:
+        client = LiveClient(args.url or settings.gateway_url, token,
+                            on_update=lambda u: print(json.dumps(u), flush=True),
+                            on_snapshot=lambda c, s: print(json.dumps({"snapshot": s}), flush=True))
+        await client.connect()
+        try:
+            for channel in args.channels:
+                await client.subscribe(channel)
+            await asyncio.sleep(args.duration if args.duration is not None else float("inf"))
+        finally:
+            await client.disconnect()
+            print(json.dumps({"stats": vars(client.stats)}), flush=True)
+
+    try:
+        asyncio.run(watch())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from infra.demo import run_demo
 
@@ -97,7 +131,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings, "gateway": _gateway,
-    "sim": _sim, "demo": _demo, "token": _token,
+    "sim": _sim, "demo": _demo, "token": _token, "watch": _watch,
 }
 
 
@@ -116,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     sub.add_parser("demo", help="broker, topics, worker, gateway and simulator together")
+    w = sub.add_parser("watch", help="print the updates of channels on /live (the Python client)")
+    w.add_argument("channels", nargs="+", help="driver:{id}, ride:{id}, cell:{h3} or fleet")
+    w.add_argument("--token", default=None, help="a token (default: an ops token minted with the local key)")
+    w.add_argument("--url", default=None, help="gateway URL (default: LIVETRACK_GATEWAY_HOST/PORT)")
+    w.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     tok = sub.add_parser("token", help="mint a JWT for a device or client (development, demo)")
     tok.add_argument("--role", required=True, choices=["driver", "rider", "ops"])
     tok.add_argument("--sub", required=True, help="driver id, rider id or operator name")

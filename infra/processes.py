@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,10 +19,19 @@ from infra.settings import Settings
 
 PR_SET_PDEATHSIG = 1
 
-__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "spawn", "wait_http_ok", "worker_args", "gateway_args",
-           "sim_args"]
+__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "raise_open_files_limit", "spawn", "wait_http_ok",
+           "worker_args", "gateway_args", "sim_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit on open files to the hard one (each socket is a file); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def env_for(settings: Settings) -> dict[str, str]:

@@ -66,6 +66,36 @@ class Settings(BaseSettings):
     )
     membership_ttl_ms: int = Field(90_000, description="A driver silent this long leaves its cell.")
 
+    # --- dispatch ----------------------------------------------------------
+    dispatch_k_min: int = Field(1, ge=0, le=10, description="H3 k-ring a ride's candidate search starts with.")
+    dispatch_k_max: int = Field(3, ge=0, le=10, description="Widest k-ring searched when too few candidates.")
+    dispatch_min_candidates: int = Field(3, ge=1, description="Widen the ring until this many untried candidates.")
+    dispatch_candidate_max_age_ms: int = Field(
+        60_000, description="Candidates must have been seen in their cell this recently (cell_to_drivers)."
+    )
+    dispatch_driver_max_age_ms: int = Field(
+        30_000, description="A driver whose last ping is older is refused a reservation (offline)."
+    )
+    offer_ttl_ms: int = Field(10_000, description="How long a driver holds an offer (the reservation's TTL).")
+    offer_grace_ms: int = Field(
+        500, description="The ride gives up on an offer this long after its TTL (the driver's own expiry wins)."
+    )
+    reserve_timeout_ms: int = Field(3_000, description="No answer to a reservation this long: try the next driver.")
+    dispatch_retry_ms: int = Field(1_000, description="All candidates busy: look again after this long...")
+    dispatch_max_wait_ms: int = Field(30_000, description="...until the ride is this old, then NO_DRIVERS.")
+    dispatch_tick_ms: int = Field(100, description="How often the rides agent checks its deadlines.")
+    dispatch_speed_mps: float = Field(8.0, description="Travel speed of the ETA estimate where no per-cell speed is known.")
+    eta_push_threshold_s: float = Field(30.0, description="Push a new ETA to the rider when it changed by this much.")
+    ride_push_min_distance_m: float = Field(
+        50.0, description="Push the assigned driver's position to the rider after a move this long."
+    )
+    ride_view_replay_ms: int = Field(
+        6 * 3600 * 1000, description="The gateway rebuilds its view of rides from this much of `rides` on boot."
+    )
+    ride_reply_timeout_s: float = Field(
+        3.0, description="How long a ride API call waits for the ride's outcome before answering 202."
+    )
+
     # --- features (supply, demand, surge, travel speed per H3 cell) ---------
     features_windows_s: str = Field(
         "60,120,240,480", description="Window sizes (s), each as a tumbling and a hopping window."
@@ -83,7 +113,7 @@ class Settings(BaseSettings):
     features_primary_window_s: int = Field(
         120, description="The hopping window whose features feed surge lookups and the cell:{h3} channel."
     )
-    features_surge_floor: float = Field(1.0, ge=0, description="Surge multiplier never below this.")
+    features_surge_floor: float = Field(1.0, ge=1.0, description="Surge multiplier never below this (fares never discount).")
     features_surge_cap: float = Field(3.0, ge=0, description="Surge multiplier never above this.")
     features_surge_sensitivity: float = Field(
         0.5, ge=0, description="Surge = 1 + sensitivity * (ratio - 1), ratio = (demand + prior) / (supply + prior)."
@@ -121,6 +151,28 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
     cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")
 
+    # --- push delivery (gateway) ---------------------------------------------
+    push_history_max: int = Field(256, ge=1, description="Updates kept per channel for resume (`since`), at most.")
+    push_history_age_ms: int = Field(
+        600_000, ge=1000,
+        description="Updates kept per channel for resume, by age; a booting gateway rebuilds this window from `push`.",
+    )
+    push_location_ttl_ms: int = Field(
+        30_000, ge=0, description="TTL of driver location pushes: never delivered later than this after they are sent."
+    )
+    push_ack_priority: int = Field(
+        5, ge=0, le=9,
+        description="Pushes of at least this priority are events: acked, retried until their TTL, never coalesced.",
+    )
+    push_retry_ms: int = Field(2000, ge=10, description="Resend an unacked event this long after it was sent.")
+    push_send_backlog: int = Field(
+        16, ge=1, description="A connection with this many unsent frames is slow: its updates queue, coalesced."
+    )
+    push_pending_max: int = Field(
+        5000, ge=1, description="A slow connection with more updates queued than this is dropped (it resumes)."
+    )
+    push_tick_ms: int = Field(50, ge=5, description="How often slow connections' queues and due retries are served.")
+
     # --- auth ----------------------------------------------------------------
     jwt_secret: SecretStr = Field(
         SecretStr(""), description="HS256 key for tokens; '' = a random dev key kept in state_dir/jwt.key (0600)."
@@ -137,6 +189,9 @@ class Settings(BaseSettings):
     sim_rate_hz: float = Field(1.0, description="Pings per second per simulated driver.")
     sim_city: str = Field("37.7749,-122.4194", description="Simulated city centre 'lat,lng'.")
     sim_radius_m: float = Field(4000.0, description="Radius of the simulated area.")
+    sim_ride_rate_hz: float = Field(0.5, description="Ride requests per second by simulated riders (0 = none).")
+    sim_accept_p: float = Field(0.8, ge=0, le=1, description="Probability a simulated driver accepts an offer...")
+    sim_decline_p: float = Field(0.1, ge=0, le=1, description="...declines it (else it ignores it until the TTL).")
 
     @field_validator("features_windows_s")
     @classmethod

@@ -11,19 +11,13 @@ from typing import Type
 import faust
 
 from schemas.records import (
-    CellActivityBatch,
-    CellFeatures,
-    CellMembershipBatch,
-    DeadLetter,
-    DriverStatusChanged,
-    LocationBatch,
-    PushMessage,
-    RideEvent,
+    CellActivityBatch, CellFeatures, CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand,
+    PushMessage, RideCommand, RideEvent,
 )
 
 __all__ = [
-    "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "CELL_ACTIVITY",
-    "CELL_FEATURES", "FEATURES_DLQ", "ALL_TOPICS",
+    "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
+    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ALL_TOPICS",
 ]
 
 
@@ -66,6 +60,14 @@ CELL_FEATURES = TopicSpec(
 )
 FEATURES_DLQ = TopicSpec("features-dlq", "cell or ride_id", DeadLetter, partitions=1)
 
+# What to do to a ride: one partition orders every command of a ride, and owns its `ride_to_state`.
+RIDE_COMMANDS = TopicSpec("ride-commands", "ride_id", RideCommand)
+# What to do to a driver's offer or assignment: co-partitioned with `locations`, so the agent that
+# owns a driver's `driver_to_state` (and its `driver:{id}` push seq) decides reservations.
+OFFERS = TopicSpec("offers", "driver_id", OfferCommand)
+DISPATCH_DLQ = TopicSpec("dispatch-dlq", "ride_id or driver_id", DeadLetter, partitions=1)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, CELL_ACTIVITY, CELL_FEATURES, FEATURES_DLQ,
+    LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
+    CELL_FEATURES, FEATURES_DLQ,
 )

@@ -14,6 +14,8 @@ from schemas.avro import AvroCodec
 __all__ = ["NAME", "FeatureLookup", "cell_to_features"]
 
 NAME = "cell_to_features"
+RECENT_MS = 1_000
+RECENT_MAX = 100_000
 
 
 def cell_to_features(app: faust.App, partitions: int) -> faust.Table:
@@ -37,12 +39,23 @@ class FeatureLookup:
         self.codec = codec
         self.policy = policy
         self.clock_ms = clock_ms
+        # cell -> (read at, CellLatest): an ETA walks every cell of a route for each candidate, and
+        # features change once per hop (30 s), so a second-old read is as good as a fresh one.
+        self._recent: dict[str, tuple[int, Optional[dict[str, Any]]]] = {}
 
     def latest(self, cell: str) -> Optional[dict[str, Any]]:
         """The cell's CellLatest, or None."""
+        now = self.clock_ms()
+        hit = self._recent.get(cell)
+        if hit is not None and now - hit[0] < RECENT_MS:
+            return hit[1]
         with unbound_event():  # search this worker's partitions, not the current event's
             raw = self.table.data.get(cell.encode())
-        return self.codec.loads(raw) if raw is not None else None
+        value = self.codec.loads(raw) if raw is not None else None
+        if len(self._recent) >= RECENT_MAX:
+            self._recent.clear()
+        self._recent[cell] = (now, value)
+        return value
 
     def surge(self, cell: str) -> float:
         return surge_of(self.latest(cell), self.clock_ms(), self.policy)

@@ -16,7 +16,7 @@ from infra.settings import Settings
 def _free_port(pairs: bool = False) -> int:
     """A loopback port that is free (and, with pairs, so is the next one: broker + controller)."""
     for _ in range(200):
-        port = random.randint(20_000, 40_000)
+        port = random.randint(20_000, 32_000)  # below Linux's ephemeral range (32768+): no client socket takes it later
         ports = (port, port + 1) if pairs else (port,)
         try:
             for p in ports:
@@ -37,6 +37,9 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         app_id=f"livetrack-test-{uuid.uuid4().hex[:8]}",
         gateway_port=_free_port(), worker_web_port=_free_port(),
         ingest_max_items=50, ingest_max_body_bytes=64 * 1024,
+        # Dispatch on a test's time scale: offers live 2 s, a ride searches for 10 s at most.
+        offer_ttl_ms=2_000, offer_grace_ms=300, reserve_timeout_ms=1_500, dispatch_retry_ms=500,
+        dispatch_max_wait_ms=10_000, ride_reply_timeout_s=5.0, eta_push_threshold_s=5.0,
     )
     with kafka_running(settings):
         yield settings

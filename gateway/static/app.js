@@ -1,4 +1,5 @@
-// livetrack live map: one circle per driver, moved by `update` events of channel `fleet` on /live.
+// livetrack live map: one circle per driver, moved by `update` events of channel `fleet` on /live,
+// through a client that resumes, dedupes by seq and repairs gaps (LiveClient below).
 /* global L, io */
 (() => {
   "use strict";
@@ -78,15 +79,12 @@
       this.map = map;
       this.colours = statusColours();
       this.drivers = new Map(); // driver_id -> {marker, data, seenAt, stale}
-      this.lastSeq = new Map(); // channel -> seq
       this.recent = []; // [receivedAt, ageMs] of applied updates
     }
 
-    /** Apply one `update` message; false when it was a duplicate, old or not a driver location. */
+    /** Apply one driver update (deduped and ordered by the live client); false when it has no position. */
     apply(msg) {
-      if (!msg || typeof msg.channel !== "string" || !Number.isFinite(msg.seq)) return false;
-      if (msg.seq <= (this.lastSeq.get(msg.channel) ?? -Infinity)) return false;
-      this.lastSeq.set(msg.channel, msg.seq);
+      if (!msg || typeof msg.channel !== "string") return false;
       const now = Date.now();
       if (Number.isFinite(msg.ts)) this.recent.push([now, now - msg.ts]);
       const data = msg.data || {};
@@ -139,6 +137,55 @@
     }
   }
 
+  const RIDE_COLOURS = { REQUESTED: "#9c36b5", OFFERED: "#9c36b5", ACCEPTED: "#f08c00", ONGOING: "#1c7ed6" };
+  const FINAL_RIDE = new Set(["COMPLETED", "CANCELLED", "NO_DRIVERS"]);
+  const RIDE_LINGER_MS = 4000; // a finished ride stays on the map this long
+
+  /** Rides on the map (channel `ride:{id}` via `fleet`): pickup dot and a dashed line to the destination. */
+  class Trips {
+    constructor(map) {
+      this.map = map;
+      this.rides = new Map(); // ride_id -> {line, pickup, state}
+    }
+
+    /** Apply one `ride.state` update; other ride messages (driver moves) are drawn by the drivers. */
+    apply(msg) {
+      const d = msg.data || {};
+      if (msg.type !== "ride.state" || !d.ride_id || !d.pickup || !d.destination) return false;
+      let ride = this.rides.get(d.ride_id);
+      if (!ride) {
+        const ends = [[d.pickup.lat, d.pickup.lng], [d.destination.lat, d.destination.lng]];
+        ride = {
+          line: L.polyline(ends, { weight: 2, dashArray: "4 4", interactive: false }).addTo(this.map),
+          pickup: L.circleMarker(ends[0], { radius: 4, weight: 1, fillOpacity: 1 }).addTo(this.map),
+        };
+        this.rides.set(d.ride_id, ride);
+      }
+      ride.state = d.state;
+      const colour = RIDE_COLOURS[d.state] || "#868e96";
+      ride.line.setStyle({ color: colour });
+      ride.pickup.setStyle({ color: colour, fillColor: colour });
+      ride.pickup.bindTooltip(`${d.ride_id} · ${d.state}${d.driver_id ? ` · ${d.driver_id}` : ""}`);
+      if (FINAL_RIDE.has(d.state)) {
+        setTimeout(() => this.remove(d.ride_id, ride), RIDE_LINGER_MS);
+      }
+      return true;
+    }
+
+    remove(id, ride) {
+      if (this.rides.get(id) !== ride) return;
+      ride.line.remove();
+      ride.pickup.remove();
+      this.rides.delete(id);
+    }
+
+    active() {
+      let n = 0;
+      for (const r of this.rides.values()) if (!FINAL_RIDE.has(r.state)) n++;
+      return n;
+    }
+  }
+
   /** Tooltip of a driver, built as text nodes (ids come from devices). */
   function describe(d) {
     const el = document.createElement("div");
@@ -167,37 +214,111 @@
       const { perSecond, p50 } = fleet.rates(now);
       fleet.fadeStale(now);
       $("drivers").textContent = fleet.drivers.size;
+      $("rides").textContent = trips.active();
       $("rate").textContent = perSecond.toFixed(1);
       $("age").textContent = formatAge(p50);
     },
   };
 
-  /** Subscribe to `fleet`; runs on every (re)connect, since a new connection has no rooms. */
-  function subscribe(socket, fleet) {
-    socket.timeout(5000).emit("subscribe", { channel: "fleet" }, (err, ack) => {
-      if (err) {
-        panel.error("subscribe: no answer, retrying");
-        if (socket.connected) setTimeout(() => subscribe(socket, fleet), 2000);
+  /**
+   * /live over the official socket.io-client, unmodified: per channel, seqs reach the handlers in order
+   * and once. On every (re)connection each channel is subscribed again with `since` (its last seq), and
+   * the gateway sends what was missed in the ack, or the snapshot with `recovered: false` when its
+   * history cannot cover the gap. A seq jump the gateway did not declare (`skipped`) is a gap: the
+   * channel resubscribes from its last seq. Events (`ack: true`) are acked.
+   */
+  class LiveClient {
+    constructor(socket) {
+      this.socket = socket;
+      this.channels = new Map(); // channel -> {onUpdate, onSnapshot, onState}
+      this.last = new Map(); // channel -> last seq handed to its handler
+      this.resyncing = new Set();
+      this.stats = { delivered: 0, duplicates: 0, skipped: 0, gaps: 0, resets: 0, resumes: 0 };
+      socket.on("connect", () => this.channels.forEach((_, channel) => this.send(channel)));
+      socket.on("update", (msg) => this.receive(msg));
+    }
+
+    /** Watch `channel`: handlers {onUpdate(msg), onSnapshot(channel, msg|null), onState(state, detail)}. */
+    subscribe(channel, handlers) {
+      this.channels.set(channel, handlers);
+      if (this.socket.connected) this.send(channel);
+    }
+
+    send(channel) {
+      const since = this.last.get(channel);
+      const request = since === undefined ? { channel } : { channel, since };
+      if (since !== undefined) this.stats.resumes++;
+      this.socket.timeout(5000).emit("subscribe", request, (err, ack) => {
+        this.resyncing.delete(channel);
+        const handlers = this.channels.get(channel);
+        if (!handlers) return;
+        if (err) {
+          handlers.onState?.("error", "subscribe: no answer, retrying");
+          if (this.socket.connected) setTimeout(() => this.send(channel), 2000);
+          return;
+        }
+        if (!ack || !ack.ok) {
+          handlers.onState?.("refused", ack?.error ?? "no reason given");
+          return;
+        }
+        this.applyAck(channel, since, ack, handlers);
+        handlers.onState?.("live", channel);
+      });
+    }
+
+    applyAck(channel, since, ack, handlers) {
+      // `fleet`: every driver's latest, but for channels subscribed alone (they resume on their own)
+      (ack.drivers || []).filter((msg) => !this.channels.has(msg.channel)).forEach((msg) => this.receive(msg));
+      if (since !== undefined && ack.recovered) {
+        (ack.updates || []).forEach((msg) => this.receive(msg));
+      } else if ("snapshot" in ack) {
+        if (since !== undefined) this.stats.resets++;
+        const snap = ack.snapshot;
+        if (!snap || snap.seq > (this.last.get(channel) ?? 0)) handlers.onSnapshot?.(channel, snap);
+      }
+      if (channel !== "fleet" && ack.seq > (this.last.get(channel) ?? 0)) this.last.set(channel, ack.seq);
+    }
+
+    /** Route an update to its channel's handler, or to `fleet`'s for driver and ride channels not watched alone. */
+    handlersOf(channel) {
+      const viaFleet = channel.startsWith("driver:") || channel.startsWith("ride:");
+      return this.channels.get(channel) ?? (viaFleet ? this.channels.get("fleet") : undefined);
+    }
+
+    receive(msg) {
+      if (!msg || typeof msg.channel !== "string" || !Number.isFinite(msg.seq)) return;
+      const { channel, seq } = msg;
+      const last = this.last.get(channel);
+      if (last !== undefined && seq <= last) {
+        this.stats.duplicates++;
+        if (msg.ack) this.ack(channel, last); // a retry: our ack was lost or late
         return;
       }
-      if (!ack || !ack.ok) {
-        panel.connection("error", "subscribe refused");
-        panel.error(`subscribe refused: ${ack?.error ?? "no reason given"}`);
+      const skipped = msg.skipped || 0;
+      if (last !== undefined && seq - skipped > last + 1 && this.channels.has(channel)) {
+        if (!this.resyncing.has(channel)) { // the resubscribe's ack brings this one and those before it
+          this.stats.gaps++;
+          this.resyncing.add(channel);
+          this.send(channel);
+        }
         return;
       }
-      panel.connection("live", ack.channel);
-      panel.error("");
-      if (ack.snapshot) fleet.apply(ack.snapshot);
-    });
+      this.last.set(channel, seq);
+      this.stats.skipped += skipped;
+      this.stats.delivered++;
+      this.handlersOf(channel)?.onUpdate?.(msg);
+      if (msg.ack) this.ack(channel, seq);
+    }
+
+    ack(channel, seq) {
+      this.socket.emit("ack", { channel, seq });
+    }
   }
 
-  function connect(fleet) {
+  function connect() {
     const token = accessToken();
     const socket = io("/live", { transports: ["websocket", "polling"], auth: token ? { token } : {} });
-    socket.on("connect", () => {
-      panel.connection("connected");
-      subscribe(socket, fleet);
-    });
+    socket.on("connect", () => panel.connection("connected"));
     socket.on("disconnect", (reason) => panel.connection("disconnected", reason));
     socket.on("connect_error", (err) => {
       // active: a transport failure the client retries; inactive: the server refused the connection
@@ -205,15 +326,28 @@
       panel.error(err.message);
     });
     socket.io.on("reconnect_attempt", (n) => panel.connection("reconnecting", `#${n}`));
-    socket.on("update", (msg) => fleet.apply(msg));
-    return socket;
+    return new LiveClient(socket);
   }
 
   const map = makeMap();
   const fleet = new Fleet(map);
-  const socket = connect(fleet);
+  const trips = new Trips(map);
+  const live = connect();
+  live.subscribe("fleet", {
+    onUpdate: (msg) => (msg.channel.startsWith("ride:") ? trips.apply(msg) : fleet.apply(msg)),
+    onSnapshot: (_, msg) => msg && fleet.apply(msg),
+    onState: (state, detail) => {
+      if (state === "live") {
+        panel.connection("live", detail);
+        panel.error("");
+      } else {
+        panel.connection("error", state === "refused" ? "subscribe refused" : detail);
+        panel.error(state === "refused" ? `subscribe refused: ${detail}` : detail);
+      }
+    },
+  });
   setInterval(() => panel.refresh(fleet), 500);
-  // Extensions (static/supply.js, the ops supply/demand layer) get the map and the socket.
-  window.livetrack = { map, socket };
+  // Extensions (static/supply.js, the ops supply/demand layer) get the map, the /live client and its socket.
+  window.livetrack = { map, live, socket: live.socket };
   document.dispatchEvent(new CustomEvent("livetrack:ready", { detail: window.livetrack }));
 })();

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import signal
+import socket
 import time
 from typing import Any
 
@@ -14,7 +16,7 @@ from gateway.auth import Tokens
 from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
-__all__ = ["Pipeline", "Subscriber", "end_offsets", "read_topic", "ping"]
+__all__ = ["DropProxy", "Pipeline", "Subscriber", "end_offsets", "read_topic", "ping"]
 
 
 def ping(driver: str, seq: int, *, step_m: float = 100.0, ts: int | None = None) -> dict[str, Any]:
@@ -82,11 +84,88 @@ class Subscriber:
     async def __aexit__(self, *exc: object) -> None:
         await self.sio.disconnect()
 
-    async def subscribe(self, channel: str) -> dict[str, Any]:
-        return await self.sio.call("subscribe", {"channel": channel}, namespace="/live", timeout=10)  # type: ignore[no-any-return]
+    async def subscribe(self, channel: str, since: int | None = None) -> dict[str, Any]:
+        request: dict[str, Any] = {"channel": channel} if since is None else {"channel": channel, "since": since}
+        return await self.sio.call("subscribe", request, namespace="/live", timeout=10)  # type: ignore[no-any-return]
 
     async def next(self, timeout_s: float = 20) -> dict[str, Any]:
         return await asyncio.wait_for(self.updates.get(), timeout_s)
+
+
+class DropProxy:
+    """A TCP proxy in front of the gateway that can cut its connections abruptly, as a network does."""
+
+    def __init__(self, upstream_port: int, *, small_buffers: bool = False) -> None:
+        self.upstream_port = upstream_port
+        # Small socket and reader buffers towards the gateway: a stalled link backs up into the gateway
+        # after kilobytes, not the megabytes loopback would otherwise absorb.
+        self.small_buffers = small_buffers
+        self.links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.flowing = asyncio.Event()  # cleared: nothing from the gateway reaches the clients
+        self.flowing.set()
+
+    async def __aenter__(self) -> "DropProxy":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=2048)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        self.drop(1.0)
+        await self.server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def drop(self, fraction: float, rng: random.Random | None = None) -> int:
+        """Abort `fraction` of the open connections on both sides (no close handshake); how many."""
+        links = sorted(self.links, key=id)
+        chosen = links if fraction >= 1 else (rng or random.Random()).sample(links, int(len(links) * fraction))
+        for client, upstream in chosen:
+            client.transport.abort()
+            upstream.transport.abort()
+            self.links.discard((client, upstream))
+        return len(chosen)
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.small_buffers:
+            return await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: fixes the window
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.upstream_port))
+        return await asyncio.open_connection(sock=sock, limit=4096)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await self._connect_upstream()
+        except OSError:
+            client_w.transport.abort()
+            return
+        link = (client_w, up_w)
+        self.links.add(link)
+        try:
+            await asyncio.gather(_pipe(client_r, up_w), _pipe(up_r, client_w, self.flowing))
+        finally:
+            self.links.discard(link)
+            client_w.transport.abort()
+            up_w.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                flowing: asyncio.Event | None = None) -> None:
+    try:
+        while (flowing is None or await flowing.wait()) and (data := await reader.read(65536)):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.transport.abort()
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
