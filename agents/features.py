@@ -251,13 +251,11 @@ class FeaturesAgent:
         bind_event(event)
         self.watermarks.set(str(partition), {"ts": clock.wm}, event)
         p = self.policy
-        first, last = min(clock.panes), max(clock.panes)
-        # Windows ending by the first pane hold nothing; none after the last pane's reach either.
-        after = first if clock.closed is None else max(first, clock.closed - p.grace_ms)
-        until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
+        after = min(clock.panes) if clock.closed is None else clock.closed - p.grace_ms
         clock.closed = clock.wm
         emitted = 0
-        for end, specs in groupby(closing_windows(p.specs, after, until), key=lambda e: e[0]):
+        closing = closing_windows(p.specs, after, clock.wm - p.grace_ms, clock.panes, p.pane_ms)
+        for end, specs in groupby(closing, key=lambda e: e[0]):
             emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
         if p.running_ms and clock.touched:
             emitted += self._emit_running(out, partition, clock, event, now)

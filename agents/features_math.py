@@ -78,7 +78,8 @@ class FeaturePolicy:
         return cls(
             resolution=s.h3_resolution, windows_s=tuple(number_list(s.features_windows_s, int)),
             hop_s=s.features_hop_s, grace_ms=s.features_grace_ms, max_future_ms=s.features_max_future_ms,
-            ring_weights=tuple(number_list(s.features_ring_weights, float)), primary_window_s=s.features_primary_window_s,
+            ring_weights=tuple(number_list(s.features_ring_weights, float)),
+            primary_window_s=s.features_primary_window_s,
             surge_floor=s.features_surge_floor, surge_cap=s.features_surge_cap,
             surge_sensitivity=s.features_surge_sensitivity, surge_prior=s.features_surge_prior,
             default_speed_mps=s.features_default_speed_mps, speed_min_moving_s=s.features_speed_min_moving_s,

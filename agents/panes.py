@@ -149,10 +149,14 @@ def nested_counts(summaries: Sequence[tuple[int, PaneSummary]], end_ms: int,
     return out
 
 
-def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int) -> list[tuple[int, WindowSpec]]:
-    """(end, spec) of every window ending in (after_ms, until_ms], by end, then size."""
-    out = []
+def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int, pane_starts: Iterable[int],
+                    pane_ms: int) -> list[tuple[int, WindowSpec]]:
+    """(end, spec) of every window ending in (after_ms, until_ms] that holds one of the panes starting
+    at `pane_starts`, by end, then size: a watermark that jumps by years walks only the panes there are."""
+    out = set()
     for spec in specs:
-        first = (after_ms // spec.step_ms + 1) * spec.step_ms
-        out.extend((end, spec) for end in range(first, until_ms + 1, spec.step_ms))
+        for start in pane_starts:
+            # The windows holding [start, start + pane) end from start + pane to start + size.
+            first = max(after_ms, start + pane_ms - 1) // spec.step_ms * spec.step_ms + spec.step_ms
+            out.update((end, spec) for end in range(first, min(until_ms, start + spec.size_ms) + 1, spec.step_ms))
     return sorted(out, key=lambda e: (e[0], e[1].size_ms, e[1].kind))

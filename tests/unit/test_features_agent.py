@@ -375,3 +375,14 @@ async def test_a_crash_between_panes_and_watermark_replays_to_the_same_windows()
     strip = [{k: v for k, v in f.items() if k != "emitted_ts"} for f in emitted]
     assert [{k: v for k, v in f.items() if k != "emitted_ts"} for f in again] == strip
     assert w.sample("livetrack_features_events_total", kind="sighting", outcome="late", copy="own") == 0
+
+
+async def test_a_watermark_jumping_by_years_closes_the_old_windows_at_once() -> None:
+    w = Wired()
+    years = 3 * 365 * 86_400
+    async with w.faust_agent.test_context() as ctx:
+        await w.put(ctx, [ping("d1", 1, -years)])
+        await w.put(ctx, [ping("d1", 2, 0)])  # an hour of walking every hop in between would time out
+    ends = {f["end_ts"] - T0 for f in w.features()}
+    assert ends and max(ends) <= -years * 1000 + 480_000
+    assert len({(f["kind"], f["size_s"]) for f in w.features()}) == 8

@@ -143,13 +143,20 @@ def test_nested_counts_over_summaries_equal_the_definition() -> None:
             assert c.dist_m == pytest.approx(want.dist_m)
 
 
-def test_closing_windows_are_the_ends_passed_by_size_then_kind() -> None:
+def test_closing_windows_are_the_ends_passed_that_hold_a_pane_by_size_then_kind() -> None:
     specs = [WindowSpec(TUMBLING, 60_000, 60_000), WindowSpec(HOPPING, 120_000, 30_000)]
-    got = closing_windows(specs, T0, T0 + 60_000)
+    panes = [T0, T0 + 30_000]
+    got = closing_windows(specs, T0, T0 + 60_000, panes, 30_000)
     assert [(e - T0, sp.kind, sp.size_ms) for e, sp in got] == [
         (30_000, HOPPING, 120_000), (60_000, TUMBLING, 60_000), (60_000, HOPPING, 120_000)]
-    assert closing_windows(specs, T0 + 60_000, T0 + 60_000) == []
-    assert closing_windows(specs, T0 + 1, T0 + 29_999) == []
+    assert closing_windows(specs, T0 + 60_000, T0 + 60_000, panes, 30_000) == []
+    assert closing_windows(specs, T0 + 1, T0 + 29_999, panes, 30_000) == []
+    assert [e - T0 for e, _ in closing_windows(specs, T0, T0 + 10**9, [T0 + 60_000], 30_000)] == [
+        90_000, 120_000, 120_000, 150_000, 180_000]
+    # A watermark jumping by years walks the panes there are, not every hop in between.
+    years = 3 * 365 * 86_400_000
+    jump = closing_windows(specs, T0 - years, T0 + years, [T0 - years + 30_000, T0], 30_000)
+    assert len(jump) == 2 * (1 + 4)
 
 
 def test_admission_against_the_watermark() -> None:
