@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-push clean
+.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-dispatch bench-push clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-e2e: install
 
 bench-worker: install
 	$(BIN)/python -m bench.worker_throughput
+
+bench-dispatch: install
+	$(BIN)/python -m bench.dispatch $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(BURST),--burst $(BURST))
 
 bench-push: install
 	$(BIN)/python -m bench.push $(if $(CLIENTS),--clients $(CLIENTS)) $(if $(DURATION),--duration $(DURATION))

@@ -9,15 +9,17 @@ from typing import Callable
 import faust
 from mode import Service
 
-from agents import cells, drivers
+from agents import cells, drivers, offers, rides
 from agents.batching import DeadLetters
+from agents.candidates import CellDriversView, ViewService
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, DriverState
-from schemas.topics import DRIVER_CELLS, LOCATIONS, LOCATIONS_DLQ, TopicSpec
+from schemas.records import CellDrivers, DriverState, Ride
+from schemas.topics import DISPATCH_DLQ, DRIVER_CELLS, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, TopicSpec
 from tables.cell_to_drivers import cell_to_drivers
 from tables.driver_to_state import driver_to_state
+from tables.ride_to_state import ride_to_state
 from tables.writer import TableWriter
 
 __all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
@@ -45,6 +47,10 @@ class Components:
     cells: TableWriter
     drivers: drivers.DriversAgent
     cell_agent: cells.CellsAgent
+    rides: TableWriter
+    view: CellDriversView
+    ride_agent: rides.RidesAgent
+    offer_agent: offers.OffersAgent
 
 
 class ProducerService(Service):
@@ -90,10 +96,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     states = TableWriter(driver_to_state(app, settings.partitions), producer, codec_for(DriverState), **cache)
     cell_members = TableWriter(cell_to_drivers(app, settings.partitions), producer, codec_for(CellDrivers), **cache)
 
+    ride_states = TableWriter(ride_to_state(app, settings.partitions), producer, codec_for(Ride), **cache)
+    view = CellDriversView()
+    app.add_dependency(ViewService(view, settings, cell_members.changelog))
+    dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, producer, clock_ms)
+
     async def forget_cached(*_: object, **__: object) -> None:
         # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
         states.forget()
         cell_members.forget()
+        ride_states.forget()
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)
@@ -107,8 +119,22 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         ),
         cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
                                     ttl_ms=settings.membership_ttl_ms),
+        rides=ride_states, view=view,
+        ride_agent=rides.RidesAgent(
+            rides=ride_states, producer=producer, dead_letters=dispatch_dlq, view=view,
+            policy=rides.DispatchPolicy.from_settings(settings),
+            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
+        ),
+        offer_agent=offers.OffersAgent(
+            states=states, producer=producer, dead_letters=dispatch_dlq,
+            policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
+            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+        ),
     )
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
+    rides.register(app, bind_topic(app, RIDE_COMMANDS, settings), components.ride_agent,
+                   tick_s=settings.dispatch_tick_ms / 1000, **batch)
+    offers.register(app, bind_topic(app, OFFERS, settings), components.offer_agent, **batch)
     return app

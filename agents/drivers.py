@@ -21,14 +21,14 @@ from infra.producer import AsyncProducer, DeliveryGroup
 from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
-from schemas.records import CellMembershipBatch, LocationBatch, LocationEvent, PushMessage
-from schemas.topics import DRIVER_CELLS, PUSH
+from schemas.records import CellMembershipBatch, LocationBatch, LocationEvent, PushMessage, RideCommand
+from schemas.topics import DRIVER_CELLS, PUSH, RIDE_COMMANDS
 from schemas.validation import range_errors
 from tables.writer import TableWriter
 
 __all__ = [
     "ACCEPTED", "DUPLICATE", "STALE", "JUMP", "INVALID",
-    "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
+    "DriverKeyedAgent", "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class PingResult:
     state: State | None = None
     push: Message | None = None
     memberships: tuple[Message, ...] = ()
+    ride_move: Message | None = None  # a RideCommand DRIVER_MOVED: the driver's ride learns of the move
 
 
 def driver_channel(driver_id: str) -> str:
@@ -131,6 +132,19 @@ def _memberships(prev: State | None, cell: str, status: str, ev: Ping, policy: D
     return ()
 
 
+# Decided by the offers agent (agents/offers.py) on this same record; a ping carries them over.
+DISPATCH_FIELDS = {"ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0}
+
+
+def _ride_move(state: State, ev: Ping) -> Message | None:
+    """The assigned driver's significant move, for its ride (ETA and the rider's map)."""
+    if not state["ride_id"] or state["reserved_until"]:
+        return None
+    return {"ride_id": state["ride_id"], "command": "DRIVER_MOVED", "ts": ev["received_ts"], "actor": "driver",
+            "actor_id": state["driver_id"], "driver_id": state["driver_id"], "lat": state["lat"],
+            "lng": state["lng"]}
+
+
 def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
     """The ping that made the current state, seen again (a device retry, or a batch replayed
     after a crash before its outputs were acked): send its outputs again. Same seq, so
@@ -161,17 +175,19 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) 
         "pushed_ts": base["pushed_ts"] if base else ev["fix_ts"],
         "membership_ts": ev["fix_ts"] if memberships or prev is None else prev["membership_ts"],
         "speed": ev.get("speed"), "bearing": ev.get("bearing"), "accuracy": ev.get("accuracy"),
+        **{k: prev.get(k, default) if prev else default for k, default in DISPATCH_FIELDS.items()},
     }
     push = _location_push(state, ev, policy, now_ms) if significant else None
-    return PingResult(ACCEPTED, state, push, memberships)
+    move = _ride_move(state, ev) if significant else None
+    return PingResult(ACCEPTED, state, push, memberships, move)
 
 
-class DriversAgent:
-    """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
+class DriverKeyedAgent:
+    """What the agents on driver-keyed topics share: the driver's state, where its cells go, a clock."""
 
     def __init__(
         self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-        policy: DriverPolicy, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
+        policy: Any, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
     ) -> None:
         self.states = states
         self.producer = producer
@@ -180,9 +196,17 @@ class DriversAgent:
         self.partitions = partitions
         self.cell_partitions = cell_partitions
         self.clock_ms = clock_ms
+
+
+class DriversAgent(DriverKeyedAgent):
+    """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.push_codec = codec_for(PushMessage)
         self.ping_codec = codec_for(LocationEvent)
         self.cells_codec = codec_for(CellMembershipBatch)
+        self.ride_codec = codec_for(RideCommand)
         self.verdicts: Counter[str] = Counter()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
@@ -230,6 +254,9 @@ class DriversAgent:
         if result.push is not None:
             push = result.push
             self.producer.send(group, PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
+        if result.ride_move is not None:
+            move = result.ride_move
+            self.producer.send(group, RIDE_COMMANDS.name, self.ride_codec.dumps(move), key=move["ride_id"].encode())
         for m in result.memberships:
             memberships[partition_for(m["cell"], self.cell_partitions)].append(m)
 

@@ -21,7 +21,7 @@ import psutil
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import bench_settings, emit, percentiles, running_pipeline
+from bench.harness import bench_settings, emit, percentiles, pipeline_running
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
 from infra.broker import LocalBroker
@@ -30,19 +30,18 @@ from infra.settings import Settings
 WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
 
 
-def ping(driver: str, seq: int, now_ms: int, step_m: float = 25.0) -> dict[str, Any]:
-    """Driver moves `step_m` north per ping: by default always a pushed move, never a teleport."""
-    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * step_m / 111_195, "lng": -122.45,
+def ping(driver: str, seq: int, now_ms: int) -> dict[str, Any]:
+    """Driver moves 25 m north per ping: always a pushed move, never a teleport."""
+    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * 25 / 111_195, "lng": -122.45,
             "ts": now_ms, "speed": 25.0}
 
 
-async def _send(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
-                step_m: float) -> dict:
+async def _send(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> dict:
     host, port = url.split("//")[1].split(":")
     n = int(rate * duration_s)
 
     def body(i: int) -> dict:  # `ts` is stamped now: the receiver's latency is arrival - ts
-        return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000), step_m)
+        return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000))
 
     result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate,
                                 headers={"Authorization": f"Bearer {token}"})
@@ -51,16 +50,15 @@ async def _send(url: str, token: str, drivers: list[str], rate: float, duration_
 
 
 def sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
-           step_m: float, out: Any) -> None:
+           out: Any) -> None:
     """Child process: post pings at the rate, then report counts."""
-    out.put(asyncio.run(_send(url, token, drivers, rate, duration_s, first_seq, step_m)))
+    out.put(asyncio.run(_send(url, token, drivers, rate, duration_s, first_seq)))
 
 
-def _run_sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
-                step_m: float = 25.0) -> Any:
+def _run_sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> Any:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=sender, args=(url, token, drivers, rate, duration_s, first_seq, step_m, out))
+    proc = ctx.Process(target=sender, args=(url, token, drivers, rate, duration_s, first_seq, out))
     proc.start()
     return proc, out
 
@@ -134,7 +132,7 @@ def main() -> None:
 
 def run(rate: float, duration_s: float) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-e2e-{int(time.time())}")
-    with running_pipeline(settings, "e2e") as (worker, gateway):
+    with pipeline_running(settings, "e2e") as (worker, gateway):
         measured = {"worker": worker.ps, "gateway": gateway.ps}
         broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
         if broker_pid is not None:

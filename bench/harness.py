@@ -12,7 +12,7 @@ from infra.broker import kafka_running
 from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
-__all__ = ["bench_settings", "percentiles", "emit", "running_pipeline", "wait_until"]
+__all__ = ["bench_settings", "percentiles", "emit", "wait_until", "pipeline_running"]
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -53,8 +53,8 @@ def wait_until(predicate: Any, timeout_s: float, every_s: float = 0.2) -> bool:
 
 
 @contextmanager
-def running_pipeline(settings: Settings, name: str) -> Iterator[tuple[Proc, Proc]]:
-    """A fresh broker, a worker and a gateway, ready; (worker, gateway); all stopped on the way out."""
+def pipeline_running(settings: Settings, name: str) -> Iterator[tuple[Proc, Proc]]:
+    """A fresh broker, a worker and a gateway for one benchmark, all ready; stopped by PID after."""
     with kafka_running(settings, fresh=True):
         worker = spawn(worker_args(), settings, f"{name}-worker")
         gateway = spawn(gateway_args(), settings, f"{name}-gateway")

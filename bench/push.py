@@ -35,7 +35,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import _run_sender
-from bench.harness import bench_settings, emit, percentiles, running_pipeline
+from bench.harness import bench_settings, emit, percentiles, pipeline_running
 from gateway.auth import Tokens
 from gateway.client import LiveClient
 from infra.processes import raise_open_files_limit
@@ -294,7 +294,7 @@ def _figures(args: argparse.Namespace, polled: list[dict[str, Any]], pushed: lis
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-push-{int(time.time())}")
-    with running_pipeline(settings, "push") as (_, gateway):
+    with pipeline_running(settings, "push") as (_, gateway):
         return measure(settings, gateway.ps, args)
 
 

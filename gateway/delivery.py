@@ -221,7 +221,7 @@ class Fanout:
     def _targets(self, channel: str) -> list[Connection]:
         subs = self.subscribers.get(channel)
         targets = list(subs.values()) if subs else []
-        if channel.startswith("driver:"):  # every driver's moves also go to ops' `fleet`
+        if channel.startswith(("driver:", "ride:")):  # ops' `fleet` map shows every driver and every trip
             fleet = self.subscribers.get(FLEET)
             if fleet:
                 targets.extend(c for sid, c in fleet.items() if not subs or sid not in subs)

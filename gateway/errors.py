@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge", "Unauthorized", "Forbidden"]
+__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge", "Unauthorized", "Forbidden", "Conflict"]
 
 
 class GatewayError(Exception):
@@ -54,3 +54,9 @@ class Forbidden(GatewayError):
 
     def body(self) -> dict[str, Any]:
         return {"error": str(self), "problems": self.problems} if self.problems else {"error": str(self)}
+
+
+class Conflict(GatewayError):
+    """The request is valid but the resource's state does not allow it now (a ride already final)."""
+
+    status = 409

@@ -9,6 +9,7 @@ from gateway.channels import ChannelStore
 from gateway.metrics import Metrics
 from gateway.batcher import IngestBatcher
 from infra.producer import AsyncProducer
+from gateway.rides import RideDesk
 from gateway.sockets import LiveNamespace
 from infra.settings import Settings
 
@@ -20,3 +21,4 @@ BATCHER = web.AppKey("batcher", IngestBatcher)
 BRIDGE = web.AppKey("bridge", PushBridge)
 SIO = web.AppKey("sio", socketio.AsyncServer)
 LIVE = web.AppKey("live", LiveNamespace)
+RIDES = web.AppKey("rides", RideDesk)

@@ -13,9 +13,10 @@ from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import NAMESPACE, ChannelStore
 from gateway.delivery import Fanout
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, SETTINGS, SIO, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
+from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
 from infra.processes import raise_open_files_limit
@@ -43,12 +44,14 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     # The replay window is the resume history: a restarted gateway resumes clients as before.
     app[BRIDGE] = bridge = PushBridge(settings, live.publish, replay_ms=settings.push_history_age_ms)
     await bridge.start()
+    await app[RIDES].start(producer)
     tasks = [asyncio.create_task(_open_when_ready(bridge, live), name="live-ready"),
              asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")]
     yield
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await app[RIDES].stop()
     await bridge.stop()
     await batcher.close()
     await producer.close()
@@ -74,7 +77,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SIO] = sio
     fanout = Fanout(sio.eio, metrics, backlog=settings.push_send_backlog, pending_max=settings.push_pending_max,
                     retry_ms=settings.push_retry_ms, drop=lambda sid: sio.disconnect(sid, namespace=NAMESPACE))
-    app[LIVE] = live = LiveNamespace(store, fanout, metrics, tokens, ack_priority=settings.push_ack_priority)
+    app[RIDES] = rides = RideDesk(settings, RideView())
+    app[LIVE] = live = LiveNamespace(store, fanout, metrics, tokens, ack_priority=settings.push_ack_priority,
+                                     ride_rider=rides.view.rider_of, decide=rides.decide)
     sio.register_namespace(live)
     sio.attach(app)
     setup_routes(app)

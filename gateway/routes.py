@@ -11,6 +11,9 @@ __all__ = ["setup_routes"]
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/locations", views.post_locations)
     app.router.add_get("/v1/drivers/{driver_id}", views.get_driver)
+    app.router.add_post("/v1/rides", views.post_ride)
+    app.router.add_get("/v1/rides/{ride_id}", views.get_ride)
+    app.router.add_post("/v1/rides/{ride_id}/{action}", views.ride_action)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/", views.index)

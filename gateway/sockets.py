@@ -4,16 +4,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import socketio
 from socketio.exceptions import ConnectionRefusedError
 
-from gateway.auth import Tokens, may_subscribe
+from gateway.auth import Principal, Tokens, may_subscribe
 from gateway.channels import CHANNEL_RE, FLEET, NAMESPACE, ChannelStore, Update, update_from_push
 from gateway.delivery import Connection, Fanout
-from gateway.errors import Unauthorized
+from gateway.errors import GatewayError, Unauthorized
 from gateway.metrics import Metrics
+from infra.producer import ProduceError
 
 __all__ = ["LiveNamespace", "NAMESPACE"]
 
@@ -30,7 +31,8 @@ class LiveNamespace(socketio.AsyncNamespace):
     """Clients subscribe to channels (resuming with `since`) and ack events; the bridge's updates fan out."""
 
     def __init__(self, store: ChannelStore, fanout: Fanout, metrics: Metrics, tokens: Tokens, *,
-                 ack_priority: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None) -> None:
+                 ack_priority: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
+                 decide: Callable[[Principal, str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.fanout = fanout
@@ -39,6 +41,8 @@ class LiveNamespace(socketio.AsyncNamespace):
         self.ack_priority = ack_priority
         # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
         self.ride_rider = ride_rider
+        # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
+        self.decide = decide
         # Set once the bridge has replayed the history window: resumes before that would miss it.
         self.ready = asyncio.Event()
 
@@ -117,6 +121,26 @@ class LiveNamespace(socketio.AsyncNamespace):
         conn = self.fanout.conns.get(sid)
         if conn is not None and channel is not None and type(seq) is int:
             self.fanout.ack(conn, channel, seq)
+
+    async def on_accept(self, sid: str, data: Any) -> dict[str, Any]:
+        """A driver accepts an offer: `{"ride_id": ...}`; the outcome comes on its `driver:{id}` channel."""
+        return await self._answer(sid, data, "ACCEPT")
+
+    async def on_decline(self, sid: str, data: Any) -> dict[str, Any]:
+        return await self._answer(sid, data, "DECLINE")
+
+    async def _answer(self, sid: str, data: Any, op: str) -> dict[str, Any]:
+        ride_id = data.get("ride_id") if isinstance(data, dict) else None
+        conn = self.fanout.conns.get(sid)
+        if conn is None or self.decide is None or not isinstance(ride_id, str):
+            return {"ok": False, "error": "send {\"ride_id\": ...} on a driver's connection"}
+        try:
+            await self.decide(conn.principal, ride_id, op)
+        except GatewayError as exc:
+            return {"ok": False, "error": str(exc)}
+        except ProduceError:
+            return {"ok": False, "error": "event log unavailable, retry", "retry": True}
+        return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
 
     # --- the push side ----------------------------------------------------------------------------
 

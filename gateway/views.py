@@ -11,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.auth import may_publish, may_subscribe, principal_of
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, SETTINGS, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, RIDES, SETTINGS, STORE
 
-__all__ = ["post_locations", "get_driver", "healthz", "metrics", "index"]
+__all__ = ["post_locations", "get_driver", "post_ride", "get_ride", "ride_action", "healthz", "metrics", "index"]
 
 STATIC = Path(__file__).parent / "static"
 
@@ -62,8 +62,40 @@ async def get_driver(request: web.Request) -> web.Response:
     return web.json_response({**update.data(), "channel_seq": update.seq})
 
 
+async def post_ride(request: web.Request) -> web.Response:
+    """Request a ride: 201 with the server's fare estimate and pickup ETA (202 if dispatch is slow)."""
+    status, body = await request.app[RIDES].request(
+        principal_of(request), await _json_body(request), request.headers.get("Idempotency-Key"))
+    return web.json_response(body, status=status, headers={"Location": f"/v1/rides/{body['ride_id']}"})
+
+
+async def get_ride(request: web.Request) -> web.Response:
+    """The ride as this node's view of `rides` has it, for its rider, its drivers and ops."""
+    return web.json_response(await request.app[RIDES].get(principal_of(request), request.match_info["ride_id"]))
+
+
+async def ride_action(request: web.Request) -> web.Response:
+    """cancel (rider, assigned driver, ops), accept / decline (the offered driver), start / complete
+    (the assigned driver): 200 with the ride once done, 202 if the outcome is not known in time."""
+    desk, principal = request.app[RIDES], principal_of(request)
+    ride_id, action = request.match_info["ride_id"], request.match_info["action"]
+    if action == "cancel":
+        body = await _json_body(request) if request.can_read_body else {}
+        reason = body.get("reason") if isinstance(body, dict) else None
+        if reason is not None and not (isinstance(reason, str) and len(reason) <= 200):
+            raise InvalidInput("bad reason", [{"field": "reason", "reason": "must be a string of at most 200"}])
+        status, out = await desk.cancel(principal, ride_id, reason)
+    elif action in ("accept", "decline"):
+        status, out = await desk.answer(principal, ride_id, action.upper())
+    elif action in ("start", "complete"):
+        status, out = await desk.by_driver(principal, ride_id, action.upper())
+    else:
+        raise NotFound(f"no action {action!r}: cancel, accept, decline, start or complete")
+    return web.json_response(out, status=status)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    ready = request.app[BRIDGE].ready.is_set()
+    ready = request.app[BRIDGE].ready.is_set() and request.app[RIDES].ready
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 

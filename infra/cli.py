@@ -70,12 +70,16 @@ def _sim(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from gateway.auth import Tokens
+    from sim.dispatch import DispatchSim
     from sim.fleet import run_fleet
 
-    # The simulator is a fleet integration: one ops token publishes for all its drivers.
-    token = Tokens(settings).mint("ops", "simulator", ttl_s=30 * 24 * 3600)
+    # The simulator is a fleet integration: one ops token publishes for all its drivers; each
+    # simulated driver and rider answers offers and requests rides with its own token.
+    tokens = Tokens(settings)
+    token = tokens.mint("ops", "simulator", ttl_s=30 * 24 * 3600)
+    dispatch = DispatchSim(settings, lambda role, sub: tokens.mint(role, sub, 30 * 24 * 3600))
     try:
-        asyncio.run(run_fleet(settings, duration_s=args.duration, token=token))
+        asyncio.run(run_fleet(settings, duration_s=args.duration, token=token, dispatch=dispatch))
     except KeyboardInterrupt:
         pass  # Ctrl-C is how the simulator is meant to stop
     return 0

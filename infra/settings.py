@@ -66,6 +66,36 @@ class Settings(BaseSettings):
     )
     membership_ttl_ms: int = Field(90_000, description="A driver silent this long leaves its cell.")
 
+    # --- dispatch ----------------------------------------------------------
+    dispatch_k_min: int = Field(1, ge=0, le=10, description="H3 k-ring a ride's candidate search starts with.")
+    dispatch_k_max: int = Field(3, ge=0, le=10, description="Widest k-ring searched when too few candidates.")
+    dispatch_min_candidates: int = Field(3, ge=1, description="Widen the ring until this many untried candidates.")
+    dispatch_candidate_max_age_ms: int = Field(
+        60_000, description="Candidates must have been seen in their cell this recently (cell_to_drivers)."
+    )
+    dispatch_driver_max_age_ms: int = Field(
+        30_000, description="A driver whose last ping is older is refused a reservation (offline)."
+    )
+    offer_ttl_ms: int = Field(10_000, description="How long a driver holds an offer (the reservation's TTL).")
+    offer_grace_ms: int = Field(
+        500, description="The ride gives up on an offer this long after its TTL (the driver's own expiry wins)."
+    )
+    reserve_timeout_ms: int = Field(3_000, description="No answer to a reservation this long: try the next driver.")
+    dispatch_retry_ms: int = Field(1_000, description="All candidates busy: look again after this long...")
+    dispatch_max_wait_ms: int = Field(30_000, description="...until the ride is this old, then NO_DRIVERS.")
+    dispatch_tick_ms: int = Field(100, description="How often the rides agent checks its deadlines.")
+    dispatch_speed_mps: float = Field(8.0, description="Travel speed of the ETA estimate where no per-cell speed is known.")
+    eta_push_threshold_s: float = Field(30.0, description="Push a new ETA to the rider when it changed by this much.")
+    ride_push_min_distance_m: float = Field(
+        50.0, description="Push the assigned driver's position to the rider after a move this long."
+    )
+    ride_view_replay_ms: int = Field(
+        6 * 3600 * 1000, description="The gateway rebuilds its view of rides from this much of `rides` on boot."
+    )
+    ride_reply_timeout_s: float = Field(
+        3.0, description="How long a ride API call waits for the ride's outcome before answering 202."
+    )
+
     # --- gateway -----------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")
     gateway_port: int = Field(8080, description="Gateway HTTP/Socket.IO port.")
@@ -115,6 +145,9 @@ class Settings(BaseSettings):
     sim_rate_hz: float = Field(1.0, description="Pings per second per simulated driver.")
     sim_city: str = Field("37.7749,-122.4194", description="Simulated city centre 'lat,lng'.")
     sim_radius_m: float = Field(4000.0, description="Radius of the simulated area.")
+    sim_ride_rate_hz: float = Field(0.5, description="Ride requests per second by simulated riders (0 = none).")
+    sim_accept_p: float = Field(0.8, ge=0, le=1, description="Probability a simulated driver accepts an offer...")
+    sim_decline_p: float = Field(0.1, ge=0, le=1, description="...declines it (else it ignores it until the TTL).")
 
     @property
     def embedded_kafka(self) -> bool:

@@ -28,6 +28,12 @@ __all__ = [
     "RIDE_EVENTS",
     "RIDE_STATES",
     "RideEvent",
+    "RIDE_COMMANDS",
+    "RideCommand",
+    "OFFER_OPS",
+    "OfferCommand",
+    "Outgoing",
+    "Ride",
     "PUBLISHED_RECORDS",
 ]
 
@@ -42,6 +48,16 @@ RIDE_EVENTS = (
     "REQUESTED", "OFFERED", "DECLINED", "EXPIRED", "ACCEPTED", "STARTED", "COMPLETED", "CANCELLED", "NO_DRIVERS",
 )
 ACTORS = ("rider", "driver", "ops", "system")
+# What can be asked of a ride (topic `ride-commands`): by the gateway for riders, drivers and ops
+# (REQUEST, CANCEL, START, COMPLETE), by the driver-keyed offers agent (reservation outcomes and
+# the assigned driver's moves), and by the rides agent's own deadline timer (TIMEOUT).
+RIDE_COMMANDS = (
+    "REQUEST", "CANCEL", "START", "COMPLETE", "RESERVED", "REFUSED", "ASSIGNED", "DECLINED", "TIMEOUT",
+    "DRIVER_MOVED",
+)
+# What the driver-keyed offers agent is asked (topic `offers`): by the rides agent (RESERVE, RELEASE,
+# START, FREE) and by the gateway for the driver (ACCEPT, DECLINE).
+OFFER_OPS = ("RESERVE", "RELEASE", "ACCEPT", "DECLINE", "START", "FREE")
 
 
 class ChoiceField(StringField):
@@ -140,6 +156,13 @@ class DriverState(_Record, namespace="livetrack.DriverState"):  # type: ignore[c
     speed: Optional[float] = FloatField(required=False, default=None)
     bearing: Optional[float] = FloatField(required=False, default=None)
     accuracy: Optional[float] = FloatField(required=False, default=None)
+    # Dispatch, decided by the offers agent on this same record so that a reservation, the status
+    # and the `driver:{id}` push seq change together: ride_id with reserved_until > 0 is a
+    # reservation (an open offer) until then; ride_id with reserved_until == 0 is an assignment.
+    ride_id: Optional[str] = StringField(required=False, default=None)
+    offer_attempt: int = IntegerField(min_value=0, required=False, default=0)
+    reserved_until: int = IntegerField(min_value=0, required=False, default=0)
+    offer_seq: int = IntegerField(min_value=0, required=False, default=0)
 
 
 class CellMembership(_Record, namespace="livetrack.CellMembership"):  # type: ignore[call-arg]
@@ -202,5 +225,109 @@ class RideEvent(_Record, namespace="livetrack.RideEvent"):  # type: ignore[call-
     reason: Optional[str] = StringField(required=False, default=None)
 
 
+
+class RideCommand(_Record, namespace="livetrack.RideCommand"):  # type: ignore[call-arg]
+    """Something to apply to one ride (topic `ride-commands`, keyed by ride_id); the rides agent decides.
+
+    REQUEST carries rider, product, pickup and destination; RESERVED, REFUSED, ASSIGNED and DECLINED
+    come from the offers agent with the driver, the offer attempt and (RESERVED, ASSIGNED,
+    DRIVER_MOVED) the driver's position; TIMEOUT names the deadline (`expires_at`) it fires for.
+    """
+
+    ride_id: str = _id()
+    command: str = ChoiceField(choices=RIDE_COMMANDS, enum_name="RideCommandType")
+    ts: int = _epoch_ms()
+    actor: str = ChoiceField(choices=ACTORS, enum_name="Actor")
+    actor_id: str = _id()
+    rider_id: Optional[str] = StringField(required=False, default=None)
+    product: Optional[str] = StringField(required=False, default=None)
+    pickup_lat: Optional[float] = FloatField(required=False, default=None)
+    pickup_lng: Optional[float] = FloatField(required=False, default=None)
+    dest_lat: Optional[float] = FloatField(required=False, default=None)
+    dest_lng: Optional[float] = FloatField(required=False, default=None)
+    driver_id: Optional[str] = StringField(required=False, default=None)
+    attempt: int = IntegerField(min_value=0, required=False, default=0)
+    lat: Optional[float] = FloatField(required=False, default=None)
+    lng: Optional[float] = FloatField(required=False, default=None)
+    expires_at: int = IntegerField(min_value=0, required=False, default=0)
+    reason: Optional[str] = StringField(required=False, default=None)
+
+
+class OfferCommand(_Record, namespace="livetrack.OfferCommand"):  # type: ignore[call-arg]
+    """A step of one driver's offer or assignment (topic `offers`, keyed by driver_id).
+
+    Decided where the driver's state lives (one partition owns a driver), so a reservation's
+    check-and-set needs no lock. RESERVE carries the offer shown to the driver and its TTL.
+    """
+
+    driver_id: str = _id()
+    op: str = ChoiceField(choices=OFFER_OPS, enum_name="OfferOp")
+    ride_id: str = _id()
+    ts: int = _epoch_ms()
+    actor: str = ChoiceField(choices=ACTORS, enum_name="Actor")
+    attempt: int = IntegerField(min_value=0, required=False, default=0)
+    ttl_ms: int = IntegerField(min_value=0, required=False, default=0)
+    pickup_lat: Optional[float] = FloatField(required=False, default=None)
+    pickup_lng: Optional[float] = FloatField(required=False, default=None)
+    dest_lat: Optional[float] = FloatField(required=False, default=None)
+    dest_lng: Optional[float] = FloatField(required=False, default=None)
+    fare_estimate: Optional[float] = FloatField(required=False, default=None)
+    reason: Optional[str] = StringField(required=False, default=None)
+
+
+class Outgoing(_Record, namespace="livetrack.Outgoing"):  # type: ignore[call-arg]
+    """A record to produce: kept with the state that decided it until Kafka has it (an outbox)."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
+class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
+    """One ride as the rides agent holds it (table `ride_to_state`).
+
+    `offer_driver` with state REQUESTED is a reservation asked for (no answer yet), with state
+    OFFERED an open offer; `deadline_ms` is when the rides agent's timer acts (0 = none).
+    `tried` drivers are never offered this ride again; `busy` ones (held by another offer) may be
+    after a wait. `push_seq` is the `ride:{id}` channel's seq, owned by this record.
+    """
+
+    ride_id: str = _id()
+    version: int = IntegerField(min_value=1)
+    state: str = ChoiceField(choices=RIDE_STATES, enum_name="RideState")
+    rider_id: str = _id()
+    product: str = StringField()
+    pickup_lat: float = FloatField()
+    pickup_lng: float = FloatField()
+    dest_lat: float = FloatField()
+    dest_lng: float = FloatField()
+    pickup_cell: str = StringField()
+    requested_ts: int = _epoch_ms()
+    updated_ts: int = _epoch_ms()
+    fare_estimate: Optional[float] = FloatField(required=False, default=None)
+    pickup_eta_s: Optional[float] = FloatField(required=False, default=None)
+    driver_id: Optional[str] = StringField(required=False, default=None)
+    offer_driver: Optional[str] = StringField(required=False, default=None)
+    attempt: int = IntegerField(min_value=0, required=False, default=0)
+    deadline_ms: int = IntegerField(min_value=0, required=False, default=0)
+    ring: int = IntegerField(min_value=0, required=False, default=0)
+    tried: List[str] = []
+    busy: List[str] = []
+    push_seq: int = IntegerField(min_value=0, required=False, default=0)
+    driver_lat: Optional[float] = FloatField(required=False, default=None)
+    driver_lng: Optional[float] = FloatField(required=False, default=None)
+    pushed_lat: Optional[float] = FloatField(required=False, default=None)
+    pushed_lng: Optional[float] = FloatField(required=False, default=None)
+    pushed_eta_s: Optional[float] = FloatField(required=False, default=None)
+    reason: Optional[str] = StringField(required=False, default=None)
+    # The last `ride-commands` offset applied and what the commands applied with it sent: state
+    # is written before its outputs, and a replayed command re-sends them instead of re-deciding.
+    applied_offset: int = IntegerField(required=False, default=-1)
+    outbox: List[Outgoing] = []
+
+
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.
-PUBLISHED_RECORDS = (LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent)
+PUBLISHED_RECORDS = (
+    LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent, RideCommand,
+    OfferCommand,
+)

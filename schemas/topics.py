@@ -10,9 +10,14 @@ from typing import Type
 
 import faust
 
-from schemas.records import CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, PushMessage, RideEvent
+from schemas.records import (
+    CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand, PushMessage, RideCommand, RideEvent,
+)
 
-__all__ = ["TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "ALL_TOPICS"]
+__all__ = [
+    "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
+    "DISPATCH_DLQ", "ALL_TOPICS",
+]
 
 
 @dataclass(frozen=True)
@@ -44,4 +49,13 @@ LOCATIONS_DLQ = TopicSpec("locations-dlq", "driver_id", DeadLetter, partitions=1
 # The trip audit log: every ride transition, keyed by ride_id; long retention like `locations`.
 RIDES = TopicSpec("rides", "ride_id", RideEvent, retention_setting="locations_retention_ms")
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES)
+# What to do to a ride: one partition orders every command of a ride, and owns its `ride_to_state`.
+RIDE_COMMANDS = TopicSpec("ride-commands", "ride_id", RideCommand)
+# What to do to a driver's offer or assignment: co-partitioned with `locations`, so the agent that
+# owns a driver's `driver_to_state` (and its `driver:{id}` push seq) decides reservations.
+OFFERS = TopicSpec("offers", "driver_id", OfferCommand)
+DISPATCH_DLQ = TopicSpec("dispatch-dlq", "ride_id or driver_id", DeadLetter, partitions=1)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ,
+)

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import aiohttp
 
@@ -93,6 +93,12 @@ class City:
         lat = self.lat + math.degrees(y_m / EARTH_RADIUS_M)
         lng = self.lng + math.degrees(x_m / (EARTH_RADIUS_M * math.cos(math.radians(self.lat))))
         return lat, lng
+
+    def from_latlng(self, lat: float, lng: float) -> tuple[float, float]:
+        """(x_m east, y_m north) of a point: the inverse of to_latlng."""
+        y = math.radians(lat - self.lat) * EARTH_RADIUS_M
+        x = math.radians(lng - self.lng) * EARTH_RADIUS_M * math.cos(math.radians(self.lat))
+        return x, y
 
     def random_point(self, rng: random.Random) -> tuple[float, float]:
         """A uniformly random (x_m, y_m) inside the area, off its edge."""
@@ -228,6 +234,18 @@ def request_headers(token: str | None = None) -> dict[str, str]:
     return headers
 
 
+class Dispatch(Protocol):
+    """What the tick loop needs of the ride simulation (sim.dispatch.DispatchSim)."""
+
+    stats: Any
+
+    async def start(self, http: aiohttp.ClientSession, city: City) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def steer(self, drivers: Sequence[Driver]) -> list[Driver]: ...
+
+
 @dataclass
 class FleetStats:
     """What the simulator sent and what became of it (pings, except requests and retries)."""
@@ -321,8 +339,10 @@ async def run_fleet(
     session: aiohttp.ClientSession | None = None,
     token: str | None = None,
     seed: int = DEFAULT_SEED,
+    dispatch: Dispatch | None = None,
 ) -> FleetStats:
-    """Drive settings.sim_drivers drivers against the gateway for duration_s, or until cancelled."""
+    """Drive settings.sim_drivers drivers against the gateway for duration_s, or until cancelled;
+    with `dispatch` (sim.dispatch), riders request rides and drivers take them."""
     if settings.sim_drivers < 1 or settings.sim_rate_hz <= 0:
         raise ValueError("sim_drivers must be >= 1 and sim_rate_hz > 0")
     city = City.parse(settings.sim_city, settings.sim_radius_m)
@@ -334,8 +354,13 @@ async def run_fleet(
              settings.sim_city, sender.url)
     started = time.monotonic()
     try:
-        await _drive_fleet(settings, city, sender, duration_s, random.Random(seed))
+        if dispatch is not None:
+            await dispatch.start(http, city)
+        await _drive_fleet(settings, city, sender, duration_s, random.Random(seed), dispatch)
     finally:
+        if dispatch is not None:
+            await dispatch.stop()
+            log.info("dispatch: %s", dict(dispatch.stats))
         if session is None:
             await http.close()
         log.info("fleet stopped: %s", stats.summary(FleetStats(), time.monotonic() - started, settings.sim_drivers))
@@ -343,7 +368,8 @@ async def run_fleet(
 
 
 async def _drive_fleet(
-    settings: Settings, city: City, sender: _Sender, duration_s: float | None, rng: random.Random
+    settings: Settings, city: City, sender: _Sender, duration_s: float | None, rng: random.Random,
+    dispatch: Dispatch | None = None,
 ) -> None:
     """The tick loop: advance due drivers, send their pings, log a summary every SUMMARY_EVERY_S."""
     loop = asyncio.get_running_loop()
@@ -356,6 +382,8 @@ async def _drive_fleet(
     since = replace(sender.stats)
     while next_tick < end:
         now = loop.time()
+        if dispatch is not None:
+            drivers = dispatch.steer(drivers)
         drivers, pings = tick(drivers, now, _epoch_ms(), period_s, city, rng)
         await sender.send(pings)
         if now - last_log >= SUMMARY_EVERY_S:

@@ -37,6 +37,9 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         app_id=f"livetrack-test-{uuid.uuid4().hex[:8]}",
         gateway_port=_free_port(), worker_web_port=_free_port(),
         ingest_max_items=50, ingest_max_body_bytes=64 * 1024,
+        # Dispatch on a test's time scale: offers live 2 s, a ride searches for 10 s at most.
+        offer_ttl_ms=2_000, offer_grace_ms=300, reserve_timeout_ms=1_500, dispatch_retry_ms=500,
+        dispatch_max_wait_ms=10_000, ride_reply_timeout_s=5.0, eta_push_threshold_s=5.0,
     )
     with kafka_running(settings):
         yield settings

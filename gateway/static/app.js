@@ -137,6 +137,55 @@
     }
   }
 
+  const RIDE_COLOURS = { REQUESTED: "#9c36b5", OFFERED: "#9c36b5", ACCEPTED: "#f08c00", ONGOING: "#1c7ed6" };
+  const FINAL_RIDE = new Set(["COMPLETED", "CANCELLED", "NO_DRIVERS"]);
+  const RIDE_LINGER_MS = 4000; // a finished ride stays on the map this long
+
+  /** Rides on the map (channel `ride:{id}` via `fleet`): pickup dot and a dashed line to the destination. */
+  class Trips {
+    constructor(map) {
+      this.map = map;
+      this.rides = new Map(); // ride_id -> {line, pickup, state}
+    }
+
+    /** Apply one `ride.state` update; other ride messages (driver moves) are drawn by the drivers. */
+    apply(msg) {
+      const d = msg.data || {};
+      if (msg.type !== "ride.state" || !d.ride_id || !d.pickup || !d.destination) return false;
+      let ride = this.rides.get(d.ride_id);
+      if (!ride) {
+        const ends = [[d.pickup.lat, d.pickup.lng], [d.destination.lat, d.destination.lng]];
+        ride = {
+          line: L.polyline(ends, { weight: 2, dashArray: "4 4", interactive: false }).addTo(this.map),
+          pickup: L.circleMarker(ends[0], { radius: 4, weight: 1, fillOpacity: 1 }).addTo(this.map),
+        };
+        this.rides.set(d.ride_id, ride);
+      }
+      ride.state = d.state;
+      const colour = RIDE_COLOURS[d.state] || "#868e96";
+      ride.line.setStyle({ color: colour });
+      ride.pickup.setStyle({ color: colour, fillColor: colour });
+      ride.pickup.bindTooltip(`${d.ride_id} · ${d.state}${d.driver_id ? ` · ${d.driver_id}` : ""}`);
+      if (FINAL_RIDE.has(d.state)) {
+        setTimeout(() => this.remove(d.ride_id, ride), RIDE_LINGER_MS);
+      }
+      return true;
+    }
+
+    remove(id, ride) {
+      if (this.rides.get(id) !== ride) return;
+      ride.line.remove();
+      ride.pickup.remove();
+      this.rides.delete(id);
+    }
+
+    active() {
+      let n = 0;
+      for (const r of this.rides.values()) if (!FINAL_RIDE.has(r.state)) n++;
+      return n;
+    }
+  }
+
   /** Tooltip of a driver, built as text nodes (ids come from devices). */
   function describe(d) {
     const el = document.createElement("div");
@@ -165,6 +214,7 @@
       const { perSecond, p50 } = fleet.rates(now);
       fleet.fadeStale(now);
       $("drivers").textContent = fleet.drivers.size;
+      $("rides").textContent = trips.active();
       $("rate").textContent = perSecond.toFixed(1);
       $("age").textContent = formatAge(p50);
     },
@@ -229,9 +279,10 @@
       if (channel !== "fleet" && ack.seq > (this.last.get(channel) ?? 0)) this.last.set(channel, ack.seq);
     }
 
-    /** Route an update to its channel's handler, or to `fleet`'s for driver channels not watched alone. */
+    /** Route an update to its channel's handler, or to `fleet`'s for driver and ride channels not watched alone. */
     handlersOf(channel) {
-      return this.channels.get(channel) ?? (channel.startsWith("driver:") ? this.channels.get("fleet") : undefined);
+      const viaFleet = channel.startsWith("driver:") || channel.startsWith("ride:");
+      return this.channels.get(channel) ?? (viaFleet ? this.channels.get("fleet") : undefined);
     }
 
     receive(msg) {
@@ -280,9 +331,10 @@
 
   const map = makeMap();
   const fleet = new Fleet(map);
+  const trips = new Trips(map);
   const live = connect();
   live.subscribe("fleet", {
-    onUpdate: (msg) => fleet.apply(msg),
+    onUpdate: (msg) => (msg.channel.startsWith("ride:") ? trips.apply(msg) : fleet.apply(msg)),
     onSnapshot: (_, msg) => msg && fleet.apply(msg),
     onState: (state, detail) => {
       if (state === "live") {

@@ -21,8 +21,8 @@ def settings(tmp_path: Path) -> Settings:
 
 def _claims(**over: object) -> dict:
     now = int(time.time())
-    # Built when the module is collected: valid long enough for a whole suite run to reach them.
-    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 6 * 3600, **over}
+    # Made at collection: valid long enough for a whole suite to reach these tests.
+    return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 3600, **over}
 
 
 def test_minted_token_verifies_to_its_principal(settings: Settings) -> None:
@@ -119,3 +119,21 @@ def test_subscribe_policy(principal: Principal, channel: str, allowed: bool) -> 
 def test_a_short_secret_is_refused_at_startup(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Tokens(Settings(state_dir=tmp_path, jwt_secret="short"))
+
+
+def test_a_remembered_token_is_refused_once_it_expires(tmp_path: Path) -> None:
+    tokens = Tokens(Settings(state_dir=tmp_path, jwt_leeway_s=0))
+    token = tokens.mint("driver", "d-1", ttl_s=1)
+    assert tokens.verify(token) == Principal("driver", "d-1")
+    assert tokens.verify(token) == Principal("driver", "d-1")  # from the cache
+    time.sleep(2.1)  # `exp` has whole seconds
+    with pytest.raises(Unauthorized, match="token expired"):
+        tokens.verify(token)
+
+
+def test_a_bad_token_is_never_remembered(settings: Settings) -> None:
+    tokens = Tokens(settings)
+    forged = jwt.encode(_claims(), "another-key-0123456789abcdef-0123456789", "HS256")
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="bad signature"):
+            tokens.verify(forged)

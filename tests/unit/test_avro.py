@@ -23,7 +23,11 @@ from schemas.records import (
     DriverStatusChanged,
     LocationBatch,
     LocationEvent,
+    OfferCommand,
+    Outgoing,
     PushMessage,
+    Ride,
+    RideCommand,
     RideEvent,
 )
 
@@ -58,7 +62,8 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "driver_id": "d-1", "seq": 9, "lat": 37.7749, "lng": -122.4194, "fix_ts": T0, "received_ts": T0 + 3,
         "cell": "8928308280fffff", "status": "EN_ROUTE", "push_seq": 5, "pushed_lat": 37.77,
         "pushed_lng": -122.41, "pushed_ts": T0 - 1000, "membership_ts": T0 - 2000, "speed": 8.0,
-        "bearing": None, "accuracy": 3.0,
+        "bearing": None, "accuracy": 3.0, "ride_id": "r-1", "offer_attempt": 2, "reserved_until": T0 + 10_000,
+        "offer_seq": 5,
     },
     CellMembership: {"cell": "8928308280fffff", "driver_id": "d-1", "op": "REFRESH", "status": "AVAILABLE", "ts": T0},
     CellMembershipBatch: {"changes": [
@@ -75,6 +80,27 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "rider_id": "u-1", "product": "standard", "pickup_lat": 37.7749, "pickup_lng": -122.4194,
         "dest_lat": 37.79, "dest_lng": -122.40, "pickup_cell": "8928308280fffff", "driver_id": "d-1",
         "fare_estimate": 12.5, "pickup_eta_s": 240.0, "reason": None,
+    },
+    RideCommand: {
+        "ride_id": "r-1", "command": "RESERVED", "ts": T0, "actor": "system", "actor_id": "offers",
+        "rider_id": None, "product": None, "pickup_lat": None, "pickup_lng": None, "dest_lat": None,
+        "dest_lng": None, "driver_id": "d-1", "attempt": 2, "lat": 37.77, "lng": -122.41, "expires_at": T0 + 10_000,
+        "reason": None,
+    },
+    OfferCommand: {
+        "driver_id": "d-1", "op": "RESERVE", "ride_id": "r-1", "ts": T0, "actor": "system", "attempt": 2,
+        "ttl_ms": 10_000, "pickup_lat": 37.7749, "pickup_lng": -122.4194, "dest_lat": 37.79, "dest_lng": -122.40,
+        "fare_estimate": 12.5, "reason": None,
+    },
+    Outgoing: {"topic": "rides", "key": "r-1", "value": b"\xc3\x01"},
+    Ride: {
+        "ride_id": "r-1", "version": 3, "state": "OFFERED", "rider_id": "u-1", "product": "standard",
+        "pickup_lat": 37.7749, "pickup_lng": -122.4194, "dest_lat": 37.79, "dest_lng": -122.40,
+        "pickup_cell": "8928308280fffff", "requested_ts": T0, "updated_ts": T0 + 5, "fare_estimate": 12.5,
+        "pickup_eta_s": 240.0, "driver_id": None, "offer_driver": "d-1", "attempt": 2, "deadline_ms": T0 + 10_500,
+        "ring": 1, "tried": ["d-0"], "busy": [], "push_seq": 3, "driver_lat": 37.77, "driver_lng": -122.41,
+        "pushed_lat": None, "pushed_lng": None, "pushed_eta_s": None, "reason": None, "applied_offset": 41,
+        "outbox": [{"topic": "offers", "key": "d-1", "value": b"\xc3\x01\x00"}],
     },
 }
 ALL_RECORDS = tuple(SAMPLES)

@@ -72,7 +72,7 @@ def test_first_ping_is_accepted_with_a_state() -> None:
         "driver_id": "d-1", "seq": 1, "lat": HOME[0], "lng": HOME[1], "fix_ts": T0, "received_ts": T0 + 40,
         "cell": _cell(*HOME), "status": "AVAILABLE", "push_seq": 1, "pushed_lat": HOME[0],
         "pushed_lng": HOME[1], "pushed_ts": T0, "membership_ts": T0, "speed": 8.5, "bearing": 270.0,
-        "accuracy": 4.0,
+        "accuracy": 4.0, "ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0,
     }
 
 
@@ -294,3 +294,14 @@ def test_previous_state_is_not_mutated(seq: int) -> None:
     before = dict(state)
     _apply(state, _ping(seq, *_moved(*HOME, east_m=1000), T0 + 60_000))
     assert state == before
+
+
+def test_a_ping_keeps_the_offer_and_tells_the_assigned_ride_of_a_move() -> None:
+    first = {**_first(), "ride_id": "r-1", "offer_attempt": 2, "reserved_until": 0, "offer_seq": 1}
+    moved = _apply(first, _ping(2, HOME[0] + 0.001, HOME[1], T0 + 1000))
+    assert moved.state is not None
+    assert (moved.state["ride_id"], moved.state["offer_attempt"], moved.state["offer_seq"]) == ("r-1", 2, 1)
+    assert moved.ride_move is not None and moved.ride_move["command"] == "DRIVER_MOVED"
+    assert (moved.ride_move["ride_id"], moved.ride_move["lat"]) == ("r-1", HOME[0] + 0.001)
+    reserved = {**first, "reserved_until": T0 + 5000}  # an open offer is not a trip: no move to tell
+    assert _apply(reserved, _ping(2, HOME[0] + 0.001, HOME[1], T0 + 1000)).ride_move is None

@@ -1,0 +1,306 @@
+"""Offers agent (topic `offers`, partitioned by driver like `locations`): reservations and assignments.
+
+`apply_offer` is pure: a driver's state + one OfferCommand -> the state after it, the pushes to
+`driver:{id}`, the answers to the ride (RideCommands), a cell-membership refresh and a
+DriverStatusChanged when the driver's status changes.
+
+Why here: `offers` is co-partitioned with `locations`, so this agent runs in the worker that owns
+the driver's `driver_to_state` and shares its write-through TableWriter with the drivers agent.
+Both agents run on one event loop and read-modify-write a driver's state without an await in
+between, so a reservation's check-and-set is atomic without a lock, and an offer takes the next
+`driver:{id}` seq from the same `push_seq` the location pushes use: one seq source per channel.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import faust
+
+from agents.batching import bind_event, decode_records, register_batched
+from agents.drivers import DriverKeyedAgent, driver_channel
+from agents.estimates import SpeedLookup, constant_speed, travel_time_s
+from infra.settings import Settings
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import CellMembershipBatch, DriverStatusChanged, OfferCommand, PushMessage, RideCommand
+from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, PUSH, RIDE_COMMANDS
+
+__all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer", "register"]
+
+log = logging.getLogger(__name__)
+
+State = dict[str, Any]  # a decoded DriverState
+Command = Mapping[str, Any]  # a decoded OfferCommand
+Message = dict[str, Any]
+OFFER_PRIORITY = 9  # the highest: an offer is worth nothing after its TTL
+RIDE_PRIORITY = 8
+NOTICE_TTL_MS = 60_000
+ME = "offers"  # actor_id of the answers this agent gives
+
+
+@dataclass(frozen=True)
+class OfferPolicy:
+    """What the offers agent checks, from settings once."""
+
+    driver_max_age_ms: int = 30_000
+    h3_resolution: int = 9
+    speed: SpeedLookup = field(default=constant_speed(8.0))
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "OfferPolicy":
+        return cls(driver_max_age_ms=s.dispatch_driver_max_age_ms, h3_resolution=s.h3_resolution,
+                   speed=constant_speed(s.dispatch_speed_mps))
+
+
+@dataclass
+class OfferResult:
+    """What one command does to one driver."""
+
+    state: State | None = None  # None: unchanged
+    pushes: list[Message] = field(default_factory=list)
+    replies: list[Message] = field(default_factory=list)
+    memberships: list[Message] = field(default_factory=list)
+    statuses: list[Message] = field(default_factory=list)
+
+
+def _holds(state: State | None, ride_id: str) -> bool:
+    return state is not None and state.get("ride_id") == ride_id
+
+
+def reserved(state: State, now_ms: int) -> bool:
+    """The driver has an open offer (a reservation not yet past its TTL)."""
+    return bool(state.get("ride_id")) and state.get("reserved_until", 0) > now_ms
+
+
+def assigned(state: State) -> bool:
+    return bool(state.get("ride_id")) and state.get("reserved_until", 0) == 0
+
+
+class _Apply:
+    def __init__(self, prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: int) -> None:
+        self.prev = prev
+        self.s: State = dict(prev) if prev is not None else {}
+        self.cmd = cmd
+        self.p = policy
+        self.now = now_ms
+        self.out = OfferResult()
+
+    def done(self, changed: bool = True) -> OfferResult:
+        if changed:
+            self.out.state = self.s
+        return self.out
+
+    def reply(self, command: str, *, reason: str | None = None, expires_at: int = 0) -> None:
+        s, c = self.s, self.cmd
+        self.out.replies.append({
+            "ride_id": c["ride_id"], "command": command, "ts": self.now, "actor": "system", "actor_id": ME,
+            "driver_id": c["driver_id"], "attempt": c["attempt"], "lat": s.get("lat"), "lng": s.get("lng"),
+            "expires_at": expires_at, "reason": reason,
+        })
+
+    def push(self, kind: str, data: Mapping[str, Any], *, priority: int, ttl_ms: int, seq: int | None = None) -> int:
+        """A push to `driver:{id}` with the next seq of the driver's one seq source (or `seq`, replayed)."""
+        s = self.s
+        if seq is None:
+            s["push_seq"] = seq = s["push_seq"] + 1
+        self.out.pushes.append({
+            "channel": driver_channel(s["driver_id"]), "seq": seq, "type": kind, "priority": priority,
+            "ttl_ms": ttl_ms, "sent_ts": self.now, "event_ts": self.cmd["ts"],
+            "data": json.dumps({"driver_id": s["driver_id"], "ride_id": self.cmd["ride_id"], **data},
+                               separators=(",", ":")),
+        })
+        return seq
+
+    def status(self, status: str) -> None:
+        """Change the driver's status: its cell learns at once (assigned drivers stop being candidates)."""
+        s = self.s
+        if s["status"] == status:
+            return
+        s["status"] = status
+        self.out.statuses.append({"driver_id": s["driver_id"], "status": status, "ts": self.now})
+        if s.get("cell"):
+            # The driver's own fix time, so ping memberships and this one stay in order in the cell.
+            self.out.memberships.append({"cell": s["cell"], "driver_id": s["driver_id"], "op": "REFRESH",
+                                         "status": status, "ts": s["fix_ts"]})
+
+    def offer_push(self, seq: int | None = None) -> int:
+        s, c = self.s, self.cmd
+        eta = None
+        if c.get("pickup_lat") is not None:
+            eta = round(travel_time_s(s["lat"], s["lng"], c["pickup_lat"], c["pickup_lng"], speed=self.p.speed,
+                                      resolution=self.p.h3_resolution), 1)
+        return self.push("offer", {
+            "attempt": c["attempt"], "expires_at": s["reserved_until"], "ttl_ms": c["ttl_ms"],
+            "pickup": {"lat": c["pickup_lat"], "lng": c["pickup_lng"]},
+            "destination": {"lat": c["dest_lat"], "lng": c["dest_lng"]},
+            "fare_estimate": c.get("fare_estimate"), "pickup_eta_s": eta,
+        }, priority=OFFER_PRIORITY, ttl_ms=c["ttl_ms"], seq=seq)
+
+    # --- commands ----------------------------------------------------------
+    def reserve(self) -> OfferResult:
+        s, c = self.s, self.cmd
+        if self.prev is None:
+            self.reply("REFUSED", reason="unknown driver")
+            return self.done(False)
+        if _holds(s, c["ride_id"]) and s.get("offer_attempt") == c["attempt"] and s.get("reserved_until", 0) > 0:
+            # Replayed after a crash: the same offer again, same seq (the gateway drops what it has).
+            self.offer_push(seq=s["offer_seq"])
+            self.reply("RESERVED", expires_at=s["reserved_until"])
+            return self.done()  # written again: in the changelog before it is re-sent
+        refusal = self.refusal()
+        if refusal:
+            # Until when it is held, so the rides agent skips it for other rides meanwhile.
+            self.reply("REFUSED", reason=refusal, expires_at=s.get("reserved_until", 0) if refusal == "reserved" else 0)
+            return self.done(False)
+        s.update(ride_id=c["ride_id"], offer_attempt=c["attempt"], reserved_until=self.now + c["ttl_ms"])
+        s["offer_seq"] = self.offer_push()
+        self.reply("RESERVED", expires_at=s["reserved_until"])
+        return self.done()
+
+    def refusal(self) -> str | None:
+        """Why this driver cannot be reserved now: the check of the check-and-set."""
+        s = self.s
+        if assigned(s) or s["status"] != "AVAILABLE":
+            return "busy"
+        if reserved(s, self.now):
+            return "reserved"
+        if self.now - s["received_ts"] > self.p.driver_max_age_ms:
+            return "offline"
+        return None
+
+    def release(self) -> OfferResult:
+        s, c = self.s, self.cmd
+        if not (_holds(s, c["ride_id"]) and s.get("reserved_until", 0) > 0 and s.get("offer_attempt") == c["attempt"]):
+            return self.done(False)  # not this offer's reservation (already gone, or a newer one)
+        self.clear()
+        self.push("offer.revoked", {"attempt": c["attempt"], "reason": c.get("reason")},
+                  priority=OFFER_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        return self.done()
+
+    def accept(self) -> OfferResult:
+        s, c = self.s, self.cmd
+        if _holds(s, c["ride_id"]) and assigned(s):
+            self.reply("ASSIGNED")  # replayed, or the driver pressed twice
+            return self.done()  # written again: in the changelog before it is re-sent
+        if not (_holds(s, c["ride_id"]) and reserved(s, self.now)):
+            self.push("offer.revoked", {"attempt": c["attempt"], "reason": "no open offer for this ride"},
+                      priority=OFFER_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+            return self.done()
+        self.cmd = {**c, "attempt": s["offer_attempt"]}  # the answer names the offer it accepts
+        s["reserved_until"] = 0
+        self.status("EN_ROUTE")
+        self.push("ride.assigned", {"attempt": s["offer_attempt"], "status": "EN_ROUTE"},
+                  priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        self.reply("ASSIGNED")
+        return self.done()
+
+    def decline(self) -> OfferResult:
+        s, c = self.s, self.cmd
+        if not (_holds(s, c["ride_id"]) and s.get("reserved_until", 0) > 0):
+            return self.done(False)
+        self.cmd = {**c, "attempt": s["offer_attempt"]}
+        self.clear()
+        # Said on the channel too, so the driver's other devices close the offer.
+        self.push("offer.revoked", {"attempt": self.cmd["attempt"], "reason": "declined"},
+                  priority=OFFER_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        self.reply("DECLINED", reason=c.get("reason") or "declined by driver")
+        return self.done()
+
+    def start(self) -> OfferResult:
+        if not (_holds(self.s, self.cmd["ride_id"]) and assigned(self.s)) or self.s["status"] == "ON_TRIP":
+            return self.done(False)
+        self.status("ON_TRIP")
+        self.push("ride.started", {"status": "ON_TRIP"}, priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        return self.done()
+
+    def free(self) -> OfferResult:
+        if not _holds(self.s, self.cmd["ride_id"]):
+            return self.done(False)
+        self.clear()
+        self.status("AVAILABLE")
+        self.push("ride.ended", {"reason": self.cmd.get("reason"), "status": "AVAILABLE"},
+                  priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        return self.done()
+
+    def clear(self) -> None:
+        self.s.update(ride_id=None, reserved_until=0, offer_attempt=0)
+
+
+_HANDLERS: dict[str, Callable[[_Apply], OfferResult]] = {
+    "RESERVE": _Apply.reserve, "RELEASE": _Apply.release, "ACCEPT": _Apply.accept, "DECLINE": _Apply.decline,
+    "START": _Apply.start, "FREE": _Apply.free,
+}
+
+
+def apply_offer(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: int) -> OfferResult:
+    """Decide one command against the driver's state (pure)."""
+    if prev is None and cmd["op"] != "RESERVE":
+        return OfferResult()
+    return _HANDLERS[cmd["op"]](_Apply(prev, cmd, policy, now_ms))
+
+
+class OffersAgent(DriverKeyedAgent):
+    """Applies OfferCommand records to `driver_to_state`, with the drivers agent's TableWriter."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.codecs = {name: codec_for(r) for name, r in (
+            ("push", PushMessage), ("reply", RideCommand), ("cells", CellMembershipBatch),
+            ("status", DriverStatusChanged))}
+        self.ops: Counter[str] = Counter()
+
+    async def process(self, events: Sequence[faust.EventT]) -> None:
+        """Apply a batch of commands: the drivers' new state acked first, then what it sends.
+
+        A reply or push seen before its state is durable could outlive a crash that loses the
+        state (an ASSIGNED for a driver whose recovered state is merely reserved, then reserved
+        again for another ride). State first, so a replayed command finds the decision already
+        taken and re-sends it (the replay branches of `apply_offer`).
+        """
+        group = self.producer.group()
+        results: list[OfferResult] = []
+        for event, cmd in decode_records(events, OfferCommand, self.dead_letters, group):
+            bind_event(event)
+            with self.dead_letters.guard(group, event, f"bad {cmd.get('op')} offer command"):
+                if partition_for(cmd["driver_id"], self.partitions) != event.message.partition:
+                    raise ValueError("driver hashes to another partition")
+                # Read, decide, write with no await in between: atomic against the drivers agent.
+                result = apply_offer(self.states.get(cmd["driver_id"]), cmd, self.policy, self.clock_ms())
+                if result.state is not None:
+                    self.states.set(cmd["driver_id"], result.state, event)
+                results.append(result)
+                self.ops[cmd["op"]] += 1
+        bind_event(None)
+        self.states.flush(group)
+        await group.wait()
+        self.states.persist_offsets(group)
+        out = self.producer.group()
+        memberships: dict[int, list[Message]] = {}
+        for result in results:
+            self._send(out, result, memberships)
+        for partition, changes in memberships.items():
+            self.producer.send(out, DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}),
+                               partition=partition)
+        await out.wait()
+
+    def _send(self, group: Any, result: OfferResult, memberships: dict[int, list[Message]]) -> None:
+        send, c = self.producer.send, self.codecs
+        for p in result.pushes:
+            send(group, PUSH.name, c["push"].dumps(p), key=p["channel"].encode())
+        for r in result.replies:
+            send(group, RIDE_COMMANDS.name, c["reply"].dumps(r), key=r["ride_id"].encode())
+        for st in result.statuses:
+            send(group, DRIVER_STATUS.name, c["status"].dumps(st), key=st["driver_id"].encode())
+        for m in result.memberships:
+            memberships.setdefault(partition_for(m["cell"], self.cell_partitions), []).append(m)
+
+
+def register(app: faust.App, offers: faust.TopicT, agent: OffersAgent, *, batch_max: int,
+             batch_within_s: float) -> faust.types.AgentT:
+    """Attach the offers agent to `app`."""
+    return register_batched(app, offers, "decide_driver_offers", agent.process, batch_max=batch_max,
+                            batch_within_s=batch_within_s)
