@@ -9,17 +9,26 @@ from typing import Callable
 import faust
 from mode import Service
 
-from agents import cells, drivers, offers, rides
+from agents import cells, demand, drivers, features, offers, rides
+from agents.activity import ActivityFanout
 from agents.batching import DeadLetters
 from agents.candidates import CellDriversView, ViewService
+from agents.features_math import FeaturePolicy
+from agents.metrics import WorkerMetrics, serve_metrics
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, DriverState, Ride
-from schemas.topics import DISPATCH_DLQ, DRIVER_CELLS, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, TopicSpec
+from schemas.records import CellDrivers, CellLatest, CellPane, DriverState, Ride, Watermark
+from schemas.topics import (
+    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, RIDES,
+    TopicSpec,
+)
+from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
+from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
 from tables.ride_to_state import ride_to_state
+from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
 
 __all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
@@ -51,6 +60,10 @@ class Components:
     view: CellDriversView
     ride_agent: rides.RidesAgent
     offer_agent: offers.OffersAgent
+    demand: demand.DemandAgent
+    features: features.FeaturesAgent
+    feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
+    metrics: WorkerMetrics
 
 
 class ProducerService(Service):
@@ -95,6 +108,25 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     cache = {"cache_max": settings.table_cache_max}
     states = TableWriter(driver_to_state(app, settings.partitions), producer, codec_for(DriverState), **cache)
     cell_members = TableWriter(cell_to_drivers(app, settings.partitions), producer, codec_for(CellDrivers), **cache)
+    policy = FeaturePolicy.from_settings(settings)
+    activity_partitions = CELL_ACTIVITY.partition_count(settings.partitions)
+    panes = TableWriter(cell_to_activity(app, activity_partitions, policy), producer, codec_for(CellPane), **cache)
+    watermarks = TableWriter(partition_to_watermark(app, activity_partitions), producer, codec_for(Watermark),
+                             **cache)
+    latest_table = cell_to_features(app, activity_partitions)
+    latest = TableWriter(latest_table, producer, codec_for(CellLatest), **cache)
+    features_dlq = DeadLetters(FEATURES_DLQ.name, producer, clock_ms)
+    metrics = WorkerMetrics()
+    serve_metrics(app, metrics)
+
+    def fanout() -> ActivityFanout:
+        return ActivityFanout(producer, partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
+                              pane_ms=policy.pane_ms)
+
+    feature_agent = features.FeaturesAgent(
+        panes=panes, watermarks=watermarks, latest=latest, producer=producer, dead_letters=features_dlq,
+        policy=policy, partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
+    )
 
     ride_states = TableWriter(ride_to_state(app, settings.partitions), producer, codec_for(Ride), **cache)
     view = CellDriversView()
@@ -106,23 +138,26 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         states.forget()
         cell_members.forget()
         ride_states.forget()
+        feature_agent.forget()
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)
     partitions = settings.partitions
+    lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
     components = Components(
         producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,
         drivers=drivers.DriversAgent(
             states=states, producer=producer, dead_letters=dead_letters,
             policy=drivers.DriverPolicy.from_settings(settings), partitions=LOCATIONS.partition_count(partitions),
-            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms, activity=fanout(),
         ),
         cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
                                     ttl_ms=settings.membership_ttl_ms),
         rides=ride_states, view=view,
         ride_agent=rides.RidesAgent(
             rides=ride_states, producer=producer, dead_letters=dispatch_dlq, view=view,
-            policy=rides.DispatchPolicy.from_settings(settings),
+            # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
+            policy=rides.DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
             candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
         ),
         offer_agent=offers.OffersAgent(
@@ -130,6 +165,11 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
             policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
             cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
         ),
+        demand=demand.DemandAgent(fanout=fanout(), producer=producer, dead_letters=features_dlq,
+                                  resolution=policy.resolution),
+        features=feature_agent,
+        feature_lookup=lookup,
+        metrics=metrics,
     )
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
@@ -137,4 +177,6 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     rides.register(app, bind_topic(app, RIDE_COMMANDS, settings), components.ride_agent,
                    tick_s=settings.dispatch_tick_ms / 1000, **batch)
     offers.register(app, bind_topic(app, OFFERS, settings), components.offer_agent, **batch)
+    demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
+    features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)
     return app

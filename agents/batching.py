@@ -14,7 +14,7 @@ from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.records import DeadLetter
 
-__all__ = ["AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records", "register_batched"]
+__all__ = ["AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records", "register_batched", "unbound_event"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=faust.Record)
@@ -30,6 +30,16 @@ def bind_event(event: faust.EventT | None) -> None:
     public setter, so this sets the same context variable.
     """
     _current_event.set(weakref.ref(event) if event is not None else None)
+
+
+@contextmanager
+def unbound_event() -> Iterator[None]:
+    """No current event inside (a store read searches every partition), the caller's again after."""
+    token = _current_event.set(None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 class DeadLetters:

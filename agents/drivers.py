@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import faust
 
+from agents.activity import ActivityFanout
 from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records, register_batched
 from agents.geo import cell_of, haversine_m
 from infra.producer import AsyncProducer, DeliveryGroup
@@ -34,6 +35,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ACCEPTED, DUPLICATE, STALE, JUMP, INVALID = "accepted", "duplicate", "stale", "jump", "invalid"
+# A fix refused only because a newer one was applied is still a true sighting of the driver; sending
+# these again is also what makes a batch replayed after a crash re-send its sightings (features dedup).
+SIGHTED = (ACCEPTED, DUPLICATE, STALE)
 LOCATION_PRIORITY = 3  # 0 = lowest, 9 = highest; offers and status changes rank above moves
 Ping = Mapping[str, Any]  # a decoded LocationEvent
 State = dict[str, Any]  # a decoded DriverState
@@ -188,8 +192,10 @@ class DriverKeyedAgent:
     def __init__(
         self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
         policy: Any, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
+        activity: ActivityFanout | None = None,
     ) -> None:
         self.states = states
+        self.activity = activity  # sightings for the features agent
         self.producer = producer
         self.dead_letters = dead_letters
         self.policy = policy
@@ -225,7 +231,11 @@ class DriversAgent(DriverKeyedAgent):
         for partition, changes in memberships.items():
             self.producer.send(group, DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}),
                                partition=partition)
+        if self.activity is not None:
+            self.activity.send(group)
         await group.wait()
+        if self.activity is not None:
+            self.activity.delivered()
         self.states.persist_offsets(group)
 
     def _reject(self, group: DeliveryGroup, event: faust.EventT, ping: Ping, reason: str) -> None:
@@ -245,8 +255,12 @@ class DriversAgent(DriverKeyedAgent):
             self.verdicts[INVALID] += 1
             self._reject(group, event, ping, refusal)
             return
-        result = apply_ping(self.states.get(ping["driver_id"]), ping, self.policy, self.clock_ms())
+        prev = self.states.get(ping["driver_id"])
+        result = apply_ping(prev, ping, self.policy, self.clock_ms())
         self.verdicts[result.verdict] += 1
+        seen = result.state or prev
+        if self.activity is not None and result.verdict in SIGHTED and seen is not None:
+            self.activity.sighting(ping, seen["status"])
         if result.verdict == JUMP:
             self._reject(group, event, ping, f"impossible jump (> {self.policy.max_speed_mps} m/s)")
         if result.state is not None:

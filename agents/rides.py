@@ -128,7 +128,7 @@ class DispatchPolicy:
             offer_ttl_ms=s.offer_ttl_ms, offer_grace_ms=s.offer_grace_ms, reserve_timeout_ms=s.reserve_timeout_ms,
             retry_ms=s.dispatch_retry_ms, max_wait_ms=s.dispatch_max_wait_ms,
             eta_push_threshold_s=s.eta_push_threshold_s, push_min_distance_m=s.ride_push_min_distance_m,
-            speed=constant_speed(s.dispatch_speed_mps), **lookups,
+            **{"speed": constant_speed(s.dispatch_speed_mps), **lookups},
         )
 
     def eta_s(self, lat1: float, lng1: float, lat2: float, lng2: float) -> float:

@@ -97,10 +97,10 @@ class AsyncProducer:
         return DeliveryGroup(self)
 
     def send(
-        self, group: DeliveryGroup, topic: str, value: bytes, *, key: bytes | None = None,
+        self, group: DeliveryGroup, topic: str, value: bytes | None, *, key: bytes | None = None,
         partition: int | None = None,
     ) -> None:
-        """Queue one record in `group`."""
+        """Queue one record in `group` (value None: a tombstone)."""
         kwargs: dict[str, Any] = {"key": key, "on_delivery": group._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "number_list"]
 
 
 class Settings(BaseSettings):
@@ -96,6 +96,50 @@ class Settings(BaseSettings):
         3.0, description="How long a ride API call waits for the ride's outcome before answering 202."
     )
 
+    # --- features (supply, demand, surge, travel speed per H3 cell) ---------
+    features_windows_s: str = Field(
+        "60,120,240,480", description="Window sizes (s), each as a tumbling and a hopping window."
+    )
+    features_hop_s: int = Field(30, ge=1, description="Hopping windows advance by this (s); divides every size.")
+    features_grace_ms: int = Field(
+        10_000, ge=0, description="A window closes this long (event time) after its end; later events count as late."
+    )
+    features_max_future_ms: int = Field(
+        120_000, ge=0, description="Events stamped further than this ahead of the wall clock are refused (bad clocks)."
+    )
+    features_ring_weights: str = Field(
+        "1.0,0.5", description="k-ring smoothing weight per grid distance 0..k (k = count - 1)."
+    )
+    features_primary_window_s: int = Field(
+        120, description="The hopping window whose features feed surge lookups and the cell:{h3} channel."
+    )
+    features_surge_floor: float = Field(1.0, ge=1.0, description="Surge multiplier never below this (fares never discount).")
+    features_surge_cap: float = Field(3.0, ge=0, description="Surge multiplier never above this.")
+    features_surge_sensitivity: float = Field(
+        0.5, ge=0, description="Surge = 1 + sensitivity * (ratio - 1), ratio = (demand + prior) / (supply + prior)."
+    )
+    features_surge_prior: float = Field(
+        1.0, gt=0, description="Pseudo-count added to smoothed demand and supply (no division by zero, calm when thin)."
+    )
+    features_default_speed_mps: float = Field(
+        8.0, gt=0, description="Travel speed where a cell's own moves are too few (8 m/s = 29 km/h)."
+    )
+    features_speed_min_moving_s: float = Field(
+        20.0, ge=0, description="Moving time (s) a cell's drivers need in a window for the cell's own speed."
+    )
+    features_speed_min_mps: float = Field(
+        0.5, ge=0, description="Consecutive fixes slower than this are a parked driver, not travel."
+    )
+    features_speed_max_gap_ms: int = Field(
+        30_000, gt=0, description="Consecutive fixes further apart in time are not one segment of travel."
+    )
+    features_running_ms: int = Field(
+        0, ge=0, description="Also emit running (not final) primary-window features at most this often per cell; 0 = off."
+    )
+    features_stale_ms: int = Field(
+        600_000, gt=0, description="Surge and speed lookups ignore features whose window ended longer ago than this."
+    )
+
     # --- gateway -----------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address.")
     gateway_port: int = Field(8080, description="Gateway HTTP/Socket.IO port.")
@@ -149,6 +193,33 @@ class Settings(BaseSettings):
     sim_accept_p: float = Field(0.8, ge=0, le=1, description="Probability a simulated driver accepts an offer...")
     sim_decline_p: float = Field(0.1, ge=0, le=1, description="...declines it (else it ignores it until the TTL).")
 
+    @field_validator("features_windows_s")
+    @classmethod
+    def _window_sizes(cls, v: str) -> str:
+        sizes = number_list(v, int)
+        if not sizes or min(sizes) < 1:
+            raise ValueError("window sizes must be positive whole seconds, e.g. 60,120,240,480")
+        return v
+
+    @field_validator("features_ring_weights")
+    @classmethod
+    def _ring_weights(cls, v: str) -> str:
+        weights = number_list(v, float)
+        if not weights or weights[0] <= 0 or min(weights) < 0:
+            raise ValueError("ring weights must be >= 0 with the cell's own (the first) > 0, e.g. 1.0,0.5")
+        return v
+
+    @model_validator(mode="after")
+    def _features_consistent(self) -> "Settings":
+        sizes = number_list(self.features_windows_s, int)
+        if any(size % self.features_hop_s for size in sizes):
+            raise ValueError(f"features_hop_s {self.features_hop_s} must divide every window size {sizes}")
+        if self.features_primary_window_s not in sizes:
+            raise ValueError(f"features_primary_window_s must be one of the window sizes {sizes}")
+        if self.features_surge_floor > self.features_surge_cap:
+            raise ValueError("features_surge_floor must not exceed features_surge_cap")
+        return self
+
     @property
     def embedded_kafka(self) -> bool:
         """True when livetrack runs its own broker."""
@@ -162,3 +233,8 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+
+def number_list(text: str, kind: type) -> list:
+    """Comma-separated numbers (a list setting); ValueError when one is not a number."""
+    return [kind(part) for part in text.split(",") if part.strip()]

@@ -34,6 +34,16 @@ __all__ = [
     "OfferCommand",
     "Outgoing",
     "Ride",
+    "WINDOW_KINDS",
+    "SPEED_SOURCES",
+    "CellSighting",
+    "CellRequest",
+    "CellActivityBatch",
+    "PaneTrace",
+    "CellPane",
+    "CellFeatures",
+    "CellLatest",
+    "Watermark",
     "PUBLISHED_RECORDS",
 ]
 
@@ -58,6 +68,9 @@ RIDE_COMMANDS = (
 # What the driver-keyed offers agent is asked (topic `offers`): by the rides agent (RESERVE, RELEASE,
 # START, FREE) and by the gateway for the driver (ACCEPT, DECLINE).
 OFFER_OPS = ("RESERVE", "RELEASE", "ACCEPT", "DECLINE", "START", "FREE")
+WINDOW_KINDS = ("TUMBLING", "HOPPING")
+# Where a cell's travel speed came from: its own drivers' moves, or the configured default.
+SPEED_SOURCES = ("CELL", "DEFAULT")
 
 
 class ChoiceField(StringField):
@@ -326,8 +339,106 @@ class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
     outbox: List[Outgoing] = []
 
 
+class CellSighting(_Record, namespace="livetrack.CellSighting"):  # type: ignore[call-arg]
+    """A driver's fix in a cell, as the features agent sees it (one per ping the drivers agent took)."""
+
+    cell: str = StringField(min_length=1, max_length=16)
+    driver_id: str = _id()
+    seq: int = IntegerField(min_value=0)
+    ts: int = _epoch_ms()
+    lat: float = FloatField(min_value=-90, max_value=90)
+    lng: float = FloatField(min_value=-180, max_value=180)
+    available: bool
+
+
+class CellRequest(_Record, namespace="livetrack.CellRequest"):  # type: ignore[call-arg]
+    """A ride requested with its pickup in a cell (from a `rides` REQUESTED event)."""
+
+    cell: str = StringField(min_length=1, max_length=16)
+    ride_id: str = _id()
+    ts: int = _epoch_ms()
+
+
+class CellActivityBatch(_Record, namespace="livetrack.CellActivityBatch"):  # type: ignore[call-arg]
+    """Sightings and requests for the features agent of one `cell-activity` partition.
+
+    Each item goes to the partition of every cell of its cell's k-ring, so a
+    partition holds all it needs to smooth the cells it owns.
+    """
+
+    sightings: List[CellSighting]
+    requests: List[CellRequest]
+
+
+class PaneTrace(_Record, namespace="livetrack.PaneTrace"):  # type: ignore[call-arg]
+    """One driver in one cell during one pane: first and last fix, moving distance and time."""
+
+    first_seq: int
+    first_ts: int
+    first_lat: float
+    first_lng: float
+    last_seq: int
+    last_ts: int
+    last_lat: float
+    last_lng: float
+    dist_m: float
+    moving_ms: int
+    segments: int
+    available: bool
+
+
+class CellPane(_Record, namespace="livetrack.CellPane"):  # type: ignore[call-arg]
+    """What one partition saw of one cell during one pane (table `cell_to_activity`): the traces of
+    the drivers of a cell it owns, or only who was there (available or not) for a neighbour's cell."""
+
+    drivers: Dict[str, PaneTrace]
+    present: Dict[str, bool]
+    rides: Dict[str, int]
+
+
+class CellFeatures(_Record, namespace="livetrack.CellFeatures"):  # type: ignore[call-arg]
+    """Supply, demand, surge and travel speed of one H3 cell over one window (topic `cell-features`).
+
+    `supply`: distinct AVAILABLE drivers seen in the cell in [start_ts, end_ts);
+    `demand`: distinct rides requested with their pickup in it; `smoothed_*`: the
+    k-ring weighted means; `surge` from the smoothed values; `speed_mps` from
+    consecutive fixes of drivers in the cell. `final` is false for a running update.
+    """
+
+    cell: str = StringField(min_length=1, max_length=16)
+    kind: str = ChoiceField(choices=WINDOW_KINDS, enum_name="WindowKind")
+    size_s: int = IntegerField(min_value=1)
+    start_ts: int = _epoch_ms()
+    end_ts: int = _epoch_ms()
+    final: bool
+    supply: int = IntegerField(min_value=0)
+    demand: int = IntegerField(min_value=0)
+    smoothed_supply: float = FloatField(min_value=0)
+    smoothed_demand: float = FloatField(min_value=0)
+    surge: float = FloatField(min_value=0)
+    speed_mps: float = FloatField(min_value=0)
+    speed_source: str = ChoiceField(choices=SPEED_SOURCES, enum_name="SpeedSource")
+    speed_segments: int = IntegerField(min_value=0)
+    emitted_ts: int = _epoch_ms()
+
+
+class CellLatest(_Record, namespace="livetrack.CellLatest"):  # type: ignore[call-arg]
+    """A cell's latest final features of the primary window and its `cell:{h3}` push seq
+    (table `cell_to_features`)."""
+
+    features: Optional[CellFeatures] = None
+    push_seq: int = 0
+
+
+class Watermark(_Record, namespace="livetrack.Watermark"):  # type: ignore[call-arg]
+    """How far a `cell-activity` partition's event time got, as of its last fully written batch
+    (table `partition_to_watermark`)."""
+
+    ts: int = _epoch_ms()
+
+
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.
 PUBLISHED_RECORDS = (
     LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent, RideCommand,
-    OfferCommand,
+    OfferCommand, CellActivityBatch, CellFeatures,
 )

@@ -11,12 +11,13 @@ from typing import Type
 import faust
 
 from schemas.records import (
-    CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand, PushMessage, RideCommand, RideEvent,
+    CellActivityBatch, CellFeatures, CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand,
+    PushMessage, RideCommand, RideEvent,
 )
 
 __all__ = [
     "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
-    "DISPATCH_DLQ", "ALL_TOPICS",
+    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ALL_TOPICS",
 ]
 
 
@@ -48,6 +49,16 @@ PUSH = TopicSpec("push", "channel", PushMessage, retention_setting="push_retenti
 LOCATIONS_DLQ = TopicSpec("locations-dlq", "driver_id", DeadLetter, partitions=1)
 # The trip audit log: every ride transition, keyed by ride_id; long retention like `locations`.
 RIDES = TopicSpec("rides", "ride_id", RideEvent, retention_setting="locations_retention_ms")
+# Features: sightings (drivers agent) and ride requests (demand agent), each copied to the
+# partition of every cell of its k-ring, so smoothing needs nothing from other partitions.
+CELL_ACTIVITY = TopicSpec("cell-activity", "none (partition = murmur2(cell))", CellActivityBatch)
+# Window results for analytics, dispatch and the ops view. LogAppendTime: a record's timestamp
+# says when it reached the log (window times are fields), so close -> topic is measurable.
+CELL_FEATURES = TopicSpec(
+    "cell-features", "cell", CellFeatures, retention_setting="locations_retention_ms",
+    config={"message.timestamp.type": "LogAppendTime"},
+)
+FEATURES_DLQ = TopicSpec("features-dlq", "cell or ride_id", DeadLetter, partitions=1)
 
 # What to do to a ride: one partition orders every command of a ride, and owns its `ride_to_state`.
 RIDE_COMMANDS = TopicSpec("ride-commands", "ride_id", RideCommand)
@@ -57,5 +68,6 @@ OFFERS = TopicSpec("offers", "driver_id", OfferCommand)
 DISPATCH_DLQ = TopicSpec("dispatch-dlq", "ride_id or driver_id", DeadLetter, partitions=1)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ,
+    LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
+    CELL_FEATURES, FEATURES_DLQ,
 )

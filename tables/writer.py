@@ -38,6 +38,7 @@ class TableWriter:
         self.cache_max = cache_max
         self._cache: dict[str, Value] = {}
         self._dirty: dict[str, faust.EventT] = {}  # key -> an event of its partition
+        self._deleted: set[str] = set()  # dirty keys to remove
 
     @property
     def changelog(self) -> str:
@@ -48,6 +49,8 @@ class TableWriter:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        if key in self._deleted:
+            return None
         raw = self.table.data.get(key.encode())
         if raw is None:
             return None
@@ -59,19 +62,32 @@ class TableWriter:
         """Buffer a write; `event` is any event of the key's partition."""
         self._cache[key] = value
         self._dirty[key] = event
+        self._deleted.discard(key)
+
+    def delete(self, key: str, event: faust.EventT) -> None:
+        """Buffer a removal (a tombstone in the changelog); `event` is any event of the key's partition."""
+        self._cache.pop(key, None)
+        self._dirty[key] = event
+        self._deleted.add(key)
 
     def flush(self, group: DeliveryGroup) -> int:
-        """Write each buffered key once to the store and the changelog (in `group`); how many."""
+        """Write (or remove) each buffered key once in the store and the changelog (in `group`); how many."""
         topic, data, send = self.changelog, self.table.data, self.producer.send
         for key, event in self._dirty.items():
             bind_event(event)  # the RocksDB store routes by the current event's partition
-            raw = self.codec.dumps(self._cache[key])
             key_bytes = key.encode()
-            data[key_bytes] = raw
+            raw: bytes | None = None
+            if key in self._deleted:
+                if key_bytes in data:
+                    del data[key_bytes]
+            else:
+                raw = self.codec.dumps(self._cache[key])
+                data[key_bytes] = raw
             send(group, topic, raw, key=key_bytes, partition=event.message.partition)
         bind_event(None)
         written = len(self._dirty)
         self._dirty.clear()
+        self._deleted.clear()
         if len(self._cache) > self.cache_max:
             for old in list(self._cache)[: len(self._cache) - self.cache_max * 3 // 4]:
                 del self._cache[old]
@@ -84,6 +100,7 @@ class TableWriter:
         """Drop cached values (partitions moved; recovery may have rewritten the store)."""
         self._cache.clear()
         self._dirty.clear()
+        self._deleted.clear()
 
     def persist_offsets(self, group: DeliveryGroup) -> None:
         """After `group` is acked: remember how far the changelog is already in the store."""

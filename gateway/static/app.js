@@ -346,7 +346,8 @@
       }
     },
   });
-  // For layers in their own files (e.g. cell features): the map and the one /live client to subscribe with.
-  window.livetrack = { map, live };
   setInterval(() => panel.refresh(fleet), 500);
+  // Extensions (static/supply.js, the ops supply/demand layer) get the map, the /live client and its socket.
+  window.livetrack = { map, live, socket: live.socket };
+  document.dispatchEvent(new CustomEvent("livetrack:ready", { detail: window.livetrack }));
 })();

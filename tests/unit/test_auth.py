@@ -20,6 +20,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _claims(**over: object) -> dict:
+    # Parametrized tokens are made at collection: valid for longer than the whole suite runs.
     now = int(time.time())
     # Made at collection: valid long enough for a whole suite to reach these tests.
     return {"sub": "d-1", "role": "driver", "iss": "livetrack", "iat": now, "exp": now + 3600, **over}

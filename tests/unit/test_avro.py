@@ -14,9 +14,13 @@ from schemas.avro import AVSC_DIR, AvroCodec, SchemaMismatch, avro_schema, codec
 from schemas.records import (
     DRIVER_STATUSES,
     PUBLISHED_RECORDS,
+    CellActivityBatch,
     CellDrivers,
+    CellFeatures,
+    CellLatest,
     CellMembership,
     CellMembershipBatch,
+    CellPane,
     ChoiceField,
     DeadLetter,
     DriverState,
@@ -29,6 +33,7 @@ from schemas.records import (
     Ride,
     RideCommand,
     RideEvent,
+    Watermark,
 )
 
 T0 = 1_732_170_000_000
@@ -50,6 +55,11 @@ def _event(seq: int = 1, **extra: Any) -> dict[str, Any]:
     }
 
 
+_FEATURES = {
+    "cell": "8928308280fffff", "kind": "HOPPING", "size_s": 120, "start_ts": T0, "end_ts": T0 + 120_000,
+    "final": True, "supply": 4, "demand": 6, "smoothed_supply": 3.25, "smoothed_demand": 5.5, "surge": 1.4,
+    "speed_mps": 7.5, "speed_source": "CELL", "speed_segments": 40, "emitted_ts": T0 + 131_000,
+}
 SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     LocationEvent: _event(accuracy=4.5, speed=12.25, bearing=270.0),
     LocationBatch: {"events": [_event(1), _event(2, speed=3.5), _event(3, accuracy=1.0, bearing=0.0)]},
@@ -102,6 +112,23 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "pushed_lat": None, "pushed_lng": None, "pushed_eta_s": None, "reason": None, "applied_offset": 41,
         "outbox": [{"topic": "offers", "key": "d-1", "value": b"\xc3\x01\x00"}],
     },
+    CellActivityBatch: {
+        "sightings": [{"cell": "8928308280fffff", "driver_id": "d-1", "seq": 3, "ts": T0, "lat": 37.7749,
+                       "lng": -122.4194, "available": True}],
+        "requests": [{"cell": "8928308280fffff", "ride_id": "r-1", "ts": T0 + 5}],
+    },
+    CellPane: {
+        "drivers": {"d-1": {
+            "first_seq": 1, "first_ts": T0, "first_lat": 37.77, "first_lng": -122.41, "last_seq": 4,
+            "last_ts": T0 + 9000, "last_lat": 37.771, "last_lng": -122.41, "dist_m": 111.2, "moving_ms": 9000,
+            "segments": 3, "available": False,
+        }},
+        "present": {"d-2": False, "d-3": True},
+        "rides": {"r-1": T0 + 5},
+    },
+    CellFeatures: _FEATURES,
+    CellLatest: {"features": _FEATURES, "push_seq": 12},
+    Watermark: {"ts": T0},
 }
 ALL_RECORDS = tuple(SAMPLES)
 

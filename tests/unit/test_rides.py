@@ -12,6 +12,7 @@ from agents.rides import (
     FINAL, TRANSITIONS, DispatchPolicy, IllegalTransition, Step, apply_command, held_until, may_cancel, next_state,
 )
 from agents.errors import Rejected
+from infra.settings import Settings
 from schemas.records import RIDE_EVENTS, RIDE_STATES
 
 T0 = 1_732_170_000_000
@@ -241,3 +242,12 @@ def test_driver_hints_from_the_offers_agents_answers() -> None:
     assert held_until(cmd("REFUSED", driver_id="a", reason="busy"), T0, 100) == T0 + 100
     assert held_until(cmd("DECLINED", driver_id="a"), T0, 100) == 0
     assert held_until(cmd("TIMEOUT"), T0, 100) is None
+
+
+def test_policy_from_settings_takes_feature_lookups() -> None:
+    """The worker plugs features in: surge and per-cell speed replace the defaults."""
+    plain = DispatchPolicy.from_settings(Settings())
+    assert plain.surge("any") == 1.0 and plain.eta_s(37.77, -122.42, 37.78, -122.42) > 0
+    fed = DispatchPolicy.from_settings(Settings(), surge=lambda cell: 1.5, speed=lambda cell: 4.0)
+    assert fed.surge("any") == 1.5
+    assert fed.eta_s(37.77, -122.42, 37.78, -122.42) > plain.eta_s(37.77, -122.42, 37.78, -122.42)

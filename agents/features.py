@@ -1,0 +1,377 @@
+"""Features agent (topic `cell-activity`, partitioned by H3 cell): windowed supply, demand, surge, speed.
+
+Each sighting and request updates one pane of its cell (table
+`cell_to_activity`, written once per pane per batch) and moves the partition's
+event time (the max event time seen, "watermark"). After each record, every
+window whose end plus grace the watermark passed is closed: counts from the
+panes, k-ring smoothing, surge and travel speed for the cells this partition
+owns, one CellFeatures record each on `cell-features`, and for the primary
+window a `cell:{h3}` push (seq owned here, in `cell_to_features`). Events for
+a pane already closed are late: counted in no window, counted in the metrics.
+
+Outputs first, state second: the features and pushes are acked before the
+panes, the watermark and `cell_to_features` are written (in that order), so
+state never runs ahead of what was emitted. A crash in between replays the
+batch: panes ignore what they hold and the same windows close again with the
+same values and seqs (at-least-once, duplicates identical). The stored
+watermark is written after the panes, so a restarted worker resumes at the
+last batch it fully wrote and judges replayed events as it did the first time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import groupby
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import faust
+import h3
+
+from agents.activity import target_partitions
+from agents.batching import DeadLetters, bind_event, decode_records, register_batched
+from agents.errors import Rejected
+from agents.features_math import Counts, FeaturePolicy, WindowSpec, kring, window_features
+from agents.metrics import WorkerMetrics
+from agents.panes import (
+    Pane,
+    PaneSummary,
+    apply_presence,
+    apply_request,
+    apply_sighting,
+    closing_windows,
+    nested_counts,
+    new_pane,
+    pane_start,
+    summarize,
+)
+from infra.producer import AsyncProducer, DeliveryGroup
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import CellActivityBatch, CellFeatures, PushMessage
+from schemas.topics import CELL_FEATURES, PUSH
+from tables.cell_to_activity import PaneKeys, stored_panes
+from tables.writer import TableWriter
+
+__all__ = ["ON_TIME", "OUT_OF_ORDER", "DUPLICATE", "LATE", "FUTURE", "Clock", "FeaturesAgent", "admit",
+           "cell_channel", "register"]
+
+log = logging.getLogger(__name__)
+
+ON_TIME, OUT_OF_ORDER, DUPLICATE, LATE, FUTURE = "on_time", "out_of_order", "duplicate", "late", "future"
+CELL_PRIORITY = 2  # below driver moves: a cell's features are a slower, summarising signal
+CELL_PUSH_TTL_MS = 60_000
+
+
+def cell_channel(cell: str) -> str:
+    return f"cell:{cell}"
+
+
+@lru_cache(maxsize=1 << 14)
+def _boundary(cell: str) -> list[list[float]]:
+    """The cell's hexagon as [[lat, lng], ...], so a map can draw it without H3."""
+    return [[round(lat, 6), round(lng, 6)] for lat, lng in h3.cell_to_boundary(cell)]
+
+
+@lru_cache(maxsize=1 << 16)
+def _refusal(cell: str, partition: int, resolution: int, k: int, partitions: int) -> str | None:
+    """Why an item about `cell` does not belong on `partition`, if it does not."""
+    if not h3.is_valid_cell(cell) or h3.get_resolution(cell) != resolution:
+        return f"cell {cell!r} is not an H3 cell of resolution {resolution}"
+    if partition not in target_partitions(cell, k, partitions):
+        return "no cell of this cell's k-ring is on this partition"
+    return None
+
+
+@lru_cache(maxsize=1 << 17)
+def _owned_ring(cell: str, k: int, partition: int, partitions: int) -> tuple[str, ...]:
+    """The cells within k of `cell` that `partition` owns."""
+    return tuple(n for n in kring(cell, k) if partition_for(n, partitions) == partition)
+
+
+def admit(wm: int | None, ts: int, now_ms: int, policy: FeaturePolicy) -> str:
+    """Where an event at `ts` stands against its partition's watermark `wm` (pure)."""
+    if ts > now_ms + policy.max_future_ms:
+        return FUTURE
+    if wm is None or ts >= wm:
+        return ON_TIME
+    if pane_start(ts, policy.pane_ms) + policy.pane_ms + policy.grace_ms <= wm:
+        return LATE  # its pane is closed: windows ending with it are already out
+    return OUT_OF_ORDER
+
+
+@dataclass
+class Clock:
+    """One partition's watermark (max event time seen) and which cells have a pane when."""
+
+    wm: int | None = None
+    closed: int | None = None  # the watermark when windows were last closed
+    panes: dict[int, set[str]] = field(default_factory=dict)  # pane start -> cells
+    touched: set[str] = field(default_factory=set)  # cells with news since the last close (running updates)
+
+    def note(self, start: int, cell: str, ts: int) -> None:
+        self.panes.setdefault(start, set()).add(cell)
+        self.wm = ts if self.wm is None else max(self.wm, ts)
+
+
+class FeaturesAgent:
+    """Applies CellActivityBatch records to panes and emits the windows they close."""
+
+    def __init__(
+        self, *, panes: TableWriter, watermarks: TableWriter, latest: TableWriter, producer: AsyncProducer,
+        dead_letters: DeadLetters, policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.panes = panes
+        self.keys = PaneKeys(panes.table)
+        self.watermarks = watermarks
+        self.latest = latest
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.policy = policy
+        self.partitions = partitions
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self.features_codec = codec_for(CellFeatures)
+        self.push_codec = codec_for(PushMessage)
+        self._clocks: dict[int, Clock] | None = None  # loaded from the store on first use
+        self._running_at: dict[str, int] = {}
+        self._summaries: dict[tuple[int, int], dict[str, PaneSummary]] = {}  # (partition, pane start) ->
+        self._tally: Counter[tuple[str, str, str]] = Counter()  # metric increments of this batch
+        self._now = 0
+        self.records = 0  # records processed, for tests and benchmarks
+
+    def forget(self) -> None:
+        """Drop what is kept in memory (partitions moved, or a batch failed): reloaded from the store."""
+        self._clocks = None
+        self._running_at.clear()
+        self._summaries.clear()
+        self.panes.forget()
+        self.watermarks.forget()
+        self.latest.forget()
+
+    async def process(self, events: Sequence[faust.EventT]) -> None:
+        """Apply a batch, emit what it closes, then persist; return once all is acked."""
+        try:
+            await self._process(events)
+        except BaseException:
+            self.forget()  # memory may be ahead of the store now
+            raise
+
+    async def _process(self, events: Sequence[faust.EventT]) -> None:
+        out = self.producer.group()
+        self._now = self.clock_ms()
+        first_close: int | None = None
+        for event, batch in decode_records(events, CellActivityBatch, self.dead_letters, out):
+            clock = self.clock(event.message.partition)
+            bind_event(event)  # pane reads and writes go to this event's partition
+            for s in batch["sightings"]:
+                with self.dead_letters.guard(out, event, "bad sighting", None):
+                    self._apply(clock, event, s, "sighting")
+            for r in batch["requests"]:
+                with self.dead_letters.guard(out, event, "bad request", None):
+                    self._apply(clock, event, r, "request")
+            # Close right away, not after the whole batch: a window is out as soon as it can be.
+            now = self.clock_ms()
+            if self._close(out, event.message.partition, event, now) and first_close is None:
+                first_close = now
+        bind_event(None)
+        self._count_events()
+        await out.wait()  # outputs first: state is never ahead of what was emitted
+        if first_close is not None:
+            self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first_close) / 1000)
+        state = self.producer.group()
+        for table in (self.panes, self.watermarks, self.latest):  # the watermark covers written panes only
+            table.flush(state)
+        await state.wait()
+        for table in (self.panes, self.watermarks, self.latest):
+            table.persist_offsets(state)
+        self.records += len(events)
+
+    def _count_events(self) -> None:
+        for labels, n in self._tally.items():
+            self.metrics.feature_events.labels(*labels).inc(n)
+        self._tally.clear()
+
+    def clock(self, partition: int) -> Clock:
+        """The partition's clock (all clocks are loaded from the stored panes on first use)."""
+        if self._clocks is None:
+            self._clocks = self._load()
+        return self._clocks.setdefault(partition, Clock())
+
+    def _load(self) -> dict[int, Clock]:
+        clocks: dict[int, Clock] = {}
+        for cell, partition, start, _ in stored_panes(self.panes.table):
+            clocks.setdefault(partition, Clock()).panes.setdefault(start, set()).add(cell)
+        for key, raw in self.watermarks.table.data.items():
+            clock = clocks.setdefault(int(key), Clock())
+            # Stored after its batch's windows were emitted: they are all closed.
+            clock.wm = clock.closed = self.watermarks.codec.loads(raw)["ts"]
+            log.info("features partition %s resumes at event time %s with %d panes", int(key), clock.wm,
+                     sum(len(c) for c in clock.panes.values()))
+        return clocks
+
+    def _apply(self, clock: Clock, event: faust.EventT, item: Mapping[str, Any], kind: str) -> None:
+        partition = event.message.partition
+        cell, ts = item["cell"], item["ts"]
+        problem = _refusal(cell, partition, self.policy.resolution, self.policy.k, self.partitions)
+        if problem:
+            raise Rejected(problem)
+        outcome = admit(clock.wm, ts, self._now, self.policy)
+        copy = "own" if partition_for(cell, self.partitions) == partition else "neighbour"
+        if outcome in (LATE, FUTURE):
+            self._tally[(kind, outcome, copy)] += 1
+            if outcome == LATE:
+                self.metrics.late_by_ms.observe((clock.wm or ts) - ts)
+            return
+        start = ts - ts % self.policy.pane_ms
+        key = self.keys.encode(cell, partition, start)
+        pane = self.panes.get(key) or new_pane()
+        if kind == "request":
+            changed = apply_request(pane, item)
+        elif copy == "own":
+            changed = apply_sighting(pane, item, self.policy)
+        else:  # a neighbour's cell: only who was there counts here (smoothing), not how they moved
+            changed = apply_presence(pane, item)
+        clock.note(start, cell, ts)
+        if changed:
+            self.panes.set(key, pane, event)
+            clock.touched.add(cell)
+        self._tally[(kind, outcome if changed else DUPLICATE, copy)] += 1
+
+    def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, now: int) -> int:
+        """Emit every window the watermark passed since the last close, then drop panes no window
+        needs; how many features were emitted."""
+        clock = self.clock(partition)
+        if clock.wm is None or clock.wm == clock.closed or not clock.panes:
+            return 0
+        self.metrics.watermark.labels(str(partition)).set(clock.wm)
+        bind_event(event)
+        self.watermarks.set(str(partition), {"ts": clock.wm}, event)
+        p = self.policy
+        first, last = min(clock.panes), max(clock.panes)
+        # Windows ending by the first pane hold nothing; none after the last pane's reach either.
+        after = first if clock.closed is None else max(first, clock.closed - p.grace_ms)
+        until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
+        clock.closed = clock.wm
+        emitted = 0
+        for end, specs in groupby(closing_windows(p.specs, after, until), key=lambda e: e[0]):
+            emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
+        if p.running_ms and clock.touched:
+            emitted += self._emit_running(out, partition, clock, event, now)
+        clock.touched.clear()
+        for start in [s for s in clock.panes if s + p.max_window_ms + p.grace_ms <= clock.wm]:
+            for cell in clock.panes.pop(start):
+                self.panes.delete(self.keys.encode(cell, partition, start), event)
+            self._summaries.pop((partition, start), None)
+        bind_event(None)
+        return emitted
+
+    def _summaries_of(self, partition: int, clock: Clock, start: int, closed: bool) -> dict[str, PaneSummary]:
+        """Summaries of the partition's panes starting at `start`, by cell; those of closed panes
+        never change, so they are kept until the panes expire."""
+        held = self._summaries.get((partition, start))
+        if held is not None:
+            return held
+        out = {}
+        for cell in clock.panes.get(start, ()):
+            pane = self.panes.get(self.keys.encode(cell, partition, start))
+            if pane is not None:
+                # Only a cell's own partition has all its fixes: travel is computed there only.
+                own = partition_for(cell, self.partitions) == partition
+                out[cell] = summarize(pane, self._earlier(partition, cell, start) if own else [], self.policy)
+        if closed:
+            self._summaries[(partition, start)] = out
+        return out
+
+    def _earlier(self, partition: int, cell: str, start: int) -> list[tuple[int, Pane]]:
+        """The cell's panes a segment into the pane at `start` can come from, nearest first."""
+        out = []
+        prev = start - self.policy.pane_ms
+        while prev + self.policy.pane_ms > start - self.policy.speed_max_gap_ms:
+            pane = self.panes.get(self.keys.encode(cell, partition, prev))
+            if pane is not None:
+                out.append((prev, pane))
+            prev -= self.policy.pane_ms
+        return out
+
+    def _counts(self, partition: int, clock: Clock, end: int, sizes: list[int]) -> dict[int, dict[str, Counts]]:
+        """size -> cell -> counts over [end - size, end), for the cells with a pane in that window."""
+        p = self.policy
+        closed_until = (clock.wm or 0) - p.grace_ms - p.pane_ms  # panes starting by then are closed
+        by_cell: dict[str, list[tuple[int, PaneSummary]]] = {}
+        for start in range(end - p.pane_ms, end - sizes[-1] - 1, -p.pane_ms):
+            for cell, summary in self._summaries_of(partition, clock, start, start <= closed_until).items():
+                by_cell.setdefault(cell, []).append((start, summary))
+        out: dict[int, dict[str, Counts]] = {size: {} for size in sizes}
+        for cell, summaries in by_cell.items():
+            for size, counts in nested_counts(summaries, end, sizes).items():
+                out[size][cell] = counts
+        return out
+
+    def _owned_near(self, partition: int, cells: Iterable[str]) -> list[str]:
+        """Cells this partition owns within k of any of `cells`: the ones whose features can change."""
+        near: set[str] = set()
+        for cell in cells:
+            near.update(_owned_ring(cell, self.policy.k, partition, self.partitions))
+        return sorted(near)
+
+    def _emit_end(self, out: DeliveryGroup, partition: int, clock: Clock, end: int, specs: list[WindowSpec],
+                  event: faust.EventT, now: int, *, final: bool = True, only: set[str] | None = None) -> int:
+        """Features of the windows of `specs` ending at `end`, for the owned cells near activity (or
+        `only` those); how many records."""
+        by_size = self._counts(partition, clock, end, sorted({spec.size_ms for spec in specs}))
+        emitted = 0
+        for spec in specs:
+            counts = by_size[spec.size_ms]
+            if not counts:
+                continue
+            cells = self._owned_near(partition, counts)
+            if only is not None:
+                cells = [c for c in cells if c in only]
+            primary = spec == self.policy.primary
+            for f in window_features(cells, counts, spec, end, self.policy, final=final, emitted_ts=now):
+                self.producer.send(out, CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
+                if primary:
+                    self._publish(out, f, event, now)
+            self.metrics.windows_closed.labels(spec.label, str(final).lower()).inc(len(cells))
+            emitted += len(cells)
+        return emitted
+
+    def _emit_running(self, out: DeliveryGroup, partition: int, clock: Clock, event: faust.EventT,
+                      now: int) -> int:
+        """Running (not final) features of the open primary window, at most every running_ms per cell."""
+        assert clock.wm is not None
+        spec = self.policy.primary
+        due = {c for c in self._owned_near(partition, clock.touched)
+               if now - self._running_at.get(c, 0) >= self.policy.running_ms}
+        if not due:
+            return 0
+        for cell in due:
+            self._running_at[cell] = now
+        end = (clock.wm // spec.step_ms + 1) * spec.step_ms
+        return self._emit_end(out, partition, clock, end, [spec], event, now, final=False, only=due)
+
+    def _publish(self, out: DeliveryGroup, features: dict[str, Any], event: faust.EventT, now: int) -> None:
+        """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""
+        cell = features["cell"]
+        held = self.latest.get(cell) or {"features": None, "push_seq": 0}
+        latest = {"features": features if features["final"] else held["features"], "push_seq": held["push_seq"] + 1}
+        self.latest.set(cell, latest, event)
+        data = {**features, "window": f"{features['kind'].lower()}-{features['size_s']}s",
+                "boundary": _boundary(cell)}
+        push = {
+            "channel": cell_channel(cell), "seq": latest["push_seq"], "type": "cell.features",
+            "priority": CELL_PRIORITY, "ttl_ms": CELL_PUSH_TTL_MS, "sent_ts": now, "event_ts": now,
+            "data": json.dumps(data, separators=(",", ":")),
+        }
+        self.producer.send(out, PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
+
+
+def register(app: faust.App, cell_activity: faust.TopicT, agent: FeaturesAgent, *, batch_max: int,
+             batch_within_s: float) -> faust.types.AgentT:
+    """Attach the features agent to `app`."""
+    return register_batched(app, cell_activity, "compute_cell_features", agent.process, batch_max=batch_max,
+                            batch_within_s=batch_within_s)
