@@ -41,7 +41,7 @@ from agents.panes import (
     apply_presence,
     apply_request,
     apply_sighting,
-    closing_windows,
+    closing_windows_near,
     nested_counts,
     new_pane,
     pane_start,
@@ -257,7 +257,8 @@ class FeaturesAgent:
         until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
         clock.closed = clock.wm
         emitted = 0
-        for end, specs in groupby(closing_windows(p.specs, after, until), key=lambda e: e[0]):
+        ends = closing_windows_near(p.specs, clock.panes, p.max_window_ms, after, until)
+        for end, specs in groupby(ends, key=lambda e: e[0]):
             emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
         if p.running_ms and clock.touched:
             emitted += self._emit_running(out, partition, clock, event, now)

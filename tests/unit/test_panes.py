@@ -15,6 +15,7 @@ from agents.panes import (
     apply_request,
     apply_sighting,
     closing_windows,
+    closing_windows_near,
     nested_counts,
     new_pane,
     pane_start,
@@ -150,6 +151,24 @@ def test_closing_windows_are_the_ends_passed_by_size_then_kind() -> None:
         (30_000, HOPPING, 120_000), (60_000, TUMBLING, 60_000), (60_000, HOPPING, 120_000)]
     assert closing_windows(specs, T0 + 60_000, T0 + 60_000) == []
     assert closing_windows(specs, T0 + 1, T0 + 29_999) == []
+
+
+def test_windows_near_panes_are_those_that_hold_one() -> None:
+    specs = [WindowSpec(TUMBLING, 60_000, 60_000), WindowSpec(HOPPING, 120_000, 30_000)]
+    panes = [T0, T0 + 30_000, T0 + 600_000]  # a gap of 9 minutes between the second and third
+    after, until = T0 - 1, T0 + 900_000
+    every = closing_windows(specs, after, until)
+    holding = [(e, sp) for e, sp in every if any(e - sp.size_ms <= s < e for s in panes)]
+    got = closing_windows_near(specs, panes, 120_000, after, until)
+    assert set(holding) <= set(got) and len(got) < len(every)
+    assert got == sorted(got, key=lambda e: (e[0], e[1].size_ms, e[1].kind)) and len(set(got)) == len(got)
+
+
+def test_a_jump_of_years_in_event_time_closes_only_the_windows_near_panes() -> None:
+    specs = [WindowSpec(TUMBLING, 480_000, 480_000), WindowSpec(HOPPING, 480_000, 30_000)]
+    three_years = 3 * 365 * 24 * 3_600_000
+    got = closing_windows_near(specs, [T0, T0 + three_years], 480_000, T0 - 1, T0 + three_years + 480_000)
+    assert len(got) <= 2 * (1 + 480_000 // 30_000)  # around each pane, not every hop in between
 
 
 def test_admission_against_the_watermark() -> None:
