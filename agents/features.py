@@ -41,7 +41,7 @@ from agents.panes import (
     apply_presence,
     apply_request,
     apply_sighting,
-    closing_windows,
+    closing_windows_near,
     nested_counts,
     new_pane,
     pane_start,
@@ -251,11 +251,14 @@ class FeaturesAgent:
         bind_event(event)
         self.watermarks.set(str(partition), {"ts": clock.wm}, event)
         p = self.policy
-        after = min(clock.panes) if clock.closed is None else clock.closed - p.grace_ms
+        first, last = min(clock.panes), max(clock.panes)
+        # Windows ending by the first pane hold nothing; none after the last pane's reach either.
+        after = first if clock.closed is None else max(first, clock.closed - p.grace_ms)
+        until = min(clock.wm - p.grace_ms, last + p.max_window_ms)
         clock.closed = clock.wm
         emitted = 0
-        closing = closing_windows(p.specs, after, clock.wm - p.grace_ms, clock.panes, p.pane_ms)
-        for end, specs in groupby(closing, key=lambda e: e[0]):
+        ends = closing_windows_near(p.specs, clock.panes, p.max_window_ms, after, until)
+        for end, specs in groupby(ends, key=lambda e: e[0]):
             emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
         if p.running_ms and clock.touched:
             emitted += self._emit_running(out, partition, clock, event, now)

@@ -149,14 +149,30 @@ def nested_counts(summaries: Sequence[tuple[int, PaneSummary]], end_ms: int,
     return out
 
 
-def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int, pane_starts: Iterable[int],
-                    pane_ms: int) -> list[tuple[int, WindowSpec]]:
-    """(end, spec) of every window ending in (after_ms, until_ms] that holds one of the panes starting
-    at `pane_starts`, by end, then size: a watermark that jumps by years walks only the panes there are."""
-    out = set()
+def closing_windows_near(
+    specs: Iterable[WindowSpec], pane_starts: Iterable[int], max_window_ms: int, after_ms: int, until_ms: int
+) -> list[tuple[int, WindowSpec]]:
+    """closing_windows, but only the windows that hold a pane: a window ending at e holds the pane
+    starting at s when e is in (s, s + size]. Event time may jump (a device with an old clock, a
+    replay): walking every hop between two far-apart panes would block the worker for seconds."""
+    specs = list(specs)
+    spans: list[list[int]] = []
+    for start in sorted(pane_starts):
+        lo, hi = max(after_ms, start), min(until_ms, start + max_window_ms)
+        if lo >= hi:
+            continue
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    out = [w for lo, hi in spans for w in closing_windows(specs, lo, hi)]
+    return sorted(out, key=lambda e: (e[0], e[1].size_ms, e[1].kind))
+
+
+def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int) -> list[tuple[int, WindowSpec]]:
+    """(end, spec) of every window ending in (after_ms, until_ms], by end, then size."""
+    out = []
     for spec in specs:
-        for start in pane_starts:
-            # The windows holding [start, start + pane) end from start + pane to start + size.
-            first = max(after_ms, start + pane_ms - 1) // spec.step_ms * spec.step_ms + spec.step_ms
-            out.update((end, spec) for end in range(first, min(until_ms, start + spec.size_ms) + 1, spec.step_ms))
+        first = (after_ms // spec.step_ms + 1) * spec.step_ms
+        out.extend((end, spec) for end in range(first, until_ms + 1, spec.step_ms))
     return sorted(out, key=lambda e: (e[0], e[1].size_ms, e[1].kind))

@@ -104,6 +104,7 @@ class LiveClient:
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         """Dropped (network, gateway gone or restarting, dropped as too slow): reconnect and resume."""
+        self._resyncing.clear()  # unanswered resubscribes died with the connection; the next one resumes all
         if self.reconnection and not self._closing and self._reconnecting is None:
             self._reconnecting = asyncio.ensure_future(self._reconnect())
 
@@ -153,7 +154,11 @@ class LiveClient:
             if not done.done():
                 done.set_result(ack)
 
-        self._spawn(self.sio.emit("subscribe", request, namespace=NAMESPACE, callback=on_ack))
+        def sent(task: asyncio.Future[Any]) -> None:
+            if not task.cancelled() and task.exception() is not None and not done.done():
+                done.set_exception(task.exception())  # not connected: fail now, not at the timeout
+
+        self._spawn(self.sio.emit("subscribe", request, namespace=NAMESPACE, callback=on_ack)).add_done_callback(sent)
         return done
 
     def _apply_ack(self, channel: str, since: int | None, ack: dict[str, Any]) -> None:
@@ -182,8 +187,10 @@ class LiveClient:
     async def _resubscribe(self, channel: str) -> None:
         try:
             ack = await asyncio.wait_for(self._subscribe(channel), self.call_timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("resubscribe to %s timed out; waiting for the next connection", channel)
+        except (asyncio.TimeoutError, socketio.exceptions.SocketIOError) as exc:
+            self._resyncing.discard(channel)  # the next gap, or the next connection, tries again
+            log.warning("resubscribe to %s failed (%s); the next gap or connection retries", channel,
+                        type(exc).__name__)
             return
         if not ack.get("ok"):
             log.warning("resubscribe to %s refused: %s", channel, ack.get("error"))
@@ -212,9 +219,12 @@ class LiveClient:
 
     def _ack(self, channel: str, seq: int) -> None:
         self.stats.acks += 1
-        self._spawn(self.sio.emit("ack", {"channel": channel, "seq": seq}, namespace=NAMESPACE))
+        # A lost ack costs a retry, which is acked again: no need to know whether this one got out.
+        self._spawn(self.sio.emit("ack", {"channel": channel, "seq": seq}, namespace=NAMESPACE)).add_done_callback(
+            lambda task: task.cancelled() or task.exception())
 
-    def _spawn(self, aw: Any) -> None:
+    def _spawn(self, aw: Any) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(aw)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -164,10 +164,10 @@ async def _run(pipeline: Pipeline, seed: int, kill_after_s: float | None) -> Non
     outcome = {state: sum(1 for e in last.values() if e["state"] == state) for state in
                sorted({e["state"] for e in last.values()})}
     print(f"\nseed {seed} kill={kill_after_s}: {len(last)} rides {outcome}; {offers} offers; http {load.statuses}")
+    last, problems = audit_rides(events)
     if problems or offer_problems or reservation_problems:  # for a post-mortem
         _dump(events, pushes, states, str(pipeline.settings.state_dir / f"dispatch-audit-{seed}.txt"))
     assert len(last) == REQUESTS, f"{REQUESTS - len(last)} requests never reached the rides log"
-    last, problems = audit_rides(events)
     assert offers > DRIVERS, "the load should offer most drivers at least once"
     assert outcome.get("ACCEPTED", 0) > 0 and outcome.get("NO_DRIVERS", 0) > 0
     assert problems == [], problems[:20]

@@ -15,6 +15,7 @@ from agents.panes import (
     apply_request,
     apply_sighting,
     closing_windows,
+    closing_windows_near,
     nested_counts,
     new_pane,
     pane_start,
@@ -143,20 +144,31 @@ def test_nested_counts_over_summaries_equal_the_definition() -> None:
             assert c.dist_m == pytest.approx(want.dist_m)
 
 
-def test_closing_windows_are_the_ends_passed_that_hold_a_pane_by_size_then_kind() -> None:
+def test_closing_windows_are_the_ends_passed_by_size_then_kind() -> None:
     specs = [WindowSpec(TUMBLING, 60_000, 60_000), WindowSpec(HOPPING, 120_000, 30_000)]
-    panes = [T0, T0 + 30_000]
-    got = closing_windows(specs, T0, T0 + 60_000, panes, 30_000)
+    got = closing_windows(specs, T0, T0 + 60_000)
     assert [(e - T0, sp.kind, sp.size_ms) for e, sp in got] == [
         (30_000, HOPPING, 120_000), (60_000, TUMBLING, 60_000), (60_000, HOPPING, 120_000)]
-    assert closing_windows(specs, T0 + 60_000, T0 + 60_000, panes, 30_000) == []
-    assert closing_windows(specs, T0 + 1, T0 + 29_999, panes, 30_000) == []
-    assert [e - T0 for e, _ in closing_windows(specs, T0, T0 + 10**9, [T0 + 60_000], 30_000)] == [
-        90_000, 120_000, 120_000, 150_000, 180_000]
-    # A watermark jumping by years walks the panes there are, not every hop in between.
-    years = 3 * 365 * 86_400_000
-    jump = closing_windows(specs, T0 - years, T0 + years, [T0 - years + 30_000, T0], 30_000)
-    assert len(jump) == 2 * (1 + 4)
+    assert closing_windows(specs, T0 + 60_000, T0 + 60_000) == []
+    assert closing_windows(specs, T0 + 1, T0 + 29_999) == []
+
+
+def test_windows_near_panes_are_those_that_hold_one() -> None:
+    specs = [WindowSpec(TUMBLING, 60_000, 60_000), WindowSpec(HOPPING, 120_000, 30_000)]
+    panes = [T0, T0 + 30_000, T0 + 600_000]  # a gap of 9 minutes between the second and third
+    after, until = T0 - 1, T0 + 900_000
+    every = closing_windows(specs, after, until)
+    holding = [(e, sp) for e, sp in every if any(e - sp.size_ms <= s < e for s in panes)]
+    got = closing_windows_near(specs, panes, 120_000, after, until)
+    assert set(holding) <= set(got) and len(got) < len(every)
+    assert got == sorted(got, key=lambda e: (e[0], e[1].size_ms, e[1].kind)) and len(set(got)) == len(got)
+
+
+def test_a_jump_of_years_in_event_time_closes_only_the_windows_near_panes() -> None:
+    specs = [WindowSpec(TUMBLING, 480_000, 480_000), WindowSpec(HOPPING, 480_000, 30_000)]
+    three_years = 3 * 365 * 24 * 3_600_000
+    got = closing_windows_near(specs, [T0, T0 + three_years], 480_000, T0 - 1, T0 + three_years + 480_000)
+    assert len(got) <= 2 * (1 + 480_000 // 30_000)  # around each pane, not every hop in between
 
 
 def test_admission_against_the_watermark() -> None:
