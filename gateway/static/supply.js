@@ -63,7 +63,11 @@
 
     subscribe(cell) {
       this.socket.timeout(5000).emit("subscribe", { channel: `cell:${cell}` }, (err, ack) => {
-        if (!err && ack?.ok && ack.snapshot) this.draw(ack.snapshot);
+        if (err) { // no answer (a busy gateway): ask again while the layer is on
+          if (this.on && this.cells.has(cell) && this.socket.connected) setTimeout(() => this.subscribe(cell), 2000);
+          return;
+        }
+        if (ack?.ok && ack.snapshot) this.draw(ack.snapshot);
       });
     }
 

@@ -24,6 +24,7 @@ import fastavro
 import h3
 from confluent_kafka import Consumer, TopicPartition
 import pytest
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -343,9 +344,13 @@ async def test_page_supply_layer_draws_the_cells_drivers_are_in(fresh_settings: 
             cells = {h3.latlng_to_cell(p.lat, p.lng, 9) for p in stream.pings}
             # Each cell a driver was in is subscribed and drawn from its channel: one update per primary window.
             want = {c: sum(1 for (w, kind, size, _) in windows if (w, kind, size) == (c, "HOPPING", 120)) for c in cells}
-            await page.wait_for_function(
-                "want => Object.entries(want).every(([c, n]) => window.livetrackSupply.cells.get(c)?.seq === n"
-                " && (n === 0 || window.livetrackSupply.cells.get(c).polygon))", arg=want, timeout=30_000)
+            drawn = "want => Object.entries(want).every(([c, n]) => window.livetrackSupply.cells.get(c)?.seq === n" \
+                    " && (n === 0 || window.livetrackSupply.cells.get(c).polygon))"
+            try:
+                await page.wait_for_function(drawn, arg=want, timeout=60_000)
+            except PlaywrightTimeout:
+                seqs = await page.evaluate("Object.fromEntries([...window.livetrackSupply.cells].map(([c, v]) => [c, v.seq]))")
+                raise AssertionError(f"page seqs {seqs} != {want}") from None
             await page.evaluate("window.livetrack.map.setView([48.8566, 2.3522], 15)")
             await page.screenshot(path=str(fresh_settings.state_dir / "page-supply.png"))
             await browser.close()
