@@ -99,7 +99,13 @@ class Bench:
             await self.post("/v1/locations", self.ops, pings)
             await asyncio.sleep(1.0)
 
+    def _ack(self, client: socketio.AsyncClient, update: dict[str, Any]) -> None:
+        """Ack events as every real client does: an unacked event is resent until its TTL ends."""
+        if update.get("ack"):
+            self.spawn(client.emit("ack", {"channel": update["channel"], "seq": update["seq"]}, namespace="/live"))
+
     def on_driver_update(self, update: dict[str, Any]) -> None:
+        self._ack(self.phones, update)
         data = update["data"]
         if update["type"] == "offer":
             self.offered.setdefault(data["ride_id"], now_ms())
@@ -107,6 +113,7 @@ class Bench:
             self.spawn(self.post(f"/v1/rides/{data['ride_id']}/accept", self.driver_tokens[data["driver_id"]]))
 
     def on_rider_update(self, update: dict[str, Any]) -> None:
+        self._ack(self.riders, update)
         data = update["data"]
         if update["type"] == "ride.state":
             self.outcomes[data["ride_id"]] = data["state"]

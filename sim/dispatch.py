@@ -128,6 +128,8 @@ class DispatchSim:
 
     # --- drivers -----------------------------------------------------------
     def on_update(self, update: dict[str, Any]) -> None:
+        if update.get("ack"):  # an unacked event is resent until its TTL ends
+            self._spawn(self.sio.emit("ack", {"channel": update["channel"], "seq": update["seq"]}, namespace="/live"))
         data = update.get("data") or {}
         driver = data.get("driver_id")
         if update.get("type") == "offer" and driver and driver not in self.trips:
