@@ -30,18 +30,19 @@ from infra.settings import Settings
 WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
 
 
-def ping(driver: str, seq: int, now_ms: int) -> dict[str, Any]:
-    """Driver moves 25 m north per ping: always a pushed move, never a teleport."""
-    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * 25 / 111_195, "lng": -122.45,
+def ping(driver: str, seq: int, now_ms: int, step_m: float = 25.0) -> dict[str, Any]:
+    """Driver moves `step_m` north per ping (25 m: always a pushed move, never a teleport)."""
+    return {"driver_id": driver, "seq": seq, "lat": 37.70 + seq * step_m / 111_195, "lng": -122.45,
             "ts": now_ms, "speed": 25.0}
 
 
-async def _send(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> dict:
+async def _send(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
+                step_m: float = 25.0) -> dict:
     host, port = url.split("//")[1].split(":")
     n = int(rate * duration_s)
 
     def body(i: int) -> dict:  # `ts` is stamped now: the receiver's latency is arrival - ts
-        return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000))
+        return ping(drivers[i % len(drivers)], first_seq + i // len(drivers), int(time.time() * 1000), step_m)
 
     result = await post_at_rate(host, int(port), "/v1/locations", body, count=n, rate=rate,
                                 headers={"Authorization": f"Bearer {token}"})
@@ -50,15 +51,16 @@ async def _send(url: str, token: str, drivers: list[str], rate: float, duration_
 
 
 def sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
-           out: Any) -> None:
+           out: Any, step_m: float = 25.0) -> None:
     """Child process: post pings at the rate, then report counts."""
-    out.put(asyncio.run(_send(url, token, drivers, rate, duration_s, first_seq)))
+    out.put(asyncio.run(_send(url, token, drivers, rate, duration_s, first_seq, step_m)))
 
 
-def _run_sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int) -> Any:
+def _run_sender(url: str, token: str, drivers: list[str], rate: float, duration_s: float, first_seq: int,
+                step_m: float = 25.0) -> Any:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=sender, args=(url, token, drivers, rate, duration_s, first_seq, out))
+    proc = ctx.Process(target=sender, args=(url, token, drivers, rate, duration_s, first_seq, out, step_m))
     proc.start()
     return proc, out
 
