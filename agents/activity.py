@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from agents.errors import Rejected
 from agents.features_math import kring
 from agents.geo import cell_of
+from agents.panes import pane_start
 from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
@@ -77,7 +78,7 @@ class ActivityFanout:
                 "lat": ping["lat"], "lng": ping["lng"], "available": available}
         own = partition_for(cell, self.partitions)
         self._pending[own]["sightings"].append(item)
-        pane = ping["fix_ts"] - ping["fix_ts"] % self.pane_ms
+        pane = pane_start(ping["fix_ts"], self.pane_ms)
         driver = item["driver_id"]
         known = self._copying.get(driver) or self._copied.get(driver)
         if known is not None and known[0] == cell and known[1] == pane and (known[2] or not available):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +14,7 @@ from agents.batching import DeadLetters
 from agents.candidates import CellDriversView, ViewService
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
+from infra.clock import now_ms
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
@@ -32,10 +32,6 @@ from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
 
 __all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:

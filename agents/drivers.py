@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
 
@@ -192,33 +192,41 @@ class DriverKeyedAgent:
     def __init__(
         self, *, states: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
         policy: Any, partitions: int, cell_partitions: int, clock_ms: Callable[[], int],
-        activity: ActivityFanout | None = None,
     ) -> None:
         self.states = states
-        self.activity = activity  # sightings for the features agent
         self.producer = producer
         self.dead_letters = dead_letters
         self.policy = policy
         self.partitions = partitions
         self.cell_partitions = cell_partitions
         self.clock_ms = clock_ms
+        self.cells_codec = codec_for(CellMembershipBatch)
+
+    def send_memberships(self, group: DeliveryGroup, memberships: Iterable[Message]) -> None:
+        """Cell memberships to `driver-cells`: one CellMembershipBatch per partition of their cells."""
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for m in memberships:
+            by_partition[partition_for(m["cell"], self.cell_partitions)].append(m)
+        for partition, changes in by_partition.items():
+            self.producer.send(group, DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}),
+                               partition=partition)
 
 
 class DriversAgent(DriverKeyedAgent):
     """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, activity: ActivityFanout | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.activity = activity  # sightings for the features agent
         self.push_codec = codec_for(PushMessage)
         self.ping_codec = codec_for(LocationEvent)
-        self.cells_codec = codec_for(CellMembershipBatch)
         self.ride_codec = codec_for(RideCommand)
         self.verdicts: Counter[str] = Counter()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
         """Apply a batch of records; return once every output is acked by Kafka."""
         group = self.producer.group()
-        memberships: dict[int, list[Message]] = defaultdict(list)
+        memberships: list[Message] = []
         for event, batch in decode_records(events, LocationBatch, self.dead_letters, group):
             bind_event(event)  # table reads and writes go to this event's partition
             for ping in batch["events"]:
@@ -228,9 +236,7 @@ class DriversAgent(DriverKeyedAgent):
                     self._reject(group, event, ping, f"bad ping: {type(exc).__name__}: {exc}")
         bind_event(None)
         self.states.flush(group)
-        for partition, changes in memberships.items():
-            self.producer.send(group, DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}),
-                               partition=partition)
+        self.send_memberships(group, memberships)
         if self.activity is not None:
             self.activity.send(group)
         await group.wait()
@@ -249,7 +255,7 @@ class DriversAgent(DriverKeyedAgent):
         return "; ".join(f"{e.field} {e.reason}" for e in errors) or None
 
     def _apply(self, group: DeliveryGroup, event: faust.EventT, ping: Ping,
-               memberships: dict[int, list[Message]]) -> None:
+               memberships: list[Message]) -> None:
         refusal = self._refusal(event, ping)
         if refusal:
             self.verdicts[INVALID] += 1
@@ -271,8 +277,7 @@ class DriversAgent(DriverKeyedAgent):
         if result.ride_move is not None:
             move = result.ride_move
             self.producer.send(group, RIDE_COMMANDS.name, self.ride_codec.dumps(move), key=move["ride_id"].encode())
-        for m in result.memberships:
-            memberships[partition_for(m["cell"], self.cell_partitions)].append(m)
+        memberships.extend(result.memberships)
 
 
 def register(app: faust.App, locations: faust.TopicT, agent: DriversAgent, *, batch_max: int,

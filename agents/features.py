@@ -226,7 +226,7 @@ class FeaturesAgent:
             if outcome == LATE:
                 self.metrics.late_by_ms.observe((clock.wm or ts) - ts)
             return
-        start = ts - ts % self.policy.pane_ms
+        start = pane_start(ts, self.policy.pane_ms)
         key = self.keys.encode(cell, partition, start)
         pane = self.panes.get(key) or new_pane()
         if kind == "request":

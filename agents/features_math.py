@@ -1,7 +1,7 @@
 """Cell feature math: window specs, k-ring smoothing, surge, travel speed (pure: no Faust, no Kafka).
 
 Dispatch imports this module for the fare (`surge_of`) and the ETA
-(`travel_speed_of`, `eta_s`) from a cell's latest features (table
+(`travel_speed_of`) from a cell's latest features (table
 `cell_to_features`); the features agent uses the rest. Formulas (README
 "Features"):
 
@@ -25,7 +25,7 @@ from infra.settings import Settings, number_list
 __all__ = [
     "TUMBLING", "HOPPING", "CELL", "DEFAULT",
     "WindowSpec", "FeaturePolicy", "Counts", "rings", "kring", "smooth", "surge", "segment", "travel_speed",
-    "window_features", "surge_of", "travel_speed_of", "eta_s",
+    "window_features", "surge_of", "travel_speed_of",
 ]
 
 TUMBLING, HOPPING = "TUMBLING", "HOPPING"
@@ -227,8 +227,3 @@ def travel_speed_of(latest: Optional[Mapping[str, Any]], now_ms: int, policy: Fe
     """Travel speed (m/s) for an ETA: the cell's latest, or the default when none or stale."""
     features = _fresh(latest, now_ms, policy)
     return float(features["speed_mps"]) if features else policy.default_speed_mps
-
-
-def eta_s(distance_m: float, speed_mps: float) -> float:
-    """Seconds to cover `distance_m` at `speed_mps`."""
-    return distance_m / speed_mps

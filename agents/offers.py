@@ -26,8 +26,8 @@ from agents.estimates import SpeedLookup, constant_speed, travel_time_s
 from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
-from schemas.records import CellMembershipBatch, DriverStatusChanged, OfferCommand, PushMessage, RideCommand
-from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, PUSH, RIDE_COMMANDS
+from schemas.records import DriverStatusChanged, OfferCommand, PushMessage, RideCommand
+from schemas.topics import DRIVER_STATUS, PUSH, RIDE_COMMANDS
 
 __all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer", "register"]
 
@@ -249,8 +249,7 @@ class OffersAgent(DriverKeyedAgent):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.codecs = {name: codec_for(r) for name, r in (
-            ("push", PushMessage), ("reply", RideCommand), ("cells", CellMembershipBatch),
-            ("status", DriverStatusChanged))}
+            ("push", PushMessage), ("reply", RideCommand), ("status", DriverStatusChanged))}
         self.ops: Counter[str] = Counter()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
@@ -279,15 +278,12 @@ class OffersAgent(DriverKeyedAgent):
         await group.wait()
         self.states.persist_offsets(group)
         out = self.producer.group()
-        memberships: dict[int, list[Message]] = {}
         for result in results:
-            self._send(out, result, memberships)
-        for partition, changes in memberships.items():
-            self.producer.send(out, DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}),
-                               partition=partition)
+            self._send(out, result)
+        self.send_memberships(out, (m for result in results for m in result.memberships))
         await out.wait()
 
-    def _send(self, group: Any, result: OfferResult, memberships: dict[int, list[Message]]) -> None:
+    def _send(self, group: Any, result: OfferResult) -> None:
         send, c = self.producer.send, self.codecs
         for p in result.pushes:
             send(group, PUSH.name, c["push"].dumps(p), key=p["channel"].encode())
@@ -295,8 +291,6 @@ class OffersAgent(DriverKeyedAgent):
             send(group, RIDE_COMMANDS.name, c["reply"].dumps(r), key=r["ride_id"].encode())
         for st in result.statuses:
             send(group, DRIVER_STATUS.name, c["status"].dumps(st), key=st["driver_id"].encode())
-        for m in result.memberships:
-            memberships.setdefault(partition_for(m["cell"], self.cell_partitions), []).append(m)
 
 
 def register(app: faust.App, offers: faust.TopicT, agent: OffersAgent, *, batch_max: int,

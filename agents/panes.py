@@ -15,7 +15,7 @@ from agents.features_math import Counts, FeaturePolicy, WindowSpec, segment
 
 __all__ = [
     "Pane", "PaneSummary", "new_pane", "pane_start", "apply_sighting", "apply_presence", "apply_request", "summarize",
-    "nested_counts", "closing_windows",
+    "nested_counts", "closing_windows", "closing_windows_near",
 ]
 
 Pane = dict[str, Any]  # a decoded CellPane
@@ -165,8 +165,8 @@ def closing_windows_near(
             spans[-1][1] = max(spans[-1][1], hi)
         else:
             spans.append([lo, hi])
-    out = [w for lo, hi in spans for w in closing_windows(specs, lo, hi)]
-    return sorted(out, key=lambda e: (e[0], e[1].size_ms, e[1].kind))
+    # Spans are disjoint and ascending, so their windows come out in closing_windows' order.
+    return [w for lo, hi in spans for w in closing_windows(specs, lo, hi)]
 
 
 def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int) -> list[tuple[int, WindowSpec]]:

@@ -14,14 +14,12 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import time
-import urllib.request
 from typing import Any
 
 import psutil
 import socketio
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import bench_settings, emit, percentiles, pipeline_running
+from bench.harness import bench_settings, emit, percentiles, pipeline_running, scrape
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
 from infra.broker import LocalBroker
@@ -102,11 +100,9 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
 
 def _emit_buckets(settings: Settings) -> dict[float, float]:
     """The gateway's event-to-emit histogram (cumulative counts by upper bound, seconds)."""
-    with urllib.request.urlopen(f"{settings.gateway_url}/metrics", timeout=5) as resp:
-        families = text_string_to_metric_families(resp.read().decode())
     return {
         float(s.labels["le"]): s.value
-        for family in families if family.name == "livetrack_event_to_emit_seconds"
+        for family in scrape(f"{settings.gateway_url}/metrics") if family.name == "livetrack_event_to_emit_seconds"
         for s in family.samples if s.name.endswith("_bucket")
     }
 

@@ -21,13 +21,11 @@ import asyncio
 import math
 import random
 import time
-import urllib.request
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import bench_settings, emit, percentiles
+from bench.harness import bench_settings, emit, percentiles, scrape
 from infra.broker import kafka_running
 from infra.processes import WORKER_READY, Proc, spawn, worker_args
 from infra.producer import AsyncProducer
@@ -95,11 +93,10 @@ def encode(slices: list[tuple[list, list]], partitions: int) -> list[list[tuple[
 def applied(settings: Settings) -> float:
     """Events the features agent has taken (own-cell copies: one per ping and per request)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.worker_web_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
+        families = scrape(f"http://127.0.0.1:{settings.worker_web_port}/metrics")
     except OSError:
         return 0.0
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+    return sum(s.value for f in families for s in f.samples
                if s.name == "livetrack_features_events_total" and s.labels.get("copy") == "own")
 
 

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from hdrh.histogram import HdrHistogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra.broker import kafka_running
 from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
-__all__ = ["bench_settings", "percentiles", "emit", "wait_until", "pipeline_running"]
+__all__ = ["bench_settings", "percentiles", "emit", "wait_until", "pipeline_running", "scrape"]
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -24,6 +27,12 @@ def bench_settings(**overrides: Any) -> Settings:
         **overrides,
     }
     return base.model_copy(update=values)
+
+
+def scrape(url: str) -> list[Metric]:
+    """The metric families a Prometheus endpoint (gateway or worker `/metrics`, loopback) serves now."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return list(text_string_to_metric_families(resp.read().decode()))
 
 
 def percentiles(values_ms: Sequence[float], prefix: str) -> dict[str, float]:

@@ -28,14 +28,12 @@ import json
 import multiprocessing as mp
 import random
 import time
-import urllib.request
 from typing import Any
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import _run_sender
-from bench.harness import bench_settings, emit, percentiles, pipeline_running
+from bench.harness import bench_settings, emit, percentiles, pipeline_running, scrape
 from gateway.auth import Tokens
 from gateway.client import LiveClient
 from infra.processes import raise_open_files_limit
@@ -200,8 +198,7 @@ def poll_process(url: str, token: str, drivers: list[str], clients: int, periods
 
 def _gateway_counter(settings: Settings, name: str) -> float:
     """A counter of the gateway's /metrics."""
-    with urllib.request.urlopen(f"{settings.gateway_url}/metrics", timeout=5) as resp:
-        families = text_string_to_metric_families(resp.read().decode())
+    families = scrape(f"{settings.gateway_url}/metrics")
     return sum(s.value for f in families if f.name == name for s in f.samples if s.name == f"{name}_total")
 
 

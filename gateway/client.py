@@ -23,10 +23,11 @@ from typing import Any, Callable
 
 import socketio
 
+from gateway.channels import FLEET, NAMESPACE
+
 __all__ = ["ClientStats", "LiveClient", "SubscribeRefused"]
 
 log = logging.getLogger(__name__)
-NAMESPACE = "/live"
 Update = dict[str, Any]
 
 
@@ -175,7 +176,7 @@ class LiveClient:
             if snapshot is None or snapshot["seq"] > self.last.get(channel, 0):
                 self.on_snapshot(channel, snapshot)
         head = ack.get("seq", 0)
-        if channel != "fleet" and head > self.last.get(channel, 0):
+        if channel != FLEET and head > self.last.get(channel, 0):
             self.last[channel] = head  # everything up to the head was delivered, declared skipped, or snapshotted
 
     async def _on_connect(self) -> None:

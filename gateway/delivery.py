@@ -257,10 +257,14 @@ class Fanout:
             await socket.send(update.packet(skipped))  # queues the frame; never waits for the network
         except eio_exceptions.SocketIsClosedError:
             return 0
+        self._owe_ack(conn, update, now_ms)
+        return 1
+
+    def _owe_ack(self, conn: Connection, update: Update, now_ms: float) -> None:
+        """An event is resent until acked: the retry tick watches `conn` from now on."""
         if update.must_ack:
             conn.unacked.sent(update, now_ms + self.retry_ms)
             self._waiting.add(conn)
-        return 1
 
     async def _flush(self, conn: Connection, socket: engineio.async_socket.AsyncSocket, now_ms: float) -> int:
         """Move queued updates into the socket while it has room; drop a connection too far behind."""
@@ -316,6 +320,4 @@ class Fanout:
     def sent_in_ack(self, conn: Connection, updates: list[Update], now_ms: float) -> None:
         """Events a subscribe ack carried are owed an ack like any other."""
         for update in updates:
-            if update.must_ack:
-                conn.unacked.sent(update, now_ms + self.retry_ms)
-                self._waiting.add(conn)
+            self._owe_ack(conn, update, now_ms)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import time
 import uuid
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ from agents.estimates import PRODUCTS
 from agents.rides import FINAL
 from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from infra.clock import now_ms
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from infra.tail import TopicTail
@@ -38,10 +38,6 @@ REQUEST_FIELDS = frozenset({"pickup", "destination", "product", "rider_id"})
 ID_RE = re.compile(ID_PATTERN)
 LAG_GRACE_S = 0.5  # a ride this node has not seen yet may just be on its way through `rides`
 EVENTS_KEPT = 64  # per ride in the view (a ride has a few dozen events at most)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _point(body: dict[str, Any], name: str, problems: list[dict[str, Any]]) -> tuple[float, float] | None:
@@ -210,7 +206,7 @@ class RideDesk:
         await group.wait()
 
     async def _command(self, principal: Principal, ride_id: str, command: str, **fields: Any) -> None:
-        cmd = {"ride_id": ride_id, "command": command, "ts": _now_ms(), "actor": principal.role,
+        cmd = {"ride_id": ride_id, "command": command, "ts": now_ms(), "actor": principal.role,
                "actor_id": principal.sub, **fields}
         await self._send(RIDE_COMMANDS.name, ride_id, self.command_codec.dumps(cmd))
 
@@ -278,7 +274,7 @@ class RideDesk:
             raise Forbidden("only the offered driver answers an offer")
         if not ID_RE.fullmatch(ride_id):
             raise InvalidInput("bad ride id", [{"field": "ride_id", "reason": "not a ride id"}])
-        cmd = {"driver_id": principal.sub, "op": op, "ride_id": ride_id, "ts": _now_ms(), "actor": "driver",
+        cmd = {"driver_id": principal.sub, "op": op, "ride_id": ride_id, "ts": now_ms(), "actor": "driver",
                "reason": reason}
         await self._send(OFFERS.name, principal.sub, self.offer_codec.dumps(cmd))
 

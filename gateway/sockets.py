@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Awaitable, Callable
 
 import socketio
 from socketio.exceptions import ConnectionRefusedError
 
 from gateway.auth import Principal, Tokens, may_subscribe
-from gateway.channels import CHANNEL_RE, FLEET, NAMESPACE, ChannelStore, Update, update_from_push
+from gateway.channels import CHANNEL_RE, FLEET, NAMESPACE, ChannelStore, update_from_push
 from gateway.delivery import Connection, Fanout
 from gateway.errors import GatewayError, Unauthorized
 from gateway.metrics import Metrics
+from infra.clock import now_ms
 from infra.producer import ProduceError
 
 __all__ = ["LiveNamespace", "NAMESPACE"]
@@ -21,10 +21,6 @@ __all__ = ["LiveNamespace", "NAMESPACE"]
 log = logging.getLogger(__name__)
 SWEEP_EVERY_MS = 60_000
 CHANNEL_ERROR = "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"
-
-
-def now_ms() -> float:
-    return time.time() * 1000
 
 
 class LiveNamespace(socketio.AsyncNamespace):

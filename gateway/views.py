@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.auth import may_publish, may_subscribe, principal_of
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
+from infra.clock import now_ms
 from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, RIDES, SETTINGS, STORE
 
 __all__ = ["post_locations", "get_driver", "post_ride", "get_ride", "ride_action", "healthz", "metrics", "index"]
@@ -31,7 +31,7 @@ async def post_locations(request: web.Request) -> web.Response:
     app = request.app
     events = parse_locations(
         await _json_body(request), max_items=app[SETTINGS].ingest_max_items,
-        received_ts=time.time_ns() // 1_000_000,
+        received_ts=now_ms(),
     )
     _check_publisher(request, events)
     await app[BATCHER].submit(events)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import aiohttp
-import socketio
 
+from gateway.client import LiveClient
 from infra.settings import Settings
 from sim.fleet import ARRIVE_M, City, Driver, driver_id
 
@@ -75,7 +75,7 @@ class DispatchSim:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.http: aiohttp.ClientSession | None = None
         self.city: City | None = None
-        self.sio = socketio.AsyncClient(reconnection=True)
+        self.live: LiveClient | None = None  # the fleet's drivers' phones: resume, dedupe, acks
 
     def token(self, role: str, sub: str) -> str:
         key = (role, sub)
@@ -86,19 +86,18 @@ class DispatchSim:
     async def start(self, http: aiohttp.ClientSession, city: City) -> None:
         """Watch the drivers' channels and start the riders."""
         self.http, self.city = http, city
-        self.sio.on("update", self.on_update, namespace="/live")
-        await self.sio.connect(self.settings.gateway_url, namespaces=["/live"], transports=["websocket"],
-                               auth={"token": self.token("ops", "simulator")})
+        self.live = LiveClient(self.settings.gateway_url, self.token("ops", "simulator"), on_update=self.on_update)
+        await self.live.connect()
         drivers = [driver_id(i) for i in range(self.settings.sim_drivers)]
-        await asyncio.gather(*(self.sio.call("subscribe", {"channel": f"driver:{d}"}, namespace="/live", timeout=30)
-                               for d in drivers))
+        await asyncio.gather(*(self.live.subscribe(f"driver:{d}") for d in drivers))
         if self.settings.sim_ride_rate_hz > 0:
             self._spawn(self._riders())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self.sio.disconnect()
+        if self.live is not None:
+            await self.live.disconnect()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -128,8 +127,6 @@ class DispatchSim:
 
     # --- drivers -----------------------------------------------------------
     def on_update(self, update: dict[str, Any]) -> None:
-        if update.get("ack"):  # an unacked event is resent until its TTL ends
-            self._spawn(self.sio.emit("ack", {"channel": update["channel"], "seq": update["seq"]}, namespace="/live"))
         data = update.get("data") or {}
         driver = data.get("driver_id")
         if update.get("type") == "offer" and driver and driver not in self.trips:

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypedDict
 
 import aiohttp
 
+from infra import clock
 from infra.settings import Settings
 
 __all__ = [
@@ -378,13 +379,13 @@ async def _drive_fleet(
     start = next_tick = last_log = loop.time()
     end = math.inf if duration_s is None else start + duration_s
     # Seqs start at the start time in ms, so a restarted simulator is not taken for a replay.
-    drivers = make_fleet(settings.sim_drivers, city, rng, now_s=start, period_s=period_s, seq_base=_epoch_ms())
+    drivers = make_fleet(settings.sim_drivers, city, rng, now_s=start, period_s=period_s, seq_base=clock.now_ms())
     since = replace(sender.stats)
     while next_tick < end:
         now = loop.time()
         if dispatch is not None:
             drivers = dispatch.steer(drivers)
-        drivers, pings = tick(drivers, now, _epoch_ms(), period_s, city, rng)
+        drivers, pings = tick(drivers, now, clock.now_ms(), period_s, city, rng)
         await sender.send(pings)
         if now - last_log >= SUMMARY_EVERY_S:
             log.info("%s", sender.stats.summary(since, now - last_log, len(drivers)))
@@ -394,5 +395,3 @@ async def _drive_fleet(
             await asyncio.sleep(next_tick - loop.time())
 
 
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000

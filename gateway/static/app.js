@@ -313,6 +313,14 @@
     ack(channel, seq) {
       this.socket.emit("ack", { channel, seq });
     }
+
+    /** Stop watching `channel` (forgets its seq: a later subscribe starts from the snapshot). */
+    unsubscribe(channel) {
+      this.channels.delete(channel);
+      this.last.delete(channel);
+      this.resyncing.delete(channel);
+      if (this.socket.connected) this.socket.emit("unsubscribe", { channel });
+    }
   }
 
   function connect() {

@@ -1,5 +1,5 @@
 // livetrack ops layer: supply, demand and surge per H3 cell, from the `cell:{h3}` channels on /live.
-// Needs the page's map and socket: app.js announces them with a "livetrack:ready" event (or window.livetrack).
+// Needs the page's map, LiveClient and socket: app.js announces them with a "livetrack:ready" event (or window.livetrack).
 // The layer is off until switched on in the map's layer control; then it subscribes to the cells where
 // drivers are seen (their `fleet` updates carry the cell) and draws each cell's latest features.
 /* global L */
@@ -24,8 +24,9 @@
   }
 
   class SupplyLayer {
-    constructor(map, socket) {
-      this.socket = socket;
+    /** `live` is the page's LiveClient (resume, dedupe, resubscribe on reconnect); `socket` its connection. */
+    constructor(map, live, socket) {
+      this.live = live;
       this.group = L.layerGroup();
       this.cells = new Map(); // cell -> {polygon, seq}
       this.on = false;
@@ -33,8 +34,7 @@
       map.on("overlayremove", (e) => e.layer === this.group && this.stop());
       L.control.layers(null, { "supply / demand": this.group }, { collapsed: false, position: "bottomleft" })
         .addTo(map);
-      socket.on("update", (msg) => this.onUpdate(msg));
-      socket.on("connect", () => this.on && [...this.cells.keys()].forEach((cell) => this.subscribe(cell)));
+      socket.on("update", (msg) => this.discover(msg)); // every update: the cells drivers are seen in
     }
 
     start() {
@@ -43,32 +43,22 @@
 
     stop() {
       this.on = false;
-      for (const cell of this.cells.keys()) this.socket.emit("unsubscribe", { channel: `cell:${cell}` });
+      for (const cell of this.cells.keys()) this.live.unsubscribe(`cell:${cell}`);
       this.cells.clear();
       this.group.clearLayers();
     }
 
-    onUpdate(msg) {
-      if (!this.on || !msg || typeof msg.channel !== "string") return;
-      if (msg.channel.startsWith("driver:")) {
-        const cell = msg.data?.cell;
-        if (typeof cell === "string" && !this.cells.has(cell) && this.cells.size < MAX_CELLS) {
-          this.cells.set(cell, { polygon: null, seq: 0 });
-          this.subscribe(cell);
-        }
-      } else if (msg.channel.startsWith("cell:")) {
-        this.draw(msg);
+    /** A driver seen in a cell the layer does not show yet: watch that cell's features. */
+    discover(msg) {
+      if (!this.on || typeof msg?.channel !== "string" || !msg.channel.startsWith("driver:")) return;
+      const cell = msg.data?.cell;
+      if (typeof cell === "string" && !this.cells.has(cell) && this.cells.size < MAX_CELLS) {
+        this.cells.set(cell, { polygon: null, seq: 0 });
+        this.live.subscribe(`cell:${cell}`, {
+          onUpdate: (update) => this.draw(update),
+          onSnapshot: (_, snapshot) => snapshot && this.draw(snapshot),
+        });
       }
-    }
-
-    subscribe(cell) {
-      this.socket.timeout(5000).emit("subscribe", { channel: `cell:${cell}` }, (err, ack) => {
-        if (err) { // no answer (a busy gateway): ask again while the layer is on
-          if (this.on && this.cells.has(cell) && this.socket.connected) setTimeout(() => this.subscribe(cell), 2000);
-          return;
-        }
-        if (ack?.ok && ack.snapshot) this.draw(ack.snapshot);
-      });
     }
 
     /** Draw (or recolour) a cell from a `cell.features` update; older seqs are ignored. */
@@ -87,8 +77,8 @@
     }
   }
 
-  function attach({ map, socket }) {
-    window.livetrackSupply = new SupplyLayer(map, socket);
+  function attach({ map, live, socket }) {
+    window.livetrackSupply = new SupplyLayer(map, live, socket);
   }
 
   if (window.livetrack) attach(window.livetrack);

@@ -12,7 +12,6 @@ from agents.features_math import (
     Counts,
     FeaturePolicy,
     WindowSpec,
-    eta_s,
     kring,
     rings,
     segment,
@@ -137,4 +136,3 @@ def test_dispatch_lookups_fall_back_when_unknown_or_stale() -> None:
     assert (surge_of(_latest(T0), stale, P), travel_speed_of(_latest(T0), stale, P)) == (1.0, 8.0)
     assert (surge_of(None, now, P), travel_speed_of(None, now, P)) == (1.0, 8.0)
     assert surge_of({"features": None, "push_seq": 4}, now, P) == 1.0
-    assert eta_s(1200.0, 8.0) == 150.0
