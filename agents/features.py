@@ -224,7 +224,7 @@ class FeaturesAgent:
         if outcome in (LATE, FUTURE):
             self._tally[(kind, outcome, copy)] += 1
             if outcome == LATE:
-                self.metrics.late_by_ms.observe((clock.wm or ts) - ts)
+                self.metrics.late_by.observe(((clock.wm or ts) - ts) / 1000)  # a _seconds histogram
             return
         start = pane_start(ts, self.policy.pane_ms)
         key = self.keys.encode(cell, partition, start)

@@ -19,7 +19,7 @@ class WorkerMetrics:
             "not counted), future (clock ahead, not counted); copy: own cell or a neighbour's copy",
             ["kind", "outcome", "copy"], registry=r,
         )
-        self.late_by_ms = Histogram(
+        self.late_by = Histogram(
             "livetrack_features_late_by_seconds", "How far behind the watermark events after grace were",
             buckets=(1, 5, 15, 30, 60, 300, 900, 3600), registry=r,
         )
