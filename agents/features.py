@@ -9,13 +9,16 @@ owns, one CellFeatures record each on `cell-features`, and for the primary
 window a `cell:{h3}` push (seq owned here, in `cell_to_features`). Events for
 a pane already closed are late: counted in no window, counted in the metrics.
 
-Outputs first, state second: the features and pushes are acked before the
-panes, the watermark and `cell_to_features` are written (in that order), so
-state never runs ahead of what was emitted. A crash in between replays the
-batch: panes ignore what they hold and the same windows close again with the
-same values and seqs (at-least-once, duplicates identical). The stored
-watermark is written after the panes, so a restarted worker resumes at the
-last batch it fully wrote and judges replayed events as it did the first time.
+Outputs first, state second: the features and pushes are acked before any
+state is written, so state never runs ahead of what was emitted. State goes in
+three acked steps: new panes and `cell_to_features`, then the watermark, then
+the removal of panes no window needs. A crash anywhere replays the batch: panes
+ignore what they hold, the same windows close again with the same values
+(at-least-once, duplicates identical), and a final already pushed is not pushed
+again. The stored watermark covers written panes only, so a restarted worker
+resumes at the last batch it fully wrote and judges replayed events as it did
+the first time; panes are removed only once that watermark is stored, so the
+replay still finds every pane the windows it closes again need.
 """
 from __future__ import annotations
 
@@ -182,13 +185,23 @@ class FeaturesAgent:
         await out.wait()  # outputs first: state is never ahead of what was emitted
         if first_close is not None:
             self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first_close) / 1000)
-        state = self.producer.group()
-        for table in (self.panes, self.watermarks, self.latest):  # the watermark covers written panes only
-            table.flush(state)
-        await state.wait()
-        for table in (self.panes, self.watermarks, self.latest):
-            table.persist_offsets(state)
+        # State in three steps, each acked before the next, so a crash between any two leaves what a
+        # replay of the batch needs: a watermark stored ahead of its batch's panes would make replayed
+        # events late; panes removed ahead of the watermark would be missing when the replay closes the
+        # same windows again; latest seqs stored ahead of the watermark only keep the replay from
+        # pushing finals twice (see _publish).
+        await self._store(lambda group: (self.panes.flush(group, removals=False), self.latest.flush(group)))
+        await self._store(self.watermarks.flush)
+        await self._store(self.panes.flush)  # panes no window needs any more
         self.records += len(events)
+
+    async def _store(self, flush: Callable[[DeliveryGroup], object]) -> None:
+        """Write what `flush` buffers to the stores and changelogs; return once acked, offsets persisted."""
+        group = self.producer.group()
+        flush(group)
+        await group.wait()
+        for table in (self.panes, self.watermarks, self.latest):
+            table.persist_offsets(group)
 
     def _count_events(self) -> None:
         for labels, n in self._tally.items():
@@ -359,6 +372,8 @@ class FeaturesAgent:
         """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""
         cell = features["cell"]
         held = self.latest.get(cell) or {"features": None, "push_seq": 0}
+        if features["final"] and held["features"] and features["end_ts"] <= held["features"]["end_ts"]:
+            return  # a replay after a crash closing this window again: it was pushed, under its seq
         latest = {"features": features if features["final"] else held["features"], "push_seq": held["push_seq"] + 1}
         self.latest.set(cell, latest, event)
         data = {**features, "window": f"{features['kind'].lower()}-{features['size_s']}s",

@@ -70,14 +70,21 @@ class TableWriter:
         self._dirty[key] = event
         self._deleted.add(key)
 
-    def flush(self, group: DeliveryGroup) -> int:
-        """Write (or remove) each buffered key once in the store and the changelog (in `group`); how many."""
+    def flush(self, group: DeliveryGroup, *, removals: bool = True) -> int:
+        """Write (or remove) each buffered key once in the store and the changelog (in `group`); how many.
+
+        With `removals=False` the buffered removals stay buffered, for a later flush: a caller whose
+        other tables must be stored first (a crash in between would otherwise lose what a replay needs).
+        """
         topic, data, send = self.changelog, self.table.data, self.producer.send
-        for key, event in self._dirty.items():
+        done = [key for key in self._dirty if removals or key not in self._deleted]
+        for key in done:
+            event = self._dirty.pop(key)
             bind_event(event)  # the RocksDB store routes by the current event's partition
             key_bytes = key.encode()
             raw: bytes | None = None
             if key in self._deleted:
+                self._deleted.discard(key)
                 if key_bytes in data:
                     del data[key_bytes]
             else:
@@ -85,9 +92,7 @@ class TableWriter:
                 data[key_bytes] = raw
             send(group, topic, raw, key=key_bytes, partition=event.message.partition)
         bind_event(None)
-        written = len(self._dirty)
-        self._dirty.clear()
-        self._deleted.clear()
+        written = len(done)
         if len(self._cache) > self.cache_max:
             for old in list(self._cache)[: len(self._cache) - self.cache_max * 3 // 4]:
                 del self._cache[old]

@@ -344,28 +344,33 @@ class _Event:
     message: _Message
 
 
-async def test_a_crash_between_panes_and_watermark_replays_to_the_same_windows() -> None:
-    """Panes written, watermark not (a SIGKILL mid-flush): the replayed batch closes the same windows
-    with the same values, and none of its events is judged late against the panes written ahead."""
+def _events(w: Wired, pings: list[dict[str, Any]], first_offset: int) -> list[_Event]:
+    """The cell-activity records the fanout makes of `pings`, as events at consecutive offsets."""
+    for p in pings:
+        w.fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
+    return [_Event(_Message(v, p, first_offset + i)) for i, (v, p) in enumerate(w.batches())]
+
+
+@pytest.mark.parametrize("later_s", [100, 1_000], ids=["panes-kept", "panes-expire"])
+async def test_a_crash_before_the_watermark_is_stored_replays_to_the_same_windows(later_s: int) -> None:
+    """Panes and latest seqs written, watermark not (a SIGKILL mid-write): the replayed batch closes the
+    same windows with the same values, judges none of its events late, finds every pane it needs (none
+    removed ahead of the watermark) and does not push a final twice."""
     w = Wired()
-    first = [ping("d1", 1, 1), ping("d2", 1, 2), ping("d1", 2, 20, 1)]
-    for p in first:
-        w.fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
-    batch1 = [_Event(_Message(v, p, i)) for i, (v, p) in enumerate(w.batches())]
-    later = [ping("d1", 3, 100, 2), ping("d2", 2, 101)]
-    for p in later:
-        w.fanout.sighting({k: v for k, v in p.items() if k != "status"}, p["status"])
-    batch2 = [_Event(_Message(v, p, 100 + i)) for i, (v, p) in enumerate(w.batches())]
+    batch1 = _events(w, [ping("d1", 1, 1), ping("d2", 1, 2), ping("d1", 2, 20, 1), ping("d2", 2, 65)], 0)
+    batch2 = _events(w, [ping("d1", 3, later_s, 2), ping("d2", 3, later_s + 1)], 100)
     await w.agent.process(batch1)  # type: ignore[arg-type]
+    before = w.pushes()
+    del w.producer.sent[:]
     flush = w.watermarks.flush
 
-    def crash(group: Any) -> int:
+    def crash(group: Any, **_: Any) -> int:
         raise RuntimeError("SIGKILL")
 
     w.watermarks.flush = crash  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         await w.agent.process(batch2)  # type: ignore[arg-type]
-    emitted = w.features()
+    emitted, pushed = w.features(), w.pushes()
     del w.producer.sent[:]
     w.watermarks.flush = flush  # type: ignore[method-assign]
     await w.agent.process(batch2)  # type: ignore[arg-type]  # the replay
@@ -375,6 +380,14 @@ async def test_a_crash_between_panes_and_watermark_replays_to_the_same_windows()
     strip = [{k: v for k, v in f.items() if k != "emitted_ts"} for f in emitted]
     assert [{k: v for k, v in f.items() if k != "emitted_ts"} for f in again] == strip
     assert w.sample("livetrack_features_events_total", kind="sighting", outcome="late", copy="own") == 0
+    finals = [p for p in pushed if p["channel"] == cell_channel(A) and json.loads(p["data"])["final"]]
+    assert finals and not [p for p in w.pushes() if json.loads(p["data"])["final"]]  # pushed once, before
+    if later_s > 480 + 10:  # every pane of batch 1 expired: removed once the watermark was stored
+        assert {start for _, _, start, _ in stored_panes(w.panes.table)} == {T0 + 990_000}  # batch 2's only
+    del w.producer.sent[:]
+    await w.agent.process(_events(w, [ping("d1", 4, later_s + 300, 3)], 200))  # type: ignore[arg-type]
+    seqs = [p["seq"] for p in before + pushed + w.pushes() if p["channel"] == cell_channel(A)]
+    assert seqs == list(range(1, len(seqs) + 1))  # the channel's seqs go on without a gap or a repeat
 
 
 async def test_a_watermark_jumping_by_years_closes_the_old_windows_at_once() -> None:
