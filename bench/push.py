@@ -101,8 +101,9 @@ class _Watchers:
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
 
-def watch_process(url: str, token: str, channels: list[str], window_s: float, ready: Any, go: Any, out: Any) -> None:
-    """Child process: connect its share of clients, report, wait for `go`, measure, report."""
+def watch_process(url: str, token: str, channels: list[str], window_s: float, ready: Any, go: Any, out: Any,
+                  done: Any) -> None:
+    """Child process: connect its share of clients, report, wait for `go`, measure, report; close at `done`."""
     raise_open_files_limit()
 
     async def main() -> None:
@@ -121,6 +122,8 @@ def watch_process(url: str, token: str, channels: list[str], window_s: float, re
                      "cpu_pct": cpu_pct, "gaps": sum(s.gaps for s in stats),
                      "duplicates": sum(s.duplicates for s in stats),
                      "disconnects": sum(s.disconnects for s in stats)})
+            # Not before the parent has read the gateway's counters: 5,000 disconnects at once hold its loop.
+            await loop.run_in_executor(None, done.wait)
             await watchers.close()
 
     asyncio.run(main())
@@ -222,9 +225,10 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     seed.join()
 
     rss0 = gateway.memory_info().rss
-    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    ready, go, out, done = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event()
     channels = [f"driver:{drivers[i % len(drivers)]}" for i in range(args.clients)]
-    procs = [ctx.Process(target=watch_process, args=(settings.gateway_url, token, share, args.duration, ready, go, out))
+    procs = [ctx.Process(target=watch_process,
+                         args=(settings.gateway_url, token, share, args.duration, ready, go, out, done))
              for share in _split(channels, args.processes)]
     t_connect = time.perf_counter()
     for p in procs:
@@ -251,6 +255,7 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
 "gateway_cpu_pct": round((sum(cpu1[:2]) - sum(cpu0[:2])) / (t1 - t0) * 100, 1),
               "machine_cpu_pct": round(psutil.cpu_percent() * psutil.cpu_count(), 1),
               "load_avg_1m": round(psutil.getloadavg()[0], 2)}
+    done.set()
     for p in procs:
         p.join()
     polled = poll_out.get(timeout=poll_window_s + 600)
