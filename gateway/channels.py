@@ -17,6 +17,7 @@ from typing import Any
 
 from engineio import packet as eio_packet
 
+from gateway.direct import text_frame
 from schemas.records import ID_PATTERN
 
 __all__ = [
@@ -51,6 +52,7 @@ class Update:
     must_ack: bool = False
     text: str = field(init=False, compare=False, repr=False)
     _packet: eio_packet.Packet | None = field(init=False, compare=False, repr=False, default=None)
+    _frame: bytes | None = field(init=False, compare=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.text = self.payload_json(0)
@@ -87,6 +89,12 @@ class Update:
         if self._packet is None:
             self._packet = eio_packet.Packet(eio_packet.MESSAGE, _EVENT_PREFIX + self.text + "]")
         return self._packet
+
+    def frame(self) -> bytes:
+        """`packet()` as the WebSocket frame every uncompressed connection gets (gateway.direct), built once."""
+        if self._frame is None:
+            self._frame = text_frame(self.packet().encode())
+        return self._frame
 
 
 def update_from_push(msg: dict[str, Any], ack_priority: int) -> Update:

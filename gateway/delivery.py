@@ -7,7 +7,9 @@ expired ones dropped, and go out as the socket drains (served every tick).
 Events (must_ack) are resent every `retry_ms` until the client acks them or
 their TTL ends. The fan-out writes the frame built once per update straight
 into each socket's queue: python-socketio's room emit makes a task per
-recipient, which costs more than the write itself.
+recipient, which costs more than the write itself; a connection that keeps up
+gets the update's WebSocket frame written straight to its transport
+(gateway.direct), without Engine.IO's per-socket writer task.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from engineio import exceptions as eio_exceptions
 
 from gateway.auth import Principal
 from gateway.channels import FLEET, Update
+from gateway.direct import write_direct
 from gateway.metrics import Metrics
 
 __all__ = ["Connection", "Fanout", "SendQueue", "Unacked"]
@@ -253,6 +256,9 @@ class Fanout:
 
     async def _send(self, conn: Connection, socket: engineio.async_socket.AsyncSocket, update: Update,
                     skipped: int, now_ms: float) -> int:
+        if not skipped and write_direct(socket, update.frame()):
+            self._owe_ack(conn, update, now_ms)
+            return 1
         try:
             await socket.send(update.packet(skipped))  # queues the frame; never waits for the network
         except eio_exceptions.SocketIsClosedError:

@@ -13,6 +13,7 @@ from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import NAMESPACE, ChannelStore
 from gateway.delivery import Fanout
+from gateway.direct import enable_direct_frames
 from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     origins = [o for o in settings.cors_origins.split(",") if o]
     sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins or None,
                                max_http_buffer_size=64 * 1024)
+    enable_direct_frames(sio.eio)
     app[SIO] = sio
     fanout = Fanout(sio.eio, metrics, backlog=settings.push_send_backlog, pending_max=settings.push_pending_max,
                     retry_ms=settings.push_retry_ms, drop=lambda sid: sio.disconnect(sid, namespace=NAMESPACE))
