@@ -247,12 +247,15 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     reads0 = _gateway_counter(settings, "livetrack_driver_reads")
     psutil.cpu_percent()
     cpu0, t0, frames0 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
+    direct0 = _gateway_counter(settings, "livetrack_push_direct_emits")
     go.set()
     poller.start()
     pushed = [out.get(timeout=args.duration + 600) for _ in procs]
     cpu1, t1, frames1 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
+    direct1 = _gateway_counter(settings, "livetrack_push_direct_emits")
     window = {"gateway_frames_sent": int(frames1 - frames0),  # in the window, give or take a second
-"gateway_cpu_pct": round((sum(cpu1[:2]) - sum(cpu0[:2])) / (t1 - t0) * 100, 1),
+              "gateway_frames_direct": int(direct1 - direct0),  # of those, written straight to the socket
+              "gateway_cpu_pct": round((sum(cpu1[:2]) - sum(cpu0[:2])) / (t1 - t0) * 100, 1),
               "machine_cpu_pct": round(psutil.cpu_percent() * psutil.cpu_count(), 1),
               "load_avg_1m": round(psutil.getloadavg()[0], 2)}
     done.set()

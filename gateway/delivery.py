@@ -257,6 +257,7 @@ class Fanout:
     async def _send(self, conn: Connection, socket: engineio.async_socket.AsyncSocket, update: Update,
                     skipped: int, now_ms: float) -> int:
         if not skipped and write_direct(socket, update.frame()):
+            self.metrics.direct.inc()
             self._owe_ack(conn, update, now_ms)
             return 1
         try:

@@ -16,6 +16,8 @@ class Metrics:
         self.rejected = Counter("livetrack_ingest_rejected_requests", "Ingest requests refused", ["status"], registry=r)
         self.pushed = Counter("livetrack_push_messages", "Push messages received from Kafka", registry=r)
         self.emitted = Counter("livetrack_push_emits", "Update frames sent to /live connections", registry=r)
+        self.direct = Counter("livetrack_push_direct_emits",
+                              "Update frames written straight to a socket that keeps up (of the emits)", registry=r)
         self.expired = Counter("livetrack_push_expired", "Push messages whose TTL ended before delivery", registry=r)
         self.bad_pushes = Counter("livetrack_push_bad", "Push messages skipped: data not a JSON object", registry=r)
         self.retried = Counter("livetrack_push_retries", "Unacked events sent again", registry=r)
