@@ -208,6 +208,29 @@ def _gateway_counter(settings: Settings, name: str) -> float:
     return sum(s.value for f in families if f.name == name for s in f.samples if s.name == f"{name}_total")
 
 
+def _gateway_buckets(settings: Settings, name: str) -> dict[float, float]:
+    """A histogram of the gateway's /metrics as {upper bound (s): cumulative count}."""
+    families = scrape(f"{settings.gateway_url}/metrics")
+    return {float(s.labels["le"]): s.value for f in families if f.name == name
+            for s in f.samples if s.name == f"{name}_bucket"}
+
+
+def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile (ms) of what a histogram observed between two scrapes, interpolated within its bucket."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank, lower, below = q * counts[-1], 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower * 1000, 1)  # past the last bound: its lower edge is all that is known
+            return round((lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)) * 1000, 1)
+        lower, below = bound, count
+    return float("nan")
+
+
 def _split(items: list[str], parts: int) -> list[list[str]]:
     return [items[k::parts] for k in range(parts)]
 
@@ -248,13 +271,18 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     psutil.cpu_percent()
     cpu0, t0, frames0 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
     direct0 = _gateway_counter(settings, "livetrack_push_direct_emits")
+    emit0 = _gateway_buckets(settings, "livetrack_event_to_emit_seconds")
     go.set()
     poller.start()
     pushed = [out.get(timeout=args.duration + 600) for _ in procs]
     cpu1, t1, frames1 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
     direct1 = _gateway_counter(settings, "livetrack_push_direct_emits")
+    emit1 = _gateway_buckets(settings, "livetrack_event_to_emit_seconds")
     window = {"gateway_frames_sent": int(frames1 - frames0),  # in the window, give or take a second
               "gateway_frames_direct": int(direct1 - direct0),  # of those, written straight to the socket
+              # ping POST -> the gateway fans its update out (ingest, Kafka, worker): the rest is delivery
+              "event_to_emit_p50_ms": _bucket_quantile(emit0, emit1, 0.5),
+              "event_to_emit_p95_ms": _bucket_quantile(emit0, emit1, 0.95),
               "gateway_cpu_pct": round((sum(cpu1[:2]) - sum(cpu0[:2])) / (t1 - t0) * 100, 1),
               "machine_cpu_pct": round(psutil.cpu_percent() * psutil.cpu_count(), 1),
               "load_avg_1m": round(psutil.getloadavg()[0], 2)}
