@@ -2,10 +2,17 @@
 
 One gateway process; D drivers ping at 1 Hz, moving 6 m a ping, so the push
 policy (10 m or 5 s) pushes every second ping: each client gets an update
-every 2 s, as a rider watching a car in town would. N LiveClients (default
+every 2 s, as a rider watching a car in town would. N clients (default
 5,000, spread over several processes) each watch one driver; every update
 they get is timed from the ping's POST (`data.ts`) to its arrival: fan-out
-p50/p95/p99 across all N (ingest and the worker included). Connect success counts the
+p50/p95/p99 across all N (ingest and the worker included), and the part of it
+before the gateway fans out (its event-to-emit histogram). The clients are
+bench.wire's, which speak Engine.IO v4 / Socket.IO v5 over aiohttp websockets
+(token in the handshake, `subscribe` with its ack, every `update` read,
+events acked), not gateway.client.LiveClient: on a 2-core machine 5,000
+python-socketio clients took 40-47% CPU, CPU the gateway needs, and their run
+queues were most of the measured latency (LiveClient's resume and repair are
+tested in tests/). Connect success counts the
 clients that connected and subscribed at the first attempt; bytes per
 connection is the gateway's RSS growth over the connections, taken before
 any update flows. Every second each client's shown position is aged (now -
