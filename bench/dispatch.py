@@ -56,6 +56,8 @@ class Bench:
         self.outcomes: dict[str, str] = {}
         self.to_worker: dict[str, float] = {}  # ride id -> POST sent -> the rides agent logged REQUESTED
         self.to_phone: dict[str, float] = {}  # ride id -> the rides agent asked for the reservation -> offer seen
+        self.to_offers: dict[str, float] = {}  # ride id -> the rides agent asked -> the offers agent reserved
+        self.offer_to_phone: dict[str, float] = {}  # ride id -> the offers agent reserved -> offer seen
         self.statuses: dict[str, int] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.http: aiohttp.ClientSession | None = None
@@ -99,8 +101,13 @@ class Bench:
     def on_driver_update(self, update: dict[str, Any]) -> None:
         data = update["data"]
         if update["type"] == "offer":
-            self.offered.setdefault(data["ride_id"], now_ms())
-            self.to_phone.setdefault(data["ride_id"], now_ms() - update["ts"])
+            seen = now_ms()
+            self.offered.setdefault(data["ride_id"], seen)
+            self.to_phone.setdefault(data["ride_id"], seen - update["ts"])
+            # The offers agent reserved at its own `now`: the offer expires ttl_ms after it.
+            reserved = data["expires_at"] - data["ttl_ms"]
+            self.to_offers.setdefault(data["ride_id"], reserved - update["ts"])
+            self.offer_to_phone.setdefault(data["ride_id"], seen - reserved)
             self.spawn(self.post(f"/v1/rides/{data['ride_id']}/accept", self.driver_tokens[data["driver_id"]]))
 
     def on_rider_update(self, update: dict[str, Any]) -> None:
@@ -174,6 +181,9 @@ async def measure(settings: Settings, rate: float, duration_s: float, burst: int
         # Where an offer's time goes: gateway -> Kafka -> rides agent, then rides agent -> offers agent -> phone.
         **percentiles([bench.to_worker[r] for r in measured if r in bench.to_worker], "request_to_rides_agent"),
         **percentiles([bench.to_phone[r] for r in measured if r in bench.to_phone], "rides_agent_to_phone"),
+        # ...which splits at the offers agent's reservation: rides agent -> offers agent, offers agent -> phone.
+        **percentiles([bench.to_offers[r] for r in measured if r in bench.to_offers], "rides_agent_to_offers_agent"),
+        **percentiles([bench.offer_to_phone[r] for r in measured if r in bench.offer_to_phone], "offers_agent_to_phone"),
         "burst_requests": len(burst_rides), "burst_assigned": len(done),
         "match_requests_per_s": round(len(done) / span_s, 1) if done else 0.0,
         "http": dict(sorted(bench.statuses.items())),
