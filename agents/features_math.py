@@ -82,7 +82,7 @@ class FeaturePolicy:
             primary_window_s=s.features_primary_window_s,
             surge_floor=s.features_surge_floor, surge_cap=s.features_surge_cap,
             surge_sensitivity=s.features_surge_sensitivity, surge_prior=s.features_surge_prior,
-            default_speed_mps=s.features_default_speed_mps, speed_min_moving_s=s.features_speed_min_moving_s,
+            default_speed_mps=s.dispatch_speed_mps, speed_min_moving_s=s.features_speed_min_moving_s,
             speed_min_mps=s.features_speed_min_mps, speed_max_gap_ms=s.features_speed_max_gap_ms,
             max_speed_mps=s.max_speed_mps, running_ms=s.features_running_ms, stale_ms=s.features_stale_ms,
         )

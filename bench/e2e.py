@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import socketio
 
-from bench.harness import bench_settings, emit, percentiles, pipeline_running, scrape
+from bench.harness import bench_settings, emit, histogram_buckets, percentiles, pipeline_running, scrape
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
 from infra.broker import LocalBroker
@@ -100,11 +100,7 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
 
 def _emit_buckets(settings: Settings) -> dict[float, float]:
     """The gateway's event-to-emit histogram (cumulative counts by upper bound, seconds)."""
-    return {
-        float(s.labels["le"]): s.value
-        for family in scrape(f"{settings.gateway_url}/metrics") if family.name == "livetrack_event_to_emit_seconds"
-        for s in family.samples if s.name.endswith("_bucket")
-    }
+    return histogram_buckets(scrape(f"{settings.gateway_url}/metrics"), "livetrack_event_to_emit_seconds")
 
 
 def _bucket_quantile(buckets: dict[float, float], q: float) -> float:

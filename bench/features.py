@@ -23,13 +23,13 @@ import random
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
 
-from bench.harness import bench_settings, emit, percentiles, scrape
+from bench.harness import bench_settings, counter_total, emit, percentiles, scrape
 from infra.broker import kafka_running
 from infra.processes import WORKER_READY, Proc, spawn, worker_args
 from infra.producer import AsyncProducer
 from infra.settings import Settings
+from infra.topics import read_topic
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellFeatures, LocationBatch, RideEvent
@@ -96,8 +96,7 @@ def applied(settings: Settings) -> float:
         families = scrape(f"http://127.0.0.1:{settings.worker_web_port}/metrics")
     except OSError:
         return 0.0
-    return sum(s.value for f in families for s in f.samples
-               if s.name == "livetrack_features_events_total" and s.labels.get("copy") == "own")
+    return counter_total(families, "livetrack_features_events", copy="own")
 
 
 async def feed(settings: Settings, records: list[list[tuple]], counts: list[int], worker: Proc) -> dict[str, float]:
@@ -125,23 +124,11 @@ async def feed(settings: Settings, records: list[list[tuple]], counts: list[int]
 
 def close_to_topic(settings: Settings) -> dict[str, Any]:
     """Every CellFeatures record: LogAppendTime - emitted_ts."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "bench-features-probe",
-                         "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(CELL_FEATURES.name, timeout=10).topics[CELL_FEATURES.name]
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(CELL_FEATURES.name, p), timeout=10)[1]
-                for p in meta.partitions}
-        consumer.assign([TopicPartition(CELL_FEATURES.name, p, 0) for p in ends])
-        want, latencies, windows = sum(ends.values()), [], set()
-        deadline = time.monotonic() + 60
-        while len(latencies) < want and time.monotonic() < deadline:
-            for m in consumer.consume(1000, timeout=0.5):
-                if m.error() is None:
-                    f = codec_for(CellFeatures).loads(m.value())
-                    latencies.append(m.timestamp()[1] - f["emitted_ts"])
-                    windows.add((f["kind"], f["size_s"], f["end_ts"]))
-    finally:
-        consumer.close()
+    latencies, windows = [], set()
+    for m in read_topic(settings, CELL_FEATURES.name, timeout_s=60):
+        f = codec_for(CellFeatures).loads(m.value())
+        latencies.append(m.timestamp()[1] - f["emitted_ts"])
+        windows.add((f["kind"], f["size_s"], f["end_ts"]))
     return {**percentiles(latencies, "window_close_to_topic"), "features_records": len(latencies),
             "features_window_closes": len(windows)}
 

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from hdrh.histogram import HdrHistogram
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from infra.broker import kafka_running
-from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
+from infra.processes import WORKER_READY, Proc, gateway_args, scrape, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
-__all__ = ["bench_settings", "percentiles", "emit", "wait_until", "pipeline_running", "scrape"]
+__all__ = [
+    "bench_settings", "counter_total", "emit", "histogram_buckets", "percentiles", "pipeline_running", "scrape",
+    "wait_until",
+]
 
 
 def bench_settings(**overrides: Any) -> Settings:
@@ -29,10 +30,16 @@ def bench_settings(**overrides: Any) -> Settings:
     return base.model_copy(update=values)
 
 
-def scrape(url: str) -> list[Metric]:
-    """The metric families a Prometheus endpoint (gateway or worker `/metrics`, loopback) serves now."""
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return list(text_string_to_metric_families(resp.read().decode()))
+def counter_total(families: list[Metric], name: str, **labels: str) -> float:
+    """A counter of one scrape, summed over the series matching `labels`."""
+    return sum(s.value for f in families if f.name == name for s in f.samples
+               if s.name == f"{name}_total" and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def histogram_buckets(families: list[Metric], name: str) -> dict[float, float]:
+    """A histogram of one scrape as {upper bound (s): cumulative count}."""
+    return {float(s.labels["le"]): s.value for f in families if f.name == name
+            for s in f.samples if s.name == f"{name}_bucket"}
 
 
 def percentiles(values_ms: Sequence[float], prefix: str) -> dict[str, float]:

@@ -41,7 +41,9 @@ import aiohttp
 import psutil
 
 from bench.e2e import _run_sender
-from bench.harness import bench_settings, emit, percentiles, pipeline_running, scrape
+from bench.harness import (
+    bench_settings, counter_total, emit, histogram_buckets, percentiles, pipeline_running, scrape,
+)
 from bench.wire import WireClient
 from gateway.auth import Tokens
 from infra.processes import raise_open_files_limit
@@ -209,19 +211,6 @@ def poll_process(url: str, token: str, drivers: list[str], clients: int, periods
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def _gateway_counter(settings: Settings, name: str) -> float:
-    """A counter of the gateway's /metrics."""
-    families = scrape(f"{settings.gateway_url}/metrics")
-    return sum(s.value for f in families if f.name == name for s in f.samples if s.name == f"{name}_total")
-
-
-def _gateway_buckets(settings: Settings, name: str) -> dict[float, float]:
-    """A histogram of the gateway's /metrics as {upper bound (s): cumulative count}."""
-    families = scrape(f"{settings.gateway_url}/metrics")
-    return {float(s.labels["le"]): s.value for f in families if f.name == name
-            for s in f.samples if s.name == f"{name}_bucket"}
-
-
 def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """The q-quantile (ms) of what a histogram observed between two scrapes, interpolated within its bucket."""
     bounds = sorted(after)
@@ -247,6 +236,7 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     tokens = Tokens(settings)
     token = tokens.mint("ops", "bench-push", ttl_s=3600)
     drivers = driver_ids(args.drivers)
+    metrics_url = f"{settings.gateway_url}/metrics"
     poll_periods = [float(p) for p in args.poll_periods.split(",")]
     poll_window_s = 2 * max(poll_periods)
     # Every driver once, so every channel has a snapshot before anyone subscribes.
@@ -274,19 +264,19 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     poller = ctx.Process(target=poll_process,
                          args=(settings.gateway_url, token, drivers, args.poll_clients, poll_periods, poll_out))
     time.sleep(WARMUP_S)  # every driver has moved since its seed ping before anyone looks
-    reads0 = _gateway_counter(settings, "livetrack_driver_reads")
     psutil.cpu_percent()
-    cpu0, t0, frames0 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
-    direct0 = _gateway_counter(settings, "livetrack_push_direct_emits")
-    emit0 = _gateway_buckets(settings, "livetrack_event_to_emit_seconds")
+    cpu0, t0, m0 = gateway.cpu_times(), time.perf_counter(), scrape(metrics_url)  # one scrape per window edge
     go.set()
     poller.start()
     pushed = [out.get(timeout=args.duration + 600) for _ in procs]
-    cpu1, t1, frames1 = gateway.cpu_times(), time.perf_counter(), _gateway_counter(settings, "livetrack_push_emits")
-    direct1 = _gateway_counter(settings, "livetrack_push_direct_emits")
-    emit1 = _gateway_buckets(settings, "livetrack_event_to_emit_seconds")
-    window = {"gateway_frames_sent": int(frames1 - frames0),  # in the window, give or take a second
-              "gateway_frames_direct": int(direct1 - direct0),  # of those, written straight to the socket
+    cpu1, t1, m1 = gateway.cpu_times(), time.perf_counter(), scrape(metrics_url)
+    emit0, emit1 = (histogram_buckets(m, "livetrack_event_to_emit_seconds") for m in (m0, m1))
+
+    def grew(name: str) -> int:
+        return int(counter_total(m1, name) - counter_total(m0, name))
+
+    window = {"gateway_frames_sent": grew("livetrack_push_emits"),  # in the window, give or take a second
+              "gateway_frames_direct": grew("livetrack_push_direct_emits"),  # of those, written straight
               # ping POST -> the gateway fans its update out (ingest, Kafka, worker): the rest is delivery
               "event_to_emit_p50_ms": _bucket_quantile(emit0, emit1, 0.5),
               "event_to_emit_p95_ms": _bucket_quantile(emit0, emit1, 0.95),
@@ -298,10 +288,10 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
         p.join()
     polled = poll_out.get(timeout=poll_window_s + 600)
     poller.join()
-    reads1 = _gateway_counter(settings, "livetrack_driver_reads")
+    reads = counter_total(scrape(metrics_url), "livetrack_driver_reads") - counter_total(m0, "livetrack_driver_reads")
     sender_out.get()
     sender.join()
-    return {**_figures(args, polled, pushed, connected, connect_s, rss1 - rss0, reads1 - reads0), **window}
+    return {**_figures(args, polled, pushed, connected, connect_s, rss1 - rss0, reads), **window}
 
 
 def _figures(args: argparse.Namespace, polled: list[dict[str, Any]], pushed: list[dict[str, Any]], connected: int,

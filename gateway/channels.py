@@ -125,21 +125,19 @@ class ChannelHistory:
 
     __slots__ = ("updates", "head", "latest", "latest_state")
 
-    def __init__(self) -> None:
-        self.updates: deque[Update] = deque()
+    def __init__(self, max_len: int) -> None:
+        self.updates: deque[Update] = deque(maxlen=max_len)  # the oldest falls out
         self.head = 0
         self.latest: Update | None = None
         self.latest_state: Update | None = None  # the newest non-event: a snapshot even once expired
 
-    def append(self, update: Update, max_len: int) -> bool:
+    def append(self, update: Update) -> bool:
         """Keep `update`; False when its seq is not newer than the head (a replay or redelivery)."""
         if update.seq <= self.head:
             return False
         if self.updates and update.seq != self.head + 1:
             self.updates.clear()  # a hole (the replay window began mid-channel): only contiguous runs resume
         self.updates.append(update)
-        if len(self.updates) > max_len:
-            self.updates.popleft()
         self.head = update.seq
         self.latest = update
         if not update.must_ack:
@@ -178,8 +176,8 @@ class ChannelStore:
         """Record `update`; False when it is not newer than what is held (duplicate or old)."""
         history = self._channels.get(update.channel)
         if history is None:
-            history = self._channels[update.channel] = ChannelHistory()
-        return history.append(update, self.max_len)
+            history = self._channels[update.channel] = ChannelHistory(self.max_len)
+        return history.append(update)
 
     def head(self, channel: str) -> int:
         history = self._channels.get(channel)

@@ -44,23 +44,17 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     live = app[LIVE]
     # The replay window is the resume history: a restarted gateway resumes clients as before.
     app[BRIDGE] = bridge = PushBridge(settings, live.publish, replay_ms=settings.push_history_age_ms)
+    live.ready = bridge.ready  # subscribes are answered once the history window is replayed
     await bridge.start()
     await app[RIDES].start(producer)
-    tasks = [asyncio.create_task(_open_when_ready(bridge, live), name="live-ready"),
-             asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")]
+    ticker = asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    ticker.cancel()
+    await asyncio.gather(ticker, return_exceptions=True)
     await app[RIDES].stop()
     await bridge.stop()
     await batcher.close()
     await producer.close()
-
-
-async def _open_when_ready(bridge: PushBridge, live: LiveNamespace) -> None:
-    await bridge.ready.wait()
-    live.ready.set()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -16,7 +16,7 @@ from gateway.metrics import Metrics
 from infra.clock import now_ms
 from infra.producer import ProduceError
 
-__all__ = ["LiveNamespace", "NAMESPACE"]
+__all__ = ["LiveNamespace"]
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_MS = 60_000
@@ -39,7 +39,8 @@ class LiveNamespace(socketio.AsyncNamespace):
         self.ride_rider = ride_rider
         # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
         self.decide = decide
-        # Set once the bridge has replayed the history window: resumes before that would miss it.
+        # Set once the bridge has replayed the history window: resumes before that would miss it
+        # (the app shares the bridge's own event here).
         self.ready = asyncio.Event()
 
     # --- connections ------------------------------------------------------------------------------

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import psutil
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from infra.settings import Settings
 
 PR_SET_PDEATHSIG = 1
 
-__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "raise_open_files_limit", "spawn", "wait_http_ok",
+__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "raise_open_files_limit", "scrape", "spawn", "wait_http_ok",
            "worker_args", "gateway_args", "sim_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
@@ -115,6 +117,12 @@ def http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+def scrape(url: str) -> list[Metric]:
+    """The metric families a Prometheus endpoint (gateway or worker `/metrics`, loopback) serves now."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return list(text_string_to_metric_families(resp.read().decode()))
 
 
 def wait_http_ok(url: str, procs: Sequence[Proc], timeout_s: float = 60) -> None:

@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     dispatch_retry_ms: int = Field(1_000, description="All candidates busy: look again after this long...")
     dispatch_max_wait_ms: int = Field(30_000, description="...until the ride is this old, then NO_DRIVERS.")
     dispatch_tick_ms: int = Field(100, description="How often the rides agent checks its deadlines.")
-    dispatch_speed_mps: float = Field(8.0, description="Travel speed of the ETA estimate where no per-cell speed is known.")
+    dispatch_speed_mps: float = Field(
+        8.0, gt=0, description="Travel speed where no per-cell speed is known: ETAs, and a cell's DEFAULT speed "
+        "when its own moves are too few (8 m/s = 29 km/h)."
+    )
     eta_push_threshold_s: float = Field(30.0, description="Push a new ETA to the rider when it changed by this much.")
     ride_push_min_distance_m: float = Field(
         50.0, description="Push the assigned driver's position to the rider after a move this long."
@@ -120,9 +123,6 @@ class Settings(BaseSettings):
     )
     features_surge_prior: float = Field(
         1.0, gt=0, description="Pseudo-count added to smoothed demand and supply (no division by zero, calm when thin)."
-    )
-    features_default_speed_mps: float = Field(
-        8.0, gt=0, description="Travel speed where a cell's own moves are too few (8 m/s = 29 km/h)."
     )
     features_speed_min_moving_s: float = Field(
         20.0, ge=0, description="Moving time (s) a cell's drivers need in a window for the cell's own speed."

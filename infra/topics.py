@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
-__all__ = ["TopicError", "ensure_topics", "partition_count", "topic_config"]
+__all__ = ["TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "topic_config"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,33 @@ def partition_count(settings: Settings, spec: TopicSpec) -> int:
     if meta is None or meta.error is not None:
         raise TopicError(f"topic {spec.name} missing; run `livetrack topics create`")
     return len(meta.partitions)
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> the offset the next record of `topic` will get."""
+    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "livetrack-probe"})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    finally:
+        c.close()
+
+
+def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = None,
+               timeout_s: float = 10) -> list[Message]:
+    """Every record of `topic` from `since` (default: the beginning) to its end when called."""
+    ends = end_offsets(settings, topic)
+    starts = since or {}
+    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "livetrack-reader",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in ends])
+        out: list[Message] = []
+        want = sum(ends[p] - starts.get(p, 0) for p in ends)
+        deadline = time.monotonic() + timeout_s
+        while len(out) < want and time.monotonic() < deadline:
+            out.extend(m for m in c.consume(1000, timeout=0.5)
+                       if m.error() is None and m.offset() < ends[m.partition()])  # not what came since
+        return out
+    finally:
+        c.close()

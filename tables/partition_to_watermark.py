@@ -1,5 +1,6 @@
 """`cell-activity` partition -> Watermark (Avro bytes): the event time the features agent had reached
-when it last wrote a whole batch (panes first, this last), so a restart resumes exactly there."""
+when it last wrote a whole batch (after its new panes, before removing the panes it closed), so a
+restart resumes exactly there."""
 from __future__ import annotations
 
 import faust

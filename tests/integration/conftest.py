@@ -5,8 +5,15 @@ from typing import AsyncIterator
 
 import pytest
 
+from infra.processes import raise_open_files_limit
 from infra.settings import Settings
 from tests.integration.fixtures import Pipeline
+
+
+@pytest.fixture(scope="session", autouse=True)
+def open_files() -> None:
+    """The 1,000-client push test holds ~3,000 sockets in this process (clients and proxy ends)."""
+    raise_open_files_limit()
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,14 @@ import random
 import shutil
 import signal
 import socket
-import time
 from typing import Any
 
 import socketio
-from confluent_kafka import Consumer, TopicPartition
 
 from gateway.auth import Tokens
 from infra.processes import WORKER_READY, Proc, gateway_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
+from infra.topics import end_offsets, read_topic
 
 __all__ = ["DropProxy", "Pipeline", "Subscriber", "end_offsets", "read_topic", "ping"]
 
@@ -168,29 +167,3 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.transport.abort()
 
 
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "it-probe"})
-    try:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
-    finally:
-        c.close()
-
-
-def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = None, timeout_s: float = 10) -> list[Any]:
-    """Every record of `topic` from `since` (default: the beginning) to its current end."""
-    ends = end_offsets(settings, topic)
-    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "it-reader", "enable.auto.commit": False})
-    try:
-        starts = since or {}
-        c.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in ends])
-        out: list[Any] = []
-        want = sum(ends[p] - starts.get(p, 0) for p in ends)
-        deadline = time.monotonic() + timeout_s
-        while len(out) < want and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is not None and msg.error() is None:
-                out.append(msg)
-        return out
-    finally:
-        c.close()

@@ -116,16 +116,16 @@ class Load:
         task.add_done_callback(self.tasks.discard)
 
 
-def _ride_log(s: Settings, since: dict[int, int], rider: str, catch_up_s: float = 90) -> tuple[list, dict]:
+def _ride_log(s: Settings, since: dict[int, int], rider: str, catch_up_s: float = 90) -> tuple[list, dict, list]:
     """The load's ride events, read again while the worker still catches up (a loaded 2-core box
     lags behind the fixed settle time; a request that never arrives fails the test after catch_up_s)."""
     deadline = time.monotonic() + catch_up_s
     while True:
         events = [codec_for(RideEvent).loads(m.value()) for m in read_topic(s, RIDES.name, since, 30)]
         events = [e for e in events if e["rider_id"] == rider]
-        last, _ = audit_rides(events)
+        last, problems = audit_rides(events)
         if len(last) >= REQUESTS or time.monotonic() > deadline:
-            return events, last
+            return events, last, problems
         time.sleep(2.0)
 
 
@@ -154,7 +154,7 @@ async def _run(pipeline: Pipeline, seed: int, kill_after_s: float | None) -> Non
             await asyncio.sleep(0.2)
         await asyncio.sleep(settle_s)
         pinger.cancel()
-    events, last = _ride_log(s, rides_from, f"{load.tag}-rider")
+    events, last, problems = _ride_log(s, rides_from, f"{load.tag}-rider")
     pushes = [codec_for(PushMessage).loads(m.value()) for m in read_topic(s, PUSH.name, push_from, 30)]
     offers, offer_problems = audit_offers(p for p in pushes if p["channel"].startswith(f"driver:{load.tag}-"))
     changelog = f"{s.app_id}-driver_to_state-changelog"
@@ -164,7 +164,6 @@ async def _run(pipeline: Pipeline, seed: int, kill_after_s: float | None) -> Non
     outcome = {state: sum(1 for e in last.values() if e["state"] == state) for state in
                sorted({e["state"] for e in last.values()})}
     print(f"\nseed {seed} kill={kill_after_s}: {len(last)} rides {outcome}; {offers} offers; http {load.statuses}")
-    last, problems = audit_rides(events)
     if problems or offer_problems or reservation_problems:  # for a post-mortem
         _dump(events, pushes, states, str(pipeline.settings.state_dir / f"dispatch-audit-{seed}.txt"))
     assert len(last) == REQUESTS, f"{REQUESTS - len(last)} requests never reached the rides log"

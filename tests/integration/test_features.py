@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +25,9 @@ from confluent_kafka import Consumer, TopicPartition
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
-from prometheus_client.parser import text_string_to_metric_families
 
 from infra.broker import kafka_running
+from infra.processes import scrape
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import AVSC_DIR, codec_for
@@ -204,10 +203,8 @@ def assert_equal_to_reference(got: dict[Key, list[dict[str, Any]]], expected: di
 
 
 def worker_metrics(settings: Settings) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{settings.worker_web_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+            for family in scrape(f"http://127.0.0.1:{settings.worker_web_port}/metrics") for s in family.samples}
 
 
 def outcome_total(metrics: dict[tuple[str, tuple], float], outcome: str) -> float:
