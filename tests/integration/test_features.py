@@ -151,8 +151,21 @@ class Feeder:
                 await after_slice(k)
             await asyncio.sleep(PACE_S)
 
+    async def settle(self, timeout_s: float = 180) -> None:
+        """Wait until the worker has consumed all that was sent (its committed offsets)."""
+        deadline = time.monotonic() + timeout_s
+        while not await asyncio.to_thread(self._consumed, self.marks[-1]):
+            assert time.monotonic() < deadline, f"the worker did not consume the stream in {timeout_s} s"
+            await asyncio.sleep(0.2)
+
     async def clock(self, prefix: str, ts: int) -> None:
-        """A ping per partition far away at `ts`: every partition's event time passes the stream's windows."""
+        """A ping per partition far away at `ts`: every partition's event time passes the stream's windows.
+
+        Sent only once the whole stream is consumed: pings and requests take separate agents to
+        `cell-activity`, so a request still on its way would land behind the clock there and be late
+        (rightly: counted as late, in no window), which the reference does not model.
+        """
+        await self.settle()
         pings = []
         for partition in range(self.settings.partitions):
             lat = next(-40.0 - i * 0.01 for i in range(1000)
