@@ -26,7 +26,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import groupby
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -190,15 +190,16 @@ class FeaturesAgent:
         # events late; panes removed ahead of the watermark would be missing when the replay closes the
         # same windows again; latest seqs stored ahead of the watermark only keep the replay from
         # pushing finals twice (see _publish).
-        await self._store(lambda group: (self.panes.flush(group, removals=False), self.latest.flush(group)))
+        await self._store(partial(self.panes.flush, removals=False), self.latest.flush)
         await self._store(self.watermarks.flush)
         await self._store(self.panes.flush)  # panes no window needs any more
         self.records += len(events)
 
-    async def _store(self, flush: Callable[[DeliveryGroup], object]) -> None:
-        """Write what `flush` buffers to the stores and changelogs; return once acked, offsets persisted."""
+    async def _store(self, *flushes: Callable[[DeliveryGroup], object]) -> None:
+        """Write what `flushes` buffer to the stores and changelogs; return once acked, offsets persisted."""
         group = self.producer.group()
-        flush(group)
+        for flush in flushes:
+            flush(group)
         await group.wait()
         for table in (self.panes, self.watermarks, self.latest):
             table.persist_offsets(group)

@@ -19,7 +19,9 @@ from typing import Any
 import psutil
 import socketio
 
-from bench.harness import bench_settings, emit, histogram_buckets, percentiles, pipeline_running, scrape
+from bench.harness import (
+    bench_settings, bucket_quantile, emit, histogram_buckets, percentiles, pipeline_running, scrape,
+)
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
 from infra.broker import LocalBroker
@@ -89,9 +91,10 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
         await loop.run_in_executor(None, proc.join)
         await asyncio.sleep(3.0)  # stragglers
     await client.disconnect()
-    emitted = {le: n - emitted_before.get(le, 0) for le, n in _emit_buckets(settings).items()}
+    emitted = _emit_buckets(settings)
     return {
-        "gateway_emit_p50_ms": _bucket_quantile(emitted, 0.5), "gateway_emit_p95_ms": _bucket_quantile(emitted, 0.95),
+        "gateway_emit_p50_ms": bucket_quantile(emitted_before, emitted, 0.5),
+        "gateway_emit_p95_ms": bucket_quantile(emitted_before, emitted, 0.95),
         "e2e_rate": round(result["rate"], 1), "e2e_sent": result["sent"], "e2e_received": len(latencies),
         "e2e_lost": result["accepted"] - len(latencies), "e2e_http_errors": result["errors"],
         **percentiles(latencies, "e2e"),
@@ -101,15 +104,6 @@ async def measure(settings: Settings, rate: float, duration_s: float) -> dict[st
 def _emit_buckets(settings: Settings) -> dict[float, float]:
     """The gateway's event-to-emit histogram (cumulative counts by upper bound, seconds)."""
     return histogram_buckets(scrape(f"{settings.gateway_url}/metrics"), "livetrack_event_to_emit_seconds")
-
-
-def _bucket_quantile(buckets: dict[float, float], q: float) -> float:
-    """Upper bound (ms) of the histogram bucket holding quantile q: coarse, server-side only."""
-    total = max(buckets.values(), default=0)
-    for le in sorted(buckets):
-        if total and buckets[le] >= q * total:
-            return le * 1000
-    return float("nan")
 
 
 def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:

@@ -23,7 +23,6 @@ import random
 import time
 from typing import Any
 
-
 from bench.harness import bench_settings, counter_total, emit, percentiles, scrape
 from infra.broker import kafka_running
 from infra.processes import WORKER_READY, Proc, spawn, worker_args

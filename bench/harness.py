@@ -14,8 +14,8 @@ from infra.processes import WORKER_READY, Proc, gateway_args, scrape, spawn, wai
 from infra.settings import Settings
 
 __all__ = [
-    "bench_settings", "counter_total", "emit", "histogram_buckets", "percentiles", "pipeline_running", "scrape",
-    "wait_until",
+    "bench_settings", "bucket_quantile", "counter_total", "emit", "histogram_buckets", "percentiles",
+    "pipeline_running", "scrape", "wait_until",
 ]
 
 
@@ -40,6 +40,22 @@ def histogram_buckets(families: list[Metric], name: str) -> dict[float, float]:
     """A histogram of one scrape as {upper bound (s): cumulative count}."""
     return {float(s.labels["le"]): s.value for f in families if f.name == name
             for s in f.samples if s.name == f"{name}_bucket"}
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile (ms) of what a histogram observed between two scrapes, interpolated within its bucket."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank, lower, below = q * counts[-1], 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower * 1000, 1)  # past the last bound: its lower edge is all that is known
+            return round((lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)) * 1000, 1)
+        lower, below = bound, count
+    return float("nan")
 
 
 def percentiles(values_ms: Sequence[float], prefix: str) -> dict[str, float]:

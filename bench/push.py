@@ -10,7 +10,7 @@ before the gateway fans out (its event-to-emit histogram). The clients are
 bench.wire's, which speak Engine.IO v4 / Socket.IO v5 over aiohttp websockets
 (token in the handshake, `subscribe` with its ack, every `update` read,
 events acked), not gateway.client.LiveClient: on a 2-core machine 5,000
-python-socketio clients took 40-47% CPU, CPU the gateway needs, and their run
+python-socketio clients took 47-52% CPU, CPU the gateway needs, and their run
 queues were most of the measured latency (LiveClient's resume and repair are
 tested in tests/). Connect success counts the
 clients that connected and subscribed at the first attempt; bytes per
@@ -42,7 +42,7 @@ import psutil
 
 from bench.e2e import _run_sender
 from bench.harness import (
-    bench_settings, counter_total, emit, histogram_buckets, percentiles, pipeline_running, scrape,
+    bench_settings, bucket_quantile, counter_total, emit, histogram_buckets, percentiles, pipeline_running, scrape,
 )
 from bench.wire import WireClient
 from gateway.auth import Tokens
@@ -211,22 +211,6 @@ def poll_process(url: str, token: str, drivers: list[str], clients: int, periods
 # --- the run -------------------------------------------------------------------------------------------
 
 
-def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """The q-quantile (ms) of what a histogram observed between two scrapes, interpolated within its bucket."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    if not counts or counts[-1] <= 0:
-        return float("nan")
-    rank, lower, below = q * counts[-1], 0.0, 0.0
-    for bound, count in zip(bounds, counts):
-        if count >= rank:
-            if bound == float("inf"):
-                return round(lower * 1000, 1)  # past the last bound: its lower edge is all that is known
-            return round((lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)) * 1000, 1)
-        lower, below = bound, count
-    return float("nan")
-
-
 def _split(items: list[str], parts: int) -> list[list[str]]:
     return [items[k::parts] for k in range(parts)]
 
@@ -278,8 +262,8 @@ def measure(settings: Settings, gateway: psutil.Process, args: argparse.Namespac
     window = {"gateway_frames_sent": grew("livetrack_push_emits"),  # in the window, give or take a second
               "gateway_frames_direct": grew("livetrack_push_direct_emits"),  # of those, written straight
               # ping POST -> the gateway fans its update out (ingest, Kafka, worker): the rest is delivery
-              "event_to_emit_p50_ms": _bucket_quantile(emit0, emit1, 0.5),
-              "event_to_emit_p95_ms": _bucket_quantile(emit0, emit1, 0.95),
+              "event_to_emit_p50_ms": bucket_quantile(emit0, emit1, 0.5),
+              "event_to_emit_p95_ms": bucket_quantile(emit0, emit1, 0.95),
               "gateway_cpu_pct": round((sum(cpu1[:2]) - sum(cpu0[:2])) / (t1 - t0) * 100, 1),
               "machine_cpu_pct": round(psutil.cpu_percent() * psutil.cpu_count(), 1),
               "load_avg_1m": round(psutil.getloadavg()[0], 2)}

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.auth import may_publish, may_subscribe, principal_of
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
-from infra.clock import now_ms
 from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, RIDES, SETTINGS, STORE
+from infra.clock import now_ms
 
 __all__ = ["post_locations", "get_driver", "post_ride", "get_ride", "ride_action", "healthz", "metrics", "index"]
 

@@ -69,12 +69,16 @@ def partition_count(settings: Settings, spec: TopicSpec) -> int:
     return len(meta.partitions)
 
 
+def _ends(c: Consumer, topic: str) -> dict[int, int]:
+    meta = c.list_topics(topic, timeout=10).topics[topic]
+    return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Partition -> the offset the next record of `topic` will get."""
     c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "livetrack-probe"})
     try:
-        meta = c.list_topics(topic, timeout=10).topics[topic]
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+        return _ends(c, topic)
     finally:
         c.close()
 
@@ -82,11 +86,11 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = None,
                timeout_s: float = 10) -> list[Message]:
     """Every record of `topic` from `since` (default: the beginning) to its end when called."""
-    ends = end_offsets(settings, topic)
     starts = since or {}
     c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "livetrack-reader",
                   "enable.auto.commit": False})
     try:
+        ends = _ends(c, topic)
         c.assign([TopicPartition(topic, p, starts.get(p, 0)) for p in ends])
         out: list[Message] = []
         want = sum(ends[p] - starts.get(p, 0) for p in ends)

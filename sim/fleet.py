@@ -393,5 +393,3 @@ async def _drive_fleet(
         next_tick = max(next_tick + tick_s, loop.time())  # behind (slow gateway): don't catch up
         if next_tick < end:
             await asyncio.sleep(next_tick - loop.time())
-
-

@@ -141,8 +141,8 @@ class Feeder:
         """The stream slice by slice (30 s of event time each), in event-time order, at most LEAD_SLICES
         ahead of the worker."""
         for k in range(minutes * 60_000 // SLICE_MS):
-            while k > LEAD_SLICES and not await asyncio.to_thread(self._consumed, self.marks[k - LEAD_SLICES - 1]):
-                await asyncio.sleep(0.2)
+            if k > LEAD_SLICES:
+                await self.settle(self.marks[k - LEAD_SLICES - 1])
             lo, hi = base_ts + k * SLICE_MS, base_ts + (k + 1) * SLICE_MS
             await self.send([p for p in stream.pings if lo <= p.ts < hi],
                             [r for r in stream.requests if lo <= r.ts < hi],
@@ -151,10 +151,11 @@ class Feeder:
                 await after_slice(k)
             await asyncio.sleep(PACE_S)
 
-    async def settle(self, timeout_s: float = 180) -> None:
-        """Wait until the worker has consumed all that was sent (its committed offsets)."""
+    async def settle(self, mark: dict[tuple[str, int], int] | None = None, timeout_s: float = 180) -> None:
+        """Wait until the worker has consumed up to `mark` (default: all that was sent), by its committed offsets."""
+        mark = self.marks[-1] if mark is None else mark
         deadline = time.monotonic() + timeout_s
-        while not await asyncio.to_thread(self._consumed, self.marks[-1]):
+        while not await asyncio.to_thread(self._consumed, mark):
             assert time.monotonic() < deadline, f"the worker did not consume the stream in {timeout_s} s"
             await asyncio.sleep(0.2)
 
