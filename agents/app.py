@@ -12,6 +12,7 @@ from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
 from agents.batching import DeadLetters
 from agents.candidates import CellDriversView, ViewService
+from agents.feed import BatchFeed
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.clock import now_ms
@@ -170,9 +171,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
-    rides.register(app, bind_topic(app, RIDE_COMMANDS, settings), components.ride_agent,
-                   tick_s=settings.dispatch_tick_ms / 1000, **batch)
-    offers.register(app, bind_topic(app, OFFERS, settings), components.offer_agent, **batch)
+    if {RIDE_COMMANDS.partition_count(partitions), OFFERS.partition_count(partitions)} != {
+            LOCATIONS.partition_count(partitions)}:
+        raise ValueError("ride-commands and offers must have as many partitions as locations (agents.feed)")
+    rides.register(app, components.ride_agent, tick_s=settings.dispatch_tick_ms / 1000)
+    # Dispatch reads its topics in whole batches, outside Faust's per-record path (agents.feed).
+    app.add_dependency(BatchFeed(
+        app, settings.bootstrap, f"{settings.app_id}-dispatch",
+        {RIDE_COMMANDS.name: components.ride_agent.process, OFFERS.name: components.offer_agent.process},
+        follow=LOCATIONS.name, batch_max=settings.worker_batch_max,
+    ))
     demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
     features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)
     return app

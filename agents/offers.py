@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import faust
 
-from agents.batching import bind_event, decode_records, register_batched
+from agents.batching import bind_event, decode_records
 from agents.drivers import DriverKeyedAgent, driver_channel
 from agents.estimates import SpeedLookup, constant_speed, travel_time_s
 from infra.settings import Settings
@@ -29,7 +29,7 @@ from schemas.partitioning import partition_for
 from schemas.records import DriverStatusChanged, OfferCommand, PushMessage, RideCommand
 from schemas.topics import DRIVER_STATUS, PUSH, RIDE_COMMANDS
 
-__all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer", "register"]
+__all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer"]
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +292,3 @@ class OffersAgent(DriverKeyedAgent):
         for st in result.statuses:
             send(group, DRIVER_STATUS.name, c["status"].dumps(st), key=st["driver_id"].encode())
 
-
-def register(app: faust.App, offers: faust.TopicT, agent: OffersAgent, *, batch_max: int,
-             batch_within_s: float) -> faust.types.AgentT:
-    """Attach the offers agent to `app`."""
-    return register_batched(app, offers, "decide_driver_offers", agent.process, batch_max=batch_max,
-                            batch_within_s=batch_within_s)

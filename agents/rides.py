@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import faust
 
-from agents.batching import DeadLetters, bind_event, decode_records, register_batched
+from agents.batching import DeadLetters, bind_event, decode_records
 from agents.candidates import CellDriversView
 from agents.errors import AgentError, Rejected
 from agents.estimates import (
@@ -592,9 +592,10 @@ class RidesAgent:
             self._track_deadline(self.rides.codec.loads(raw))
 
 
-def register(app: faust.App, commands: faust.TopicT, agent: RidesAgent, *, tick_s: float, batch_max: int,
-             batch_within_s: float) -> faust.types.AgentT:
-    """Attach the rides agent, its deadline timer and its table-recovery hook to `app`."""
+def register(app: faust.App, agent: RidesAgent, *, tick_s: float) -> None:
+    """Attach the rides agent's deadline timer and its table-recovery hook to `app`.
+
+    Its commands come through `agents.feed.BatchFeed`, not a Faust agent (see there why)."""
 
     @app.timer(interval=tick_s, name="ride_deadlines")
     async def ride_deadlines() -> None:
@@ -607,5 +608,3 @@ def register(app: faust.App, commands: faust.TopicT, agent: RidesAgent, *, tick_
         agent.rebuild_deadlines()
 
     agent.rides.table.on_recover(on_recover)
-    return register_batched(app, commands, "apply_ride_commands", agent.process, batch_max=batch_max,
-                            batch_within_s=batch_within_s)

@@ -1,0 +1,243 @@
+"""Dispatch's own consumer: `ride-commands` and `offers` read in whole batches, outside Faust's per-record path.
+
+Why: Faust hands a record to an agent through its consumer thread, the conductor and the stream,
+a few event-loop turns per record, and aiokafka fetches again only once every buffered record has
+been handed over; with the features and drivers agents sharing the loop, a ride command waited
+70-290 ms (p50) between its Kafka timestamp and Faust's fetch at 50 rides/s (measured, README). Here
+a librdkafka consumer thread passes whole batches to the loop, one turn per batch.
+
+Faust still owns the assignment: partition p of these topics is read only while Faust has assigned
+this worker partition p of `follow` (`locations`: same partition count, so the same worker holds
+partition p of `driver_to_state` and `ride_to_state`), and only after Faust has recovered the
+tables for that assignment. Offsets are committed under `<app id>-dispatch` once a batch's handler
+returned (its state and outputs acked): at least once, like Faust's own agents, which the rides and
+offers agents are built for (a replayed command re-sends what was decided).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from contextlib import AsyncExitStack
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
+
+import faust
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from faust.types import TP
+from faust.types import Message as FaustMessage
+from mode import Service
+
+__all__ = ["BatchFeed", "Handler", "by_topic", "partitions_of"]
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
+Command = tuple[Callable[[Consumer], object], Callable[[BaseException | None], None] | None]
+RETRY_S = 1.0  # a batch whose handler failed (Kafka unavailable) is tried again after this long
+
+
+def partitions_of(assignment: Iterable[TP], follow: str) -> set[int]:
+    """The partitions of `follow` in Faust's assignment."""
+    return {tp.partition for tp in assignment if tp.topic == follow}
+
+
+def by_topic(msgs: Sequence[Message]) -> dict[str, list[Message]]:
+    """Records grouped by topic, each group in consumed order (so in offset order per partition)."""
+    groups: dict[str, list[Message]] = {}
+    for m in msgs:
+        groups.setdefault(m.topic(), []).append(m)
+    return groups
+
+
+def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """What to commit after `msgs`: one past the last offset of each partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        last[(m.topic(), m.partition())] = max(m.offset(), last.get((m.topic(), m.partition()), -1))
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+class BatchFeed(Service):
+    """Reads `handlers`' topics for the partitions Faust assigned this worker of `follow`.
+
+    Only the reader thread touches the librdkafka consumer (called from the loop while the thread
+    polled, `store_offsets` held the loop for seconds); the loop sends it commands.
+    """
+
+    def __init__(
+        self, app: faust.App, bootstrap: str, group_id: str, handlers: Mapping[str, Handler], *, follow: str,
+        batch_max: int, **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.handlers = dict(handlers)
+        self.follow = follow
+        self.batch_max = batch_max
+        self.partitions: set[int] = set()
+        self.batches = 0
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,  # for committed offsets only: assign(), never subscribe()
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+        # Bumped by the reader thread as it changes the assignment: batches read before are dropped
+        # (assign() re-reads from the committed offsets), never handled by a worker that may no longer
+        # own them.
+        self._generation = 0
+        self._assigned = False  # read by the thread
+        self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        # Per topic (one agent each, running side by side as Faust's agents did): what the thread read,
+        # and a lock held while a batch is handled, so the assignment never changes under one.
+        self._queues: dict[str, asyncio.Queue[tuple[int, list[Message]]]] = {t: asyncio.Queue() for t in handlers}
+        self._locks = {t: asyncio.Lock() for t in handlers}
+        self._thread: threading.Thread | None = None
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)
+
+    # --- Faust's rebalance --------------------------------------------------------------------
+    async def _on_rebalance_complete(self, *_: object, **__: object) -> None:
+        """Faust has recovered the tables for its assignment: read the same partitions."""
+        await self.assign(partitions_of(self.app.consumer.assignment(), self.follow))
+
+    async def _on_partitions_revoked(self, *_: object, **__: object) -> None:
+        await self.assign(set())
+
+    async def assign(self, partitions: set[int]) -> None:
+        """Finish the batches in hand, commit, then read `partitions` from their committed offsets."""
+        async with AsyncExitStack() as held:
+            for topic in sorted(self._locks):
+                await held.enter_async_context(self._locks[topic])
+            self.partitions = set(partitions)
+            tps = [TopicPartition(topic, p) for topic in self.handlers for p in sorted(partitions)]
+            await self._call(lambda c: self._reassign(c, tps))
+            log.info("dispatch feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
+
+    def _reassign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
+        """On the reader thread: commit what was handled (the next owner starts after it), then
+        read `tps` from their committed offsets; batches read before are dropped from now on."""
+        _commit_stored(consumer)
+        consumer.assign(tps)
+        self._generation += 1
+        self._assigned = bool(tps)
+
+    async def _call(self, fn: Callable[[Consumer], object]) -> None:
+        """Run `fn(consumer)` on the reader thread; wait for it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(exc: BaseException | None) -> None:
+            if not done.done():
+                done.set_exception(exc) if exc is not None else done.set_result(None)
+
+        self._commands.put((fn, lambda exc: loop.call_soon_threadsafe(settle, exc)))
+        await done
+
+    # --- the reader thread --------------------------------------------------------------------
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        consumer = Consumer(self._config)
+        try:
+            while self._run_commands(consumer):
+                if not self._assigned:
+                    time.sleep(0.01)
+                    continue
+                generation = self._generation
+                try:
+                    first = consumer.poll(0.02)
+                    msgs = [first, *consumer.consume(self.batch_max - 1, timeout=0)] if first is not None else []
+                except KafkaException as exc:
+                    log.error("dispatch feed: %s", exc)
+                    continue
+                for m in msgs:
+                    if m.error() is not None:
+                        log.warning("dispatch feed: %s", m.error())
+                for topic, records in by_topic([m for m in msgs if m.error() is None]).items():
+                    loop.call_soon_threadsafe(self._queues[topic].put_nowait, (generation, records))
+        finally:
+            _commit_stored(consumer)
+            consumer.close()
+
+    def _run_commands(self, consumer: Consumer) -> bool:
+        """Run what the loop asked for; False once asked to stop."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if command is None:
+                return False
+            fn, reply = command
+            try:
+                fn(consumer)
+            except Exception as exc:  # to the caller, if it waits
+                if reply is None:
+                    log.warning("dispatch feed: %s", exc)
+                else:
+                    reply(exc)
+            else:
+                if reply is not None:
+                    reply(None)
+
+    # --- handling on the loop -----------------------------------------------------------------
+    async def _pump(self, topic: str) -> None:
+        """Hand `topic`'s records to its handler, all that piled up meanwhile in one batch."""
+        pending = self._queues[topic]
+        while not self.should_stop:
+            generation, msgs = await pending.get()
+            while not pending.empty() and len(msgs) < self.batch_max:
+                later, more = pending.get_nowait()
+                generation, msgs = (later, more) if later != generation else (generation, msgs + more)
+            async with self._locks[topic]:
+                await self._handle_batch(topic, generation, msgs)
+
+    async def _handle_batch(self, topic: str, generation: int, msgs: list[Message]) -> None:
+        events = [self._event(m) for m in msgs]
+        while generation == self._generation:
+            try:
+                await self.handlers[topic](events)
+                break
+            except Exception:  # Kafka hiccup: state and outputs are replay-safe, so try the batch again
+                log.exception("dispatch feed: %s handler failed on %d records", topic, len(events))
+                await asyncio.sleep(RETRY_S)
+        if generation == self._generation:
+            self.batches += 1
+            offsets = next_offsets(msgs)
+            self._commands.put((lambda c: (c.store_offsets(offsets=offsets), c.commit(asynchronous=True)), None))
+
+    def _event(self, m: Message) -> faust.EventT:
+        """A Faust event for the agents' code (table writes are routed by the event's partition)."""
+        ts_type, ts = m.timestamp()
+        message = FaustMessage(
+            m.topic(), m.partition(), m.offset(), ts / 1000, ts_type, m.headers(), m.key(), m.value(), None,
+            tp=TP(m.topic(), m.partition()),
+        )
+        return faust.Event(self.app, m.key(), m.value(), m.headers(), message)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._read, args=(loop,), name="dispatch-feed", daemon=True)
+        self._thread.start()
+        for topic in self.handlers:
+            self.add_future(self._pump(topic))
+
+    async def on_stop(self) -> None:
+        async with AsyncExitStack() as held:  # the batches in hand finish and queue their commits first
+            for topic in sorted(self._locks):
+                await held.enter_async_context(self._locks[topic])
+            self._generation += 1
+            self._commands.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+
+def _commit_stored(consumer: Consumer) -> None:
+    """Commit the handled batches' offsets and wait for it (async commits may still be on their way)."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing handled since the last commit
+            log.warning("dispatch feed: commit failed: %s", exc)
