@@ -171,8 +171,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     app.livetrack = components  # type: ignore[attr-defined]
     drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
-    if {RIDE_COMMANDS.partition_count(partitions), OFFERS.partition_count(partitions)} != {
-            LOCATIONS.partition_count(partitions)}:
+    if len({spec.partition_count(partitions) for spec in (LOCATIONS, RIDE_COMMANDS, OFFERS)}) != 1:
         raise ValueError("ride-commands and offers must have as many partitions as locations (agents.feed)")
     rides.register(app, components.ride_agent, tick_s=settings.dispatch_tick_ms / 1000)
     # Dispatch reads its topics in whole batches, outside Faust's per-record path (agents.feed).

@@ -19,9 +19,8 @@ import asyncio
 import logging
 import queue
 import threading
-import time
-from contextlib import AsyncExitStack
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import faust
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -29,12 +28,15 @@ from faust.types import TP
 from faust.types import Message as FaustMessage
 from mode import Service
 
-__all__ = ["BatchFeed", "Handler", "by_topic", "partitions_of"]
+from infra.tail import next_batch
+
+__all__ = ["BatchFeed", "Handler", "by_topic", "next_offsets", "partitions_of"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
 Command = tuple[Callable[[Consumer], object], Callable[[BaseException | None], None] | None]
 RETRY_S = 1.0  # a batch whose handler failed (Kafka unavailable) is tried again after this long
+IDLE_S = 0.5  # unassigned, the reader thread waits this long for a command at a time
 
 
 def partitions_of(assignment: Iterable[TP], follow: str) -> set[int]:
@@ -74,8 +76,6 @@ class BatchFeed(Service):
         self.handlers = dict(handlers)
         self.follow = follow
         self.batch_max = batch_max
-        self.partitions: set[int] = set()
-        self.batches = 0
         self._config = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,  # for committed offsets only: assign(), never subscribe()
@@ -108,13 +108,18 @@ class BatchFeed(Service):
 
     async def assign(self, partitions: set[int]) -> None:
         """Finish the batches in hand, commit, then read `partitions` from their committed offsets."""
-        async with AsyncExitStack() as held:
-            for topic in sorted(self._locks):
-                await held.enter_async_context(self._locks[topic])
-            self.partitions = set(partitions)
+        async with self._idle():
             tps = [TopicPartition(topic, p) for topic in self.handlers for p in sorted(partitions)]
             await self._call(lambda c: self._reassign(c, tps))
             log.info("dispatch feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
+
+    @asynccontextmanager
+    async def _idle(self) -> AsyncIterator[None]:
+        """Every topic's batch in hand finished (and its commit queued); none starts until exit."""
+        async with AsyncExitStack() as held:
+            for topic in sorted(self._locks):
+                await held.enter_async_context(self._locks[topic])
+            yield
 
     def _reassign(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         """On the reader thread: commit what was handled (the next owner starts after it), then
@@ -140,33 +145,35 @@ class BatchFeed(Service):
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         consumer = Consumer(self._config)
         try:
-            while self._run_commands(consumer):
+            while self._run_commands(consumer, wait_s=0 if self._assigned else IDLE_S):
                 if not self._assigned:
-                    time.sleep(0.01)
                     continue
                 generation = self._generation
                 try:
-                    first = consumer.poll(0.02)
-                    msgs = [first, *consumer.consume(self.batch_max - 1, timeout=0)] if first is not None else []
+                    msgs = next_batch(consumer, self.batch_max, wait_s=0.02)
                 except KafkaException as exc:
                     log.error("dispatch feed: %s", exc)
                     continue
+                good = []
                 for m in msgs:
-                    if m.error() is not None:
+                    if m.error() is None:
+                        good.append(m)
+                    else:
                         log.warning("dispatch feed: %s", m.error())
-                for topic, records in by_topic([m for m in msgs if m.error() is None]).items():
+                for topic, records in by_topic(good).items():
                     loop.call_soon_threadsafe(self._queues[topic].put_nowait, (generation, records))
         finally:
             _commit_stored(consumer)
             consumer.close()
 
-    def _run_commands(self, consumer: Consumer) -> bool:
-        """Run what the loop asked for; False once asked to stop."""
+    def _run_commands(self, consumer: Consumer, wait_s: float) -> bool:
+        """Run what the loop asked for (waiting up to `wait_s` for the first); False once asked to stop."""
         while True:
             try:
-                command = self._commands.get_nowait()
+                command = self._commands.get(timeout=wait_s) if wait_s else self._commands.get_nowait()
             except queue.Empty:
                 return True
+            wait_s = 0
             if command is None:
                 return False
             fn, reply = command
@@ -203,7 +210,6 @@ class BatchFeed(Service):
                 log.exception("dispatch feed: %s handler failed on %d records", topic, len(events))
                 await asyncio.sleep(RETRY_S)
         if generation == self._generation:
-            self.batches += 1
             offsets = next_offsets(msgs)
             self._commands.put((lambda c: (c.store_offsets(offsets=offsets), c.commit(asynchronous=True)), None))
 
@@ -225,9 +231,7 @@ class BatchFeed(Service):
             self.add_future(self._pump(topic))
 
     async def on_stop(self) -> None:
-        async with AsyncExitStack() as held:  # the batches in hand finish and queue their commits first
-            for topic in sorted(self._locks):
-                await held.enter_async_context(self._locks[topic])
+        async with self._idle():  # the batches in hand finish and queue their commits first
             self._generation += 1
             self._commands.put(None)
         if self._thread is not None:

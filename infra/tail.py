@@ -14,9 +14,9 @@ import time
 import uuid
 from typing import Awaitable, Callable, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-__all__ = ["TopicTail"]
+__all__ = ["TopicTail", "next_batch"]
 
 log = logging.getLogger(__name__)
 # What a just-started broker or just-created topic answers for a moment (no leader elected yet).
@@ -25,6 +25,17 @@ SETTLING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE
 T = TypeVar("T")
 Decode = Callable[[bytes | None, bytes], T]
 Handler = Callable[[list[T]], Awaitable[None]]
+
+
+def next_batch(consumer: Consumer, max_n: int = 500, wait_s: float = 0.05) -> list[Message]:
+    """Up to `max_n` records: waits `wait_s` for the first only, then takes what is already fetched.
+
+    (`consume(n, timeout)` alone would wait for n records or the whole timeout.)
+    """
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_n - 1, timeout=0)]
 
 
 class TopicTail(Generic[T]):
@@ -61,7 +72,7 @@ class TopicTail(Generic[T]):
                 err = exc.args[0]
                 if attempt == attempts - 1 or not (err.retriable() or err.code() in SETTLING):
                     raise
-                log.info("%s consumer: %s; trying again", self.topic, exc.args[0].str())
+                log.info("%s consumer: %s; trying again", self.topic, err.str())
                 time.sleep(0.5)
 
     def _assign_once(self) -> None:
@@ -83,7 +94,7 @@ class TopicTail(Generic[T]):
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self._next_batch()
+                msgs = next_batch(self._consumer)
             except KafkaException as exc:
                 log.error("%s consumer: %s", self.topic, exc)
                 continue
@@ -95,14 +106,6 @@ class TopicTail(Generic[T]):
             if items:
                 # No waiting for the loop here: the fetch size bounds what can pile up.
                 loop.call_soon_threadsafe(self._queue.put_nowait, items)
-
-    def _next_batch(self) -> list:
-        # consume(n, timeout) waits for n messages or the timeout: wait for the
-        # first only, then take what is already fetched without waiting.
-        first = self._consumer.poll(0.05)
-        if first is None:
-            return []
-        return [first, *self._consumer.consume(499, timeout=0)]
 
     def _note_caught_up(self, partition: int, offset: int, loop: asyncio.AbstractEventLoop) -> None:
         target = self._catch_up.get(partition)

@@ -45,14 +45,20 @@ class _Handler:
 
 
 class _Consumer:
+    """What the feed calls on its librdkafka consumer."""
+
     def __init__(self) -> None:
         self.stored: list[TopicPartition] = []
+        self.assigned: list[TopicPartition] | None = None
 
     def store_offsets(self, offsets: list[TopicPartition]) -> None:
         self.stored.extend(offsets)
 
     def commit(self, asynchronous: bool) -> None:
         pass
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.assigned = tps
 
 
 def _feed(handler: _Handler) -> BatchFeed:
@@ -91,7 +97,7 @@ async def test_a_batch_read_before_a_reassignment_is_dropped_and_not_committed()
     handler = _Handler()
     feed = _feed(handler)
     stale = feed._generation
-    feed._reassign(_FakeAssigning(), [])  # type: ignore[arg-type]
+    feed._reassign(_Consumer(), [])  # type: ignore[arg-type]
     await feed._handle_batch("ride-commands", stale, [_msg("ride-commands", 0, 7)])
     assert handler.calls == [] and _commits(feed) == []
 
@@ -102,17 +108,6 @@ async def test_a_reassignment_during_retries_stops_them_uncommitted(monkeypatch:
     feed = _feed(handler)
     task = asyncio.ensure_future(feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 0, 7)]))
     await asyncio.sleep(0.05)
-    feed._reassign(_FakeAssigning(), [])  # type: ignore[arg-type]
+    feed._reassign(_Consumer(), [])  # type: ignore[arg-type]
     await asyncio.wait_for(task, 1.0)
     assert handler.calls and _commits(feed) == []
-
-
-class _FakeAssigning:
-    def __init__(self) -> None:
-        self.assigned: list[TopicPartition] | None = None
-
-    def commit(self, asynchronous: bool) -> None:
-        pass
-
-    def assign(self, tps: list[TopicPartition]) -> None:
-        self.assigned = tps
