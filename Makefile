@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-dispatch bench-push bench-features clean
+.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-faust: install
 
 bench-broker: install
 	$(BIN)/python -m bench.broker_cpu
+
+bench-producers: install
+	$(BIN)/python -m bench.producers
 
 bench-features: install
 	$(BIN)/python -m bench.features

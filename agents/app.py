@@ -64,14 +64,14 @@ class Components:
 
 
 class ProducerService(Service):
-    """Starts the agents' librdkafka producer with the worker, flushes it on the way out."""
+    """Starts the agents' producer with the worker, flushes it on the way out."""
 
     def __init__(self, producer: AsyncProducer, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.producer = producer
 
     async def on_start(self) -> None:
-        self.producer.start()
+        await self.producer.start()
 
     async def on_stop(self) -> None:
         await self.producer.close()

@@ -101,7 +101,7 @@ def applied(settings: Settings) -> float:
 async def feed(settings: Settings, records: list[list[tuple]], counts: list[int], worker: Proc) -> dict[str, float]:
     """Produce slice by slice, AHEAD_SLICES ahead of the agent; time until every event is applied."""
     producer = AsyncProducer(settings.bootstrap, linger_ms=5)
-    producer.start()
+    await producer.start()
     total, done_before = sum(counts), [sum(counts[:k]) for k in range(len(counts) + 1)]
     t0, cpu0 = time.perf_counter(), worker.cpu_s()
     for k, slice_records in enumerate(records):

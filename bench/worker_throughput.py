@@ -45,7 +45,7 @@ def pings(drivers: int, count: int, first_seq: int, now_ms: int) -> list[Locatio
 async def fill(settings: Settings, events: list[LocationEvent], per_record: int) -> int:
     """Produce through the gateway's batcher; return the number of records written."""
     producer = AsyncProducer(settings.bootstrap, linger_ms=5)
-    producer.start()
+    await producer.start()
     batcher = IngestBatcher(producer, LOCATIONS.name, partition_count(settings, LOCATIONS),
                             linger_s=0.005, max_events=per_record)
     for i in range(0, len(events), 2000):

@@ -35,7 +35,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     """Producer, ingest batcher and push bridge live exactly as long as the app."""
     settings = app[SETTINGS]
     app[PRODUCER] = producer = AsyncProducer(settings.bootstrap)
-    producer.start()
+    await producer.start()
     partitions = await asyncio.get_running_loop().run_in_executor(None, partition_count, settings, LOCATIONS)
     app[BATCHER] = batcher = IngestBatcher(
         producer, LOCATIONS.name, partitions,

@@ -14,14 +14,13 @@ import time
 import uuid
 from typing import Awaitable, Callable, Generic, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from infra.topics import while_settling
 
 __all__ = ["TopicTail", "next_batch"]
 
 log = logging.getLogger(__name__)
-# What a just-started broker or just-created topic answers for a moment (no leader elected yet).
-SETTLING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-            KafkaError._TIMED_OUT}
 T = TypeVar("T")
 Decode = Callable[[bytes | None, bytes], T]
 Handler = Callable[[list[T]], Awaitable[None]]
@@ -63,17 +62,9 @@ class TopicTail(Generic[T]):
         self._pump: asyncio.Task[None] | None = None
         self._catch_up: dict[int, int] = {}
 
-    def _assign(self, attempts: int = 20) -> None:
+    def _assign(self) -> None:
         """Start every partition at `now - replay_ms`; a fresh broker may still be electing leaders."""
-        for attempt in range(attempts):
-            try:
-                return self._assign_once()
-            except KafkaException as exc:
-                err = exc.args[0]
-                if attempt == attempts - 1 or not (err.retriable() or err.code() in SETTLING):
-                    raise
-                log.info("%s consumer: %s; trying again", self.topic, err.str())
-                time.sleep(0.5)
+        while_settling(self._assign_once, f"{self.topic} consumer")
 
     def _assign_once(self) -> None:
         self._catch_up.clear()

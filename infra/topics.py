@@ -3,17 +3,37 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
-__all__ = ["TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "topic_config"]
+__all__ = [
+    "TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "topic_config", "while_settling",
+]
 
 log = logging.getLogger(__name__)
+# What a just-started broker or just-created topic answers for a moment (no leader elected yet).
+SETTLING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+            KafkaError._TIMED_OUT}
+T = TypeVar("T")
+
+
+def while_settling(fn: Callable[[], T], what: str, attempts: int = 20, pause_s: float = 0.5) -> T:
+    """`fn()`, tried again while the cluster answers that it is still settling (or retriable)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except KafkaException as exc:
+            err = exc.args[0]
+            if attempt == attempts - 1 or not (err.retriable() or err.code() in SETTLING):
+                raise
+            log.info("%s: %s; trying again", what, err.str())
+            time.sleep(pause_s)
+    raise AssertionError("unreachable")
 
 
 class TopicError(RuntimeError):
@@ -70,8 +90,10 @@ def partition_count(settings: Settings, spec: TopicSpec) -> int:
 
 
 def _ends(c: Consumer, topic: str) -> dict[int, int]:
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    def ends() -> dict[int, int]:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    return while_settling(ends, f"end offsets of {topic}")
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:

@@ -113,7 +113,7 @@ class Feeder:
                                "enable.auto.commit": False})
 
     async def __aenter__(self) -> "Feeder":
-        self.producer.start()
+        await self.producer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

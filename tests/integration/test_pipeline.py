@@ -89,7 +89,7 @@ async def test_bad_records_are_dead_lettered_and_the_worker_keeps_going(pipeline
     codec = codec_for(LocationBatch)
     out_of_range = {**_event(d, 1), "lat": 200.0}
     producer = AsyncProducer(s.bootstrap)
-    producer.start()
+    await producer.start()
     group = producer.group()
     part = partition_for(d, s.partitions)
     producer.send(group, LOCATIONS.name, b"\x00garbage", partition=part)
@@ -141,7 +141,7 @@ async def test_explicit_partitions_match_keyed_records(kafka_settings: Settings)
     admin = AdminClient({"bootstrap.servers": kafka_settings.bootstrap})
     admin.create_topics([NewTopic(topic, n, 1)])[topic].result()
     producer = AsyncProducer(kafka_settings.bootstrap)
-    producer.start()
+    await producer.start()
     group = producer.group()
     keys = [f"driver-{i}" for i in range(300)]
     for key in keys:

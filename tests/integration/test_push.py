@@ -232,7 +232,7 @@ async def _produce(settings: Settings, *messages: dict[str, Any]) -> None:
     """Push messages as an agent would: Avro, keyed by channel."""
     codec = codec_for(PushMessage)
     producer = AsyncProducer(settings.bootstrap)
-    producer.start()
+    await producer.start()
     group = producer.group()
     for msg in messages:
         producer.send(group, PUSH.name, codec.dumps(msg), key=msg["channel"].encode())
