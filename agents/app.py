@@ -16,6 +16,7 @@ from agents.feed import BatchFeed
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.clock import now_ms
+from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         producer_acks=-1,
         table_standby_replicas=0 if settings.replication_factor == 1 else 1,
     )
+    app.on_worker_init.connect(lambda *_, **__: set_switch_interval(settings))
     producer = AsyncProducer(settings.bootstrap)
     app.add_dependency(ProducerService(producer))  # started before agents, stopped after
     dead_letters = DeadLetters(LOCATIONS_DLQ.name, producer, clock_ms)

@@ -20,7 +20,7 @@ from gateway.middlewares import error_middleware
 from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
-from infra.processes import raise_open_files_limit
+from infra.processes import raise_open_files_limit, set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from infra.topics import partition_count
@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
 
 def run(settings: Settings) -> None:
     files = raise_open_files_limit()  # one per /live connection
+    set_switch_interval(settings)
     log.info("gateway on %s (up to %d open files)", settings.gateway_url, files)
     web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from infra.processes import set_switch_interval
 from infra.settings import Settings
 
 
@@ -86,3 +88,12 @@ def test_settings_are_frozen() -> None:
 def test_every_setting_is_documented() -> None:
     undocumented = [name for name, f in Settings.model_fields.items() if not f.description]
     assert undocumented == []
+
+
+def test_the_switch_interval_is_set_from_settings() -> None:
+    before = sys.getswitchinterval()
+    try:
+        set_switch_interval(Settings(switch_interval_ms=2.5))
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+    finally:
+        sys.setswitchinterval(before)
