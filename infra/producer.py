@@ -131,5 +131,8 @@ class AsyncProducer:
         self._sender.cancel()
         await asyncio.gather(self._sender, return_exceptions=True)
         self._sender = None
+        while self._queue:  # never handed over: their groups fail rather than wait forever
+            group, topic, *_ = self._queue.popleft()
+            group._settle(ProduceError(f"producer closed before a record for {topic} was sent"))
         if self._producer is not None:
             await self._producer.stop()
