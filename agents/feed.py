@@ -56,10 +56,8 @@ def by_topic(msgs: Sequence[Message]) -> dict[str, list[Message]]:
 
 
 def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
-    """What to commit after `msgs`: one past the last offset of each partition."""
-    last: dict[tuple[str, int], int] = {}
-    for m in msgs:
-        last[(m.topic(), m.partition())] = max(m.offset(), last.get((m.topic(), m.partition()), -1))
+    """What to commit after `msgs` (in consumed order): one past the last offset of each partition."""
+    last = {(m.topic(), m.partition()): m.offset() for m in msgs}  # the last one read wins
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
@@ -158,13 +156,7 @@ class BatchFeed(Service):
                 except KafkaException as exc:
                     log.error("dispatch feed: %s", exc)
                     continue
-                good = []
-                for m in msgs:
-                    if m.error() is None:
-                        good.append(m)
-                    else:
-                        log.warning("dispatch feed: %s", m.error())
-                for topic, records in by_topic(good).items():
+                for topic, records in by_topic(msgs).items():
                     loop.call_soon_threadsafe(self._queues[topic].put_nowait, (generation, records))
         finally:
             _commit_stored(consumer)

@@ -14,7 +14,7 @@ import time
 import psutil
 from confluent_kafka import Producer
 
-from bench.harness import bench_settings, emit
+from bench.harness import bench_settings, cpu_s, emit
 from infra.broker import LocalBroker, kafka_running
 from schemas.topics import PUSH
 
@@ -38,9 +38,9 @@ def cpu_pct(settings_opts: str, rate: float, seconds: float) -> float:
     with kafka_running(settings, fresh=True):
         broker = psutil.Process(LocalBroker(settings).pid())
         produce(settings.bootstrap, rate, 10)  # warm-up
-        c0, t0 = sum(broker.cpu_times()[:2]), time.perf_counter()
+        c0, t0 = cpu_s(broker), time.perf_counter()
         produce(settings.bootstrap, rate, seconds)
-        return round((sum(broker.cpu_times()[:2]) - c0) / (time.perf_counter() - t0) * 100, 1)
+        return round((cpu_s(broker) - c0) / (time.perf_counter() - t0) * 100, 1)
 
 
 def main() -> None:

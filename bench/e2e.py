@@ -20,7 +20,7 @@ import psutil
 import socketio
 
 from bench.harness import (
-    bench_settings, bucket_quantile, emit, histogram_buckets, percentiles, pipeline_running, scrape,
+    bench_settings, bucket_quantile, cpu_s, emit, histogram_buckets, percentiles, pipeline_running, scrape,
 )
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
@@ -107,7 +107,7 @@ def _emit_buckets(settings: Settings) -> dict[float, float]:
 
 
 def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+    return {name: cpu_s(p) for name, p in procs.items()}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
+import psutil
 from hdrh.histogram import HdrHistogram
 from prometheus_client.metrics_core import Metric
 
@@ -14,7 +15,7 @@ from infra.processes import WORKER_READY, Proc, gateway_args, scrape, spawn, wai
 from infra.settings import Settings
 
 __all__ = [
-    "bench_settings", "bucket_quantile", "counter_total", "emit", "histogram_buckets", "percentiles",
+    "bench_settings", "bucket_quantile", "counter_total", "cpu_s", "emit", "histogram_buckets", "percentiles",
     "pipeline_running", "scrape", "wait_until",
 ]
 
@@ -28,6 +29,12 @@ def bench_settings(**overrides: Any) -> Settings:
         **overrides,
     }
     return base.model_copy(update=values)
+
+
+def cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds `process` has used so far."""
+    t = process.cpu_times()
+    return t.user + t.system
 
 
 def counter_total(families: list[Metric], name: str, **labels: str) -> float:

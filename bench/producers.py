@@ -21,7 +21,7 @@ import psutil
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
-from bench.harness import bench_settings, emit
+from bench.harness import bench_settings, cpu_s, emit
 from infra.broker import LocalBroker, kafka_running
 from infra.producer import AsyncProducer
 from infra.topics import ensure_topics
@@ -42,6 +42,10 @@ class Librdkafka:
         self.p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
                            "linger.ms": 1, "partitioner": "murmur2_random"})
         self.outstanding = 0
+        self.poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.poller = asyncio.create_task(self._poll())
 
     async def send(self, records: list[tuple[str, int]]) -> None:
         done = asyncio.get_running_loop().create_future()
@@ -59,10 +63,37 @@ class Librdkafka:
             self.outstanding += 1
         await done
 
-    async def poll(self) -> None:
+    async def _poll(self) -> None:
         while True:
             self.p.poll(0)
             await asyncio.sleep(0.0005 if self.outstanding else 0.005)
+
+    async def close(self) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+        await asyncio.to_thread(self.p.flush, 10)
+
+
+class Aiokafka:
+    """infra.producer as the agents use it: a group per step, awaited."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.producer = AsyncProducer(bootstrap)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def send(self, records: list[tuple[str, int]]) -> None:
+        group = self.producer.group()
+        for topic, partition in records:
+            self.producer.send(group, topic, VALUE, key=b"k", partition=partition)
+        await group.wait()
+
+    async def close(self) -> None:
+        await self.producer.close()
+
+
+PRODUCERS: dict[str, Callable[[str], Librdkafka | Aiokafka]] = {"librdkafka": Librdkafka, "aiokafka": Aiokafka}
 
 
 async def offer_load(send: Send, rate: float, fan: int, seconds: float) -> HdrHistogram:
@@ -89,36 +120,20 @@ async def offer_load(send: Send, rate: float, fan: int, seconds: float) -> HdrHi
 
 async def measure(name: str, bootstrap: str, broker: psutil.Process, rate: float, fan: int,
                   seconds: float) -> dict[str, float]:
-    if name == "librdkafka":
-        rd = Librdkafka(bootstrap)
-        poller = asyncio.create_task(rd.poll())
-        send: Send = rd.send
-
-        async def close() -> None:
-            poller.cancel()
-            await asyncio.to_thread(rd.p.flush, 10)
-    else:
-        producer = AsyncProducer(bootstrap)
-        await producer.start()
-
-        async def send(records: list[tuple[str, int]]) -> None:
-            group = producer.group()
-            for topic, partition in records:
-                producer.send(group, topic, VALUE, key=b"k", partition=partition)
-            await group.wait()
-        close = producer.close
+    producer = PRODUCERS[name](bootstrap)
+    await producer.start()
     me = psutil.Process()
-    await offer_load(send, rate, fan, WARMUP_S)
-    cpu0, broker0, t0 = sum(me.cpu_times()[:2]), sum(broker.cpu_times()[:2]), time.perf_counter()
-    acks = await offer_load(send, rate, fan, seconds)
+    await offer_load(producer.send, rate, fan, WARMUP_S)
+    cpu0, broker0, t0 = cpu_s(me), cpu_s(broker), time.perf_counter()
+    acks = await offer_load(producer.send, rate, fan, seconds)
     elapsed = time.perf_counter() - t0
     out = {
-        f"{name}_broker_cpu_pct": round((sum(broker.cpu_times()[:2]) - broker0) / elapsed * 100, 1),
-        f"{name}_client_cpu_pct": round((sum(me.cpu_times()[:2]) - cpu0) / elapsed * 100, 1),
+        f"{name}_broker_cpu_pct": round((cpu_s(broker) - broker0) / elapsed * 100, 1),
+        f"{name}_client_cpu_pct": round((cpu_s(me) - cpu0) / elapsed * 100, 1),
         f"{name}_group_ack_p50_ms": round(acks.get_value_at_percentile(50) / 1000, 2),
         f"{name}_group_ack_p95_ms": round(acks.get_value_at_percentile(95) / 1000, 2),
     }
-    await close()
+    await producer.close()
     return out
 
 
@@ -133,7 +148,7 @@ def main() -> None:
     with kafka_running(settings, fresh=True):
         ensure_topics(settings)
         broker = psutil.Process(LocalBroker(settings).pid())
-        for name in ("librdkafka", "aiokafka"):
+        for name in PRODUCERS:
             figures.update(asyncio.run(measure(name, settings.bootstrap, broker, args.rate, args.fan, args.seconds)))
     emit(figures)
 

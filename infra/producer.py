@@ -64,7 +64,7 @@ class DeliveryGroup:
             raise ProduceError(f"{len(self.errors)} record(s) not accepted: {type(first).__name__}: {first}")
 
 
-Record = tuple[DeliveryGroup, str, "bytes | None", "bytes | None", "int | None"]
+Record = tuple[DeliveryGroup, str, bytes | None, bytes | None, int | None]
 
 
 class AsyncProducer:

@@ -28,13 +28,20 @@ Handler = Callable[[list[T]], Awaitable[None]]
 
 def next_batch(consumer: Consumer, max_n: int = 500, wait_s: float = 0.05) -> list[Message]:
     """Up to `max_n` records: waits `wait_s` for the first only, then takes what is already fetched.
+    Error events among them are logged and left out.
 
     (`consume(n, timeout)` alone would wait for n records or the whole timeout.)
     """
     first = consumer.poll(wait_s)
     if first is None:
         return []
-    return [first, *consumer.consume(max_n - 1, timeout=0)]
+    good = []
+    for m in (first, *consumer.consume(max_n - 1, timeout=0)):
+        if m.error() is None:
+            good.append(m)
+        else:
+            log.warning("consumer of %s: %s", m.topic(), m.error())
+    return good
 
 
 class TopicTail(Generic[T]):
@@ -89,14 +96,11 @@ class TopicTail(Generic[T]):
             except KafkaException as exc:
                 log.error("%s consumer: %s", self.topic, exc)
                 continue
-            items = []
             for m in msgs:
-                if m.error() is None:
-                    items.append((m.key(), m.value()))
-                    self._note_caught_up(m.partition(), m.offset(), loop)
-            if items:
+                self._note_caught_up(m.partition(), m.offset(), loop)
+            if msgs:
                 # No waiting for the loop here: the fetch size bounds what can pile up.
-                loop.call_soon_threadsafe(self._queue.put_nowait, items)
+                loop.call_soon_threadsafe(self._queue.put_nowait, [(m.key(), m.value()) for m in msgs])
 
     def _note_caught_up(self, partition: int, offset: int, loop: asyncio.AbstractEventLoop) -> None:
         target = self._catch_up.get(partition)

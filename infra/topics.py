@@ -24,16 +24,16 @@ T = TypeVar("T")
 
 def while_settling(fn: Callable[[], T], what: str, attempts: int = 20, pause_s: float = 0.5) -> T:
     """`fn()`, tried again while the cluster answers that it is still settling (or retriable)."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return fn()
         except KafkaException as exc:
             err = exc.args[0]
-            if attempt == attempts - 1 or not (err.retriable() or err.code() in SETTLING):
+            if not (err.retriable() or err.code() in SETTLING):
                 raise
             log.info("%s: %s; trying again", what, err.str())
             time.sleep(pause_s)
-    raise AssertionError("unreachable")
+    return fn()  # the last attempt: its error goes to the caller
 
 
 class TopicError(RuntimeError):

@@ -21,7 +21,9 @@ async def producer(kafka_settings: Settings) -> AsyncIterator[AsyncProducer]:
     await p.close()
 
 
-async def test_a_group_lands_in_send_order_per_partition_with_its_offsets(kafka_settings: Settings, producer: AsyncProducer) -> None:
+async def test_a_group_lands_in_send_order_per_partition_with_its_offsets(
+    kafka_settings: Settings, producer: AsyncProducer,
+) -> None:
     before = end_offsets(kafka_settings, TOPIC)
     group = producer.group()
     for i in range(60):
@@ -34,7 +36,9 @@ async def test_a_group_lands_in_send_order_per_partition_with_its_offsets(kafka_
         assert group.offsets[(TOPIC, p)] == mine[-1].offset()
 
 
-async def test_a_record_kafka_refuses_fails_the_wait_and_the_others_still_land(kafka_settings: Settings, producer: AsyncProducer) -> None:
+async def test_a_record_kafka_refuses_fails_the_wait_and_the_others_still_land(
+    kafka_settings: Settings, producer: AsyncProducer,
+) -> None:
     before = end_offsets(kafka_settings, TOPIC)
     group = producer.group()
     producer.send(group, TOPIC, b"first", partition=0)
