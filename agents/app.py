@@ -12,7 +12,7 @@ from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
 from agents.batching import DeadLetters
 from agents.candidates import CellDriversView, ViewService
-from agents.feed import BatchFeed
+from agents.feed import Assignment, BatchFeed, partition_event
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.clock import now_ms
@@ -143,6 +143,13 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     app.on_partitions_assigned.connect(forget_cached)
     partitions = settings.partitions
     lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
+    assignment = Assignment()  # the dispatch feed's partitions: the drivers whose offers are decided in place
+    offer_agent = offers.OffersAgent(
+        states=states, producer=producer, dead_letters=dispatch_dlq,
+        policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
+        cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
+        owned=assignment, event_for=lambda p: partition_event(app, OFFERS.name, p),
+    )
     components = Components(
         producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,
         drivers=drivers.DriversAgent(
@@ -157,13 +164,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
             rides=ride_states, producer=producer, dead_letters=dispatch_dlq, view=view,
             # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
             policy=rides.DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
-            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
+            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms, offers=offer_agent,
         ),
-        offer_agent=offers.OffersAgent(
-            states=states, producer=producer, dead_letters=dispatch_dlq,
-            policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
-            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
-        ),
+        offer_agent=offer_agent,
         demand=demand.DemandAgent(fanout=fanout(), producer=producer, dead_letters=features_dlq,
                                   resolution=policy.resolution),
         features=feature_agent,
@@ -180,7 +183,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     app.add_dependency(BatchFeed(
         app, settings.bootstrap, f"{settings.app_id}-dispatch",
         {RIDE_COMMANDS.name: components.ride_agent.process, OFFERS.name: components.offer_agent.process},
-        follow=LOCATIONS.name, batch_max=settings.worker_batch_max,
+        follow=LOCATIONS.name, batch_max=settings.worker_batch_max, assignment=assignment,
     ))
     demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
     features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)

@@ -32,7 +32,7 @@ from mode import Service
 
 from infra.tail import next_batch
 
-__all__ = ["BatchFeed", "Handler", "by_topic", "next_offsets", "partitions_of"]
+__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "next_offsets", "partition_event", "partitions_of"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
@@ -61,6 +61,25 @@ def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
+def partition_event(app: faust.App, topic: str, partition: int) -> faust.EventT:
+    """An event of `topic`'s `partition` with no record: what table writes are routed by."""
+    message = FaustMessage(topic, partition, -1, 0.0, 0, None, None, None, None, tp=TP(topic, partition))
+    return faust.Event(app, None, None, None, message)
+
+
+class Assignment:
+    """The partitions the feed reads now; the same ones of the driver and ride tables are this worker's.
+
+    Changed only between batches (every handler idle), so a handler sees one assignment throughout.
+    """
+
+    def __init__(self) -> None:
+        self.partitions: frozenset[int] = frozenset()
+
+    def __call__(self) -> frozenset[int]:
+        return self.partitions
+
+
 class BatchFeed(Service):
     """Reads `handlers`' topics for the partitions Faust assigned this worker of `follow`.
 
@@ -70,10 +89,11 @@ class BatchFeed(Service):
 
     def __init__(
         self, app: faust.App, bootstrap: str, group_id: str, handlers: Mapping[str, Handler], *, follow: str,
-        batch_max: int, **kwargs: Any,
+        batch_max: int, assignment: Assignment | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.app = app
+        self.assignment = assignment if assignment is not None else Assignment()
         self.handlers = dict(handlers)
         self.follow = follow
         self.batch_max = batch_max
@@ -112,7 +132,9 @@ class BatchFeed(Service):
         """Finish the batches in hand, commit, then read `partitions` from their committed offsets."""
         async with self._idle():
             tps = [TopicPartition(topic, p) for topic in self.handlers for p in sorted(partitions)]
+            self.assignment.partitions = frozenset()  # if the reassignment fails: nothing is held
             await self._call(lambda c: self._reassign(c, tps))
+            self.assignment.partitions = frozenset(partitions)
             log.info("dispatch feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
 
     @asynccontextmanager
@@ -229,6 +251,7 @@ class BatchFeed(Service):
     async def on_stop(self) -> None:
         async with self._idle():  # the batches in hand finish and store their offsets first
             self._generation += 1
+            self.assignment.partitions = frozenset()
             self._commands.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)

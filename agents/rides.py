@@ -30,6 +30,7 @@ from agents.estimates import (
     no_surge, rank_candidates, travel_time_s,
 )
 from agents.geo import cell_of, haversine_m
+from agents.offers import OffersAgent
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
@@ -454,8 +455,9 @@ class RidesAgent:
 
     def __init__(self, *, rides: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
                  view: CellDriversView, policy: DispatchPolicy, candidate_max_age_ms: int,
-                 clock_ms: Callable[[], int]) -> None:
+                 clock_ms: Callable[[], int], offers: OffersAgent | None = None) -> None:
         self.rides = rides
+        self.offers = offers  # applies offer commands for drivers held here (None: all go to `offers`)
         self.producer = producer
         self.dead_letters = dead_letters
         self.view = view
@@ -501,11 +503,17 @@ class RidesAgent:
             self.held = {d: t for d, t in self.held.items() if t > now}
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch of commands: the rides' new state (with its outbox) acked first, then the outputs."""
+        """Apply a batch of commands: the rides' new state (with its outbox) acked first, then the outputs.
+
+        Offer commands for drivers this worker holds are applied in place (OffersAgent.apply_in_place):
+        the drivers' new state goes in the same group as the rides', and what they decided goes out
+        with the rest once that group is acked.
+        """
         await self.view.ready.wait()  # no matching against an empty replica after a restart
         group = self.producer.group()
         changed: dict[str, tuple[Ride, faust.EventT]] = {}
-        outgoing: list[Message] = []  # in the order decided: a driver's RELEASE before its next RESERVE
+        # In the order decided (a driver's RELEASE before its next RESERVE), each with its command.
+        outgoing: list[tuple[Message, faust.EventT]] = []
         for event, cmd in decode_records(events, RideCommand, self.dead_letters, group):
             bind_event(event)
             with self.dead_letters.guard(group, event, f"bad {cmd.get('command')} command"):
@@ -514,18 +522,39 @@ class RidesAgent:
         bind_event(None)
         for ride_id, (ride, event) in changed.items():
             self.rides.set(ride_id, ride, event)
+        here, there = self._split(outgoing)
+        offers = self.offers if here else None
+        results = offers.apply_in_place(here, group) if offers is not None else []
         self.rides.flush(group)
+        if offers is not None:
+            offers.states.flush(group)  # no await since apply_in_place: nothing else wrote in between
         await group.wait()
         self.rides.persist_offsets(group)
+        if offers is not None:
+            offers.states.persist_offsets(group)
         for ride, _event in changed.values():
             self._track_deadline(ride)
         out = self.producer.group()
-        for m in outgoing:
+        for m in there:
             self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
+        if offers is not None:
+            offers.send_results(out, results)
         await out.wait()
 
+    def _split(self, outgoing: Sequence[tuple[Message, faust.EventT]]
+               ) -> tuple[list[tuple[bytes, faust.EventT]], list[Message]]:
+        """Offer commands this worker applies in place (value, origin), and what goes to Kafka."""
+        here: list[tuple[bytes, faust.EventT]] = []
+        there: list[Message] = []
+        for m, event in outgoing:
+            if self.offers is not None and self.offers.takes_in_place(m["topic"], m["key"]):
+                here.append((m["value"], event))
+            else:
+                there.append(m)
+        return here, there
+
     def _apply(self, cmd: Command, event: faust.EventT, changed: dict[str, tuple[Ride, faust.EventT]],
-               outgoing: list[Message]) -> None:
+               outgoing: list[tuple[Message, faust.EventT]]) -> None:
         ride_id, offset = cmd["ride_id"], event.message.offset
         pending = changed.get(ride_id)
         ride = pending[0] if pending else self.rides.get(ride_id)
@@ -533,13 +562,13 @@ class RidesAgent:
             # Applied before a crash, maybe not sent: send what it decided then, never decide again
             # (the replica and the clock have moved; a second decision could differ from the first).
             if offset == ride["applied_offset"]:
-                outgoing.extend(ride["outbox"])
+                outgoing.extend((m, event) for m in ride["outbox"])
             return
         step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
         self._count(cmd, step)
         self.note_asked(step.offers)
         messages = self._encode(step)
-        outgoing.extend(messages)
+        outgoing.extend((m, event) for m in messages)
         if step.ride is not None:
             earlier = pending[0]["outbox"] if pending else []  # this batch's, not sent yet either
             step.ride.update(applied_offset=offset, outbox=[*earlier, *messages])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -15,35 +14,9 @@ from schemas.partitioning import partition_for
 from schemas.records import CellMembershipBatch, DeadLetter, DriverState, LocationBatch, PushMessage
 from tables.driver_to_state import driver_to_state
 from tables.writer import TableWriter
+from tests.unit.fakes import FakeProducer
 
 PARTITIONS = 4
-
-
-@dataclass
-class FakeGroup:
-    offsets: dict = field(default_factory=dict)
-
-    async def wait(self) -> None:
-        return None
-
-
-@dataclass
-class FakeProducer:
-    """Records what the agent produces; every record is 'acked' at once."""
-
-    sent: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
-
-    def group(self) -> FakeGroup:
-        return FakeGroup()
-
-    def send(self, group: FakeGroup, topic: str, value: bytes, *, key: bytes | None = None,
-             partition: int | None = None) -> None:
-        self.sent.append((topic, value, key, partition))
-        if partition is not None:
-            group.offsets[(topic, partition)] = len(self.sent)
-
-    def on(self, topic: str) -> list[tuple[bytes, bytes | None, int | None]]:
-        return [(v, k, p) for t, v, k, p in self.sent if t == topic]
 
 
 def _ping(driver: str, seq: int, lat: float = 37.77) -> dict[str, Any]:

@@ -111,3 +111,20 @@ async def test_a_reassignment_during_retries_stops_them_uncommitted(monkeypatch:
     feed._reassign(_Consumer(), [])  # type: ignore[arg-type]
     await asyncio.wait_for(task, 1.0)
     assert handler.calls and _commits(feed) == []
+
+
+async def test_the_assignment_it_shares_changes_only_once_its_consumer_reads_the_new_partitions() -> None:
+    feed = _feed(_Handler())
+    feed.assignment.partitions = frozenset({0})
+    task = asyncio.ensure_future(feed.assign({1, 3}))
+    while feed._commands.empty():
+        await asyncio.sleep(0.001)
+    assert feed.assignment() == frozenset()  # between the two: nothing is decided in place
+    fn, reply = feed._commands.get_nowait()
+    consumer = _Consumer()
+    fn(consumer)  # type: ignore[arg-type]
+    assert reply is not None
+    reply(None)
+    await asyncio.wait_for(task, 1.0)
+    assert feed.assignment() == frozenset({1, 3})
+    assert [(tp.topic, tp.partition) for tp in consumer.assigned or []] == [("ride-commands", 1), ("ride-commands", 3)]

@@ -1,0 +1,120 @@
+"""The rides agent with the offers agent beside it: offer commands for drivers held here are decided in place."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import faust
+from faust.types import TP
+from faust.types import Message as FaustMessage
+
+from agents.batching import DeadLetters
+from agents.candidates import CellDriversView
+from agents.feed import Assignment, partition_event
+from agents.geo import cell_of
+from agents.offers import OfferPolicy, OffersAgent
+from agents.rides import DispatchPolicy, RidesAgent
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import DriverState, OfferCommand, PushMessage, Ride, RideCommand
+from tables.driver_to_state import driver_to_state
+from tables.ride_to_state import ride_to_state
+from tables.writer import TableWriter
+from tests.unit.fakes import WAITED, FakeProducer
+
+PARTITIONS = 4
+NOW = 1_732_170_000_000
+PICKUP = (37.7749, -122.4194)
+DRIVER = "d-7"
+RIDE = "r-1"
+DRIVER_PARTITION = partition_for(DRIVER, PARTITIONS)
+
+
+class Wired:
+    """Both agents on one memory-store app, the driver seen near the pickup a second ago."""
+
+    def __init__(self, owned: set[int]) -> None:
+        self.app = faust.App(f"test-rides-agent-{id(self)}", store="memory://", broker="kafka://127.0.0.1:1")
+        self.producer = FakeProducer()
+        p: Any = self.producer
+        dlq = DeadLetters("dispatch-dlq", p, lambda: NOW)
+        self.states = TableWriter(driver_to_state(self.app, PARTITIONS), p, codec_for(DriverState), cache_max=100)
+        self.rides = TableWriter(ride_to_state(self.app, PARTITIONS), p, codec_for(Ride), cache_max=100)
+        self.assignment = Assignment()
+        self.assignment.partitions = frozenset(owned)
+        self.offers = OffersAgent(
+            states=self.states, producer=p, dead_letters=dlq, policy=OfferPolicy(), partitions=PARTITIONS,
+            cell_partitions=PARTITIONS, clock_ms=lambda: NOW, owned=self.assignment,
+            event_for=lambda part: partition_event(self.app, "offers", part),
+        )
+        view = CellDriversView()
+        cell = cell_of(*PICKUP, 9)
+        view.available[cell] = {DRIVER: NOW - 1_000}
+        view.ready.set()
+        self.agent = RidesAgent(rides=self.rides, producer=p, dead_letters=dlq, view=view, policy=DispatchPolicy(),
+                                candidate_max_age_ms=60_000, clock_ms=lambda: NOW, offers=self.offers)
+        state = {"driver_id": DRIVER, "seq": 3, "lat": PICKUP[0] + 0.001, "lng": PICKUP[1], "fix_ts": NOW - 1_000,
+                 "received_ts": NOW - 1_000, "cell": cell, "status": "AVAILABLE", "push_seq": 2,
+                 "pushed_lat": PICKUP[0], "pushed_lng": PICKUP[1], "pushed_ts": NOW - 1_000,
+                 "membership_ts": NOW - 1_000, "speed": None, "bearing": None, "accuracy": None, "ride_id": None,
+                 "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0}
+        self.states.set(DRIVER, state, partition_event(self.app, "offers", DRIVER_PARTITION))
+        self.states.flush(self.producer.group())  # type: ignore[arg-type]
+        self.producer.sent.clear()
+
+    def request(self, offset: int = 0) -> faust.EventT:
+        cmd = {"ride_id": RIDE, "command": "REQUEST", "ts": NOW, "actor": "rider", "actor_id": "u-1",
+               "rider_id": "u-1", "product": "standard", "pickup_lat": PICKUP[0], "pickup_lng": PICKUP[1],
+               "dest_lat": 37.79, "dest_lng": -122.40}
+        part = partition_for(RIDE, PARTITIONS)
+        message = FaustMessage("ride-commands", part, offset, NOW / 1000, 0, None, RIDE.encode(),
+                               codec_for(RideCommand).dumps(cmd), None, tp=TP("ride-commands", part))
+        return faust.Event(self.app, message.key, message.value, None, message)
+
+    def topics(self) -> list[str]:
+        return [t for t, *_ in self.producer.sent]
+
+    def driver(self) -> dict[str, Any]:
+        value = self.states.get(DRIVER)
+        assert value is not None
+        return value
+
+
+
+async def test_a_driver_held_here_is_reserved_in_place_after_both_states_are_written() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+    await w.agent.process([w.request()])
+    topics = w.topics()
+    assert "offers" not in topics  # decided here, not sent through the topic
+    assert (w.driver()["ride_id"], w.driver()["reserved_until"]) == (RIDE, NOW + DispatchPolicy().offer_ttl_ms)
+    pushes = [codec_for(PushMessage).loads(v) for v, _, _ in w.producer.on("push")]
+    offer = next(p for p in pushes if p["type"] == "offer")
+    assert (offer["channel"], offer["seq"], json.loads(offer["data"])["ride_id"]) == (f"driver:{DRIVER}", 3, RIDE)
+    replies = [codec_for(RideCommand).loads(v) for v, _, _ in w.producer.on("ride-commands")]
+    assert [(r["command"], r["driver_id"]) for r in replies] == [("RESERVED", DRIVER)]
+    # Both changelogs acked before anything they decided is sent: a crash in between re-decides nothing.
+    last_state = max(topics.index(w.states.changelog), topics.index(w.rides.changelog))
+    first_output = min(topics.index(t) for t in ("push", "ride-commands", "rides"))
+    assert last_state < topics.index(WAITED) < first_output
+    assert w.offers.in_place == 1
+
+
+async def test_a_replayed_request_sends_the_same_offer_again_and_reserves_nothing_new() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+    await w.agent.process([w.request(offset=5)])
+    held = dict(w.driver())
+    w.producer.sent.clear()
+    await w.agent.process([w.request(offset=5)])  # after a crash: the same command, its outbox re-sent
+    assert w.driver() == held
+    pushes = [codec_for(PushMessage).loads(v) for v, _, _ in w.producer.on("push")]
+    assert [(p["type"], p["seq"]) for p in pushes if p["channel"] == f"driver:{DRIVER}"] == [("offer", 3)]
+
+
+async def test_a_driver_held_by_another_worker_is_asked_through_the_offers_topic() -> None:
+    w = Wired(owned=set(range(PARTITIONS)) - {DRIVER_PARTITION})
+    await w.agent.process([w.request()])
+    offers = [codec_for(OfferCommand).loads(v) for v, _, _ in w.producer.on("offers")]
+    assert [(o["op"], o["driver_id"], o["ride_id"]) for o in offers] == [("RESERVE", DRIVER, RIDE)]
+    assert w.driver()["ride_id"] is None  # that worker decides
+    assert not [v for v, _, _ in w.producer.on("push") if codec_for(PushMessage).loads(v)["type"] == "offer"]
+    assert w.offers.in_place == 0
