@@ -137,7 +137,8 @@ def _memberships(prev: State | None, cell: str, status: str, ev: Ping, policy: D
 
 
 # Decided by the offers agent (agents/offers.py) on this same record; a ping carries them over.
-DISPATCH_FIELDS = {"ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0}
+DISPATCH_FIELDS = {"ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0, "outbox_of": None,
+                   "outbox": []}  # never mutated in place: each decision sets a new list
 
 
 def _ride_move(state: State, ev: Ping) -> Message | None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import faust
 
@@ -30,9 +31,9 @@ from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import DriverStatusChanged, OfferCommand, PushMessage, RideCommand
-from schemas.topics import DRIVER_STATUS, OFFERS, PUSH, RIDE_COMMANDS
+from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, PUSH, RIDE_COMMANDS
 
-__all__ = ["OfferPolicy", "OfferResult", "OffersAgent", "apply_offer"]
+__all__ = ["Decided", "OfferPolicy", "OfferResult", "OffersAgent", "apply_offer", "command_key", "one_per_driver"]
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,31 @@ class _Apply:
         self.s.update(ride_id=None, reserved_until=0, offer_attempt=0)
 
 
+def command_key(cmd: Command) -> str:
+    """What makes a command the same command again (a replay, or a driver pressing twice)."""
+    return f"{cmd['op']} {cmd['ride_id']} {cmd.get('attempt', 0)}"
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One command applied to one driver: whether its state was written, and the records to send."""
+
+    driver_id: str
+    changed: bool
+    records: list[Message]
+
+
+def one_per_driver(items: Sequence[tuple[faust.EventT, Command]]
+                   ) -> tuple[list[tuple[faust.EventT, Command]], list[tuple[faust.EventT, Command]]]:
+    """The longest first run of commands with no driver twice, and the rest."""
+    seen: set[str] = set()
+    for i, (_event, cmd) in enumerate(items):
+        if cmd["driver_id"] in seen:
+            return list(items[:i]), list(items[i:])
+        seen.add(cmd["driver_id"])
+    return list(items), []
+
+
 _HANDLERS: dict[str, Callable[[_Apply], OfferResult]] = {
     "RESERVE": _Apply.reserve, "RELEASE": _Apply.release, "ACCEPT": _Apply.accept, "DECLINE": _Apply.decline,
     "START": _Apply.start, "FREE": _Apply.free,
@@ -262,6 +288,7 @@ class OffersAgent(DriverKeyedAgent):
         self.owned = owned  # the driver partitions this worker holds now (agents.feed.Assignment)
         self.event_for = event_for  # an event of a partition, to route table writes (None: never in place)
         self.in_place = 0
+        self.unsent: Counter[str] = Counter()  # drivers changed by a batch of `process` not yet sent
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
         """Apply a batch of commands: the drivers' new state acked first, then what it sends.
@@ -269,39 +296,81 @@ class OffersAgent(DriverKeyedAgent):
         A reply or push seen before its state is durable could outlive a crash that loses the
         state (an ASSIGNED for a driver whose recovered state is merely reserved, then reserved
         again for another ride). State first, so a replayed command finds the decision already
-        taken and re-sends it (the replay branches of `apply_offer`).
+        taken and re-sends what it sent (the driver's outbox, `decide`).
+
+        The outbox holds the driver's last decision only, so a driver changes at most once per
+        step: with two, a crash between their ack and their sends would lose the first one's
+        records. A driver's second command in a batch starts the next step.
         """
         group = self.producer.group()
-        results: list[OfferResult] = []
-        for event, cmd in decode_records(events, OfferCommand, self.dead_letters, group):
+        todo = list(decode_records(events, OfferCommand, self.dead_letters, group))
+        while True:
+            step, todo = one_per_driver(todo)
+            await self._step(step, group)
+            if not todo:
+                return
+            group = self.producer.group()
+
+    async def _step(self, step: Sequence[tuple[faust.EventT, Command]], group: DeliveryGroup) -> None:
+        results: list[Decided] = []
+        for event, cmd in step:
             with self.dead_letters.guard(group, event, f"bad {cmd.get('op')} offer command"):
                 if partition_for(cmd["driver_id"], self.partitions) != event.message.partition:
                     raise ValueError("driver hashes to another partition")
                 results.append(self.decide(cmd, event))
         bind_event(None)
         self.states.flush(group)
-        await group.wait()
-        self.states.persist_offsets(group)
-        out = self.producer.group()
-        self.send_results(out, results)
-        await out.wait()
+        with self.unsent_until_done([d.driver_id for d in results if d.changed]):
+            await group.wait()
+            self.states.persist_offsets(group)
+            out = self.producer.group()
+            self.send_results(out, results)
+            await out.wait()
 
-    def decide(self, cmd: Command, event: faust.EventT) -> OfferResult:
+    @contextmanager
+    def unsent_until_done(self, drivers: Sequence[str]) -> Iterator[None]:
+        """These drivers changed and what that sends is not acked yet: the rides agent leaves them to
+        this agent's next batch (through `offers`) instead of changing them again in place meanwhile."""
+        self.unsent.update(drivers)
+        try:
+            yield
+        finally:
+            self.unsent.subtract(drivers)
+            for d in drivers:
+                if self.unsent[d] <= 0:
+                    del self.unsent[d]
+
+    def decide(self, cmd: Command, event: faust.EventT) -> Decided:
         """Read, decide, write with no await in between: atomic against the drivers agent and the
-        other source of commands. `event` is one of the driver's partition (table routing)."""
+        other source of commands. `event` is one of the driver's partition (table routing).
+
+        What a decision sends is kept on the driver's state (its outbox) with the command's key, so
+        that a replay of that command after a crash re-sends exactly those records, even once the
+        state no longer shows the change (a FREE's `ride.ended` after the driver was asked again).
+        """
         bind_event(event)
-        result = apply_offer(self.states.get(cmd["driver_id"]), cmd, self.policy, self.clock_ms())
+        driver, key = cmd["driver_id"], command_key(cmd)
+        prev = self.states.get(driver)
+        if prev is not None and prev.get("outbox_of") == key:
+            # Written again: after a crash the local store may be ahead of the changelog.
+            self.states.set(driver, prev, event)
+            self.ops["replayed"] += 1
+            return Decided(driver, True, list(prev["outbox"]))
+        result = apply_offer(prev, cmd, self.policy, self.clock_ms())
+        records = self._encode(result)
         if result.state is not None:
-            self.states.set(cmd["driver_id"], result.state, event)
+            result.state.update(outbox_of=key, outbox=records)
+            self.states.set(driver, result.state, event)
         self.ops[cmd["op"]] += 1
-        return result
+        return Decided(driver, result.state is not None, records)
 
     def takes_in_place(self, topic: str, key: str) -> bool:
-        """Whether a record the rides agent would send to `offers` can be applied here instead."""
-        return (topic == OFFERS.name and self.event_for is not None
+        """Whether a record the rides agent would send to `offers` can be applied here instead: a
+        driver held here with nothing of this agent's still unsent."""
+        return (topic == OFFERS.name and self.event_for is not None and not self.unsent[key]
                 and partition_for(key, self.partitions) in self.owned())
 
-    def apply_in_place(self, records: Sequence[tuple[bytes, faust.EventT]], group: DeliveryGroup) -> list[OfferResult]:
+    def apply_in_place(self, records: Sequence[tuple[bytes, faust.EventT]], group: DeliveryGroup) -> list[Decided]:
         """Apply OfferCommand records (value, the ride command that decided it) for drivers held here.
 
         Why: the rides and offers agents run in one worker, which holds both a ride's partition and
@@ -311,12 +380,12 @@ class OffersAgent(DriverKeyedAgent):
         feed changes its assignment only between batches) and the check-and-set has no await.
         The caller flushes `states` in the group of its own state and sends the results only once
         both are acked, the order `process` keeps; a crash in between replays the ride command,
-        whose outbox re-sends the record, and `apply_offer`'s replay branches answer it as before.
+        whose outbox re-sends the record, and the driver's outbox answers it as the first time.
         """
         event_for = self.event_for
         if event_for is None:
             raise RuntimeError("this offers agent applies nothing in place (no event_for)")
-        results: list[OfferResult] = []
+        results: list[Decided] = []
         for value, origin in records:
             with self.dead_letters.guard(group, origin, "bad in-place offer command", value):
                 cmd = self.codecs["offer"].loads(value)
@@ -325,17 +394,25 @@ class OffersAgent(DriverKeyedAgent):
         bind_event(None)
         return results
 
-    def send_results(self, group: DeliveryGroup, results: Sequence[OfferResult]) -> None:
+    def send_results(self, group: DeliveryGroup, results: Sequence[Decided]) -> None:
         """What the commands decided: pushes, answers to the rides, status changes, cell refreshes."""
-        for result in results:
-            self._send(group, result)
-        self.send_memberships(group, (m for result in results for m in result.memberships))
+        for decided in results:
+            for r in decided.records:
+                if r["topic"] == DRIVER_CELLS.name:  # by the cell's partition, as every membership
+                    self.producer.send(group, r["topic"], r["value"],
+                                       partition=partition_for(r["key"], self.cell_partitions))
+                else:
+                    self.producer.send(group, r["topic"], r["value"], key=r["key"].encode())
 
-    def _send(self, group: Any, result: OfferResult) -> None:
-        send, c = self.producer.send, self.codecs
-        for p in result.pushes:
-            send(group, PUSH.name, c["push"].dumps(p), key=p["channel"].encode())
-        for r in result.replies:
-            send(group, RIDE_COMMANDS.name, c["reply"].dumps(r), key=r["ride_id"].encode())
-        for st in result.statuses:
-            send(group, DRIVER_STATUS.name, c["status"].dumps(st), key=st["driver_id"].encode())
+    def _encode(self, result: OfferResult) -> list[Message]:
+        """A decision's records as Outgoing dicts (topic, key, Avro value); a membership keyed by its cell."""
+        c = self.codecs
+        return [
+            *({"topic": PUSH.name, "key": p["channel"], "value": c["push"].dumps(p)} for p in result.pushes),
+            *({"topic": RIDE_COMMANDS.name, "key": r["ride_id"], "value": c["reply"].dumps(r)}
+              for r in result.replies),
+            *({"topic": DRIVER_STATUS.name, "key": st["driver_id"], "value": c["status"].dumps(st)}
+              for st in result.statuses),
+            *({"topic": DRIVER_CELLS.name, "key": m["cell"], "value": self.cells_codec.dumps({"changes": [m]})}
+              for m in result.memberships),
+        ]

@@ -472,11 +472,12 @@ class RidesAgent:
         self.held: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
         self.busy_hint_ms = policy.candidate_max_age_ms // 4
         self.outcomes: Counter[str] = Counter()
+        self.let_go: set[str] = set()  # drivers this batch released or freed
 
     def query(self, cell: str, k: int, exclude: Collection[str]) -> list[Candidate]:
         now = self.clock_ms()
         found = self.view.candidates(cell, k, now_ms=now, max_age_ms=self.max_age_ms, exclude=exclude)
-        return [c for c in found if self.held.get(c.driver_id, 0) <= now]
+        return [c for c in found if self.held.get(c.driver_id, 0) <= now and c.driver_id not in self.let_go]
 
     def note_held(self, cmd: Command) -> None:
         """Remember drivers the offers agent said are held, until when: the replica learns it later,
@@ -487,11 +488,14 @@ class RidesAgent:
 
     def note_asked(self, offers: Sequence[Message]) -> None:
         """Drivers this worker just asked to reserve are held for its other rides until answered;
-        the ones it let go are free again."""
+        the ones it let go are free again from the next batch on (asked again in this one, the
+        driver would change twice in one step: see `_split`)."""
         now = self.clock_ms()
         for o in offers:
             if o["op"] in ("RESERVE", "RELEASE", "FREE"):
                 self._hold(o["driver_id"], now + self.policy.reserve_timeout_ms if o["op"] == "RESERVE" else 0)
+            if o["op"] in ("RELEASE", "FREE"):
+                self.let_go.add(o["driver_id"])
 
     def _hold(self, driver_id: str, until: int) -> None:
         if until:
@@ -510,6 +514,7 @@ class RidesAgent:
         with the rest once that group is acked.
         """
         await self.view.ready.wait()  # no matching against an empty replica after a restart
+        self.let_go.clear()
         group = self.producer.group()
         changed: dict[str, tuple[Ride, faust.EventT]] = {}
         # In the order decided (a driver's RELEASE before its next RESERVE), each with its command.
@@ -535,20 +540,28 @@ class RidesAgent:
         for ride, _event in changed.values():
             self._track_deadline(ride)
         out = self.producer.group()
+        if offers is not None:  # first: a later command for one of these drivers is among `there`
+            offers.send_results(out, results)
         for m in there:
             self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
-        if offers is not None:
-            offers.send_results(out, results)
         await out.wait()
 
     def _split(self, outgoing: Sequence[tuple[Message, faust.EventT]]
                ) -> tuple[list[tuple[bytes, faust.EventT]], list[Message]]:
-        """Offer commands this worker applies in place (value, origin), and what goes to Kafka."""
+        """Offer commands this worker applies in place (value, origin), and what goes to Kafka.
+
+        At most one command per driver in place: a second one (a FREE, then the next ride's RESERVE)
+        goes through `offers`, so a crash between this step's ack and its sends cannot leave the
+        driver's state past a push that a replay would no longer re-send (see OffersAgent.process).
+        """
         here: list[tuple[bytes, faust.EventT]] = []
         there: list[Message] = []
+        taken: set[str] = set()
         for m, event in outgoing:
-            if self.offers is not None and self.offers.takes_in_place(m["topic"], m["key"]):
+            if (self.offers is not None and m["key"] not in taken
+                    and self.offers.takes_in_place(m["topic"], m["key"])):
                 here.append((m["value"], event))
+                taken.add(m["key"])
             else:
                 there.append(m)
         return here, there

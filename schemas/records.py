@@ -150,6 +150,14 @@ class PushMessage(_Record, namespace="livetrack.PushMessage"):  # type: ignore[c
     data: str = StringField()
 
 
+class Outgoing(_Record, namespace="livetrack.Outgoing"):  # type: ignore[call-arg]
+    """A record to produce: kept with the state that decided it until Kafka has it (an outbox)."""
+
+    topic: str
+    key: str
+    value: bytes
+
+
 class DriverState(_Record, namespace="livetrack.DriverState"):  # type: ignore[call-arg]
     """Latest accepted state of one driver (table `driver_to_state`)."""
 
@@ -176,6 +184,10 @@ class DriverState(_Record, namespace="livetrack.DriverState"):  # type: ignore[c
     offer_attempt: int = IntegerField(min_value=0, required=False, default=0)
     reserved_until: int = IntegerField(min_value=0, required=False, default=0)
     offer_seq: int = IntegerField(min_value=0, required=False, default=0)
+    # What the last dispatch command that changed this driver sent ("op ride_id attempt", and the
+    # records): a replay of that command re-sends them as they were, whatever the state shows now.
+    outbox_of: Optional[str] = StringField(required=False, default=None)
+    outbox: List[Outgoing] = []
 
 
 class CellMembership(_Record, namespace="livetrack.CellMembership"):  # type: ignore[call-arg]
@@ -286,14 +298,6 @@ class OfferCommand(_Record, namespace="livetrack.OfferCommand"):  # type: ignore
     dest_lng: Optional[float] = FloatField(required=False, default=None)
     fare_estimate: Optional[float] = FloatField(required=False, default=None)
     reason: Optional[str] = StringField(required=False, default=None)
-
-
-class Outgoing(_Record, namespace="livetrack.Outgoing"):  # type: ignore[call-arg]
-    """A record to produce: kept with the state that decided it until Kafka has it (an outbox)."""
-
-    topic: str
-    key: str
-    value: bytes
 
 
 class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]

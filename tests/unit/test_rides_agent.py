@@ -16,7 +16,7 @@ from agents.offers import OfferPolicy, OffersAgent
 from agents.rides import DispatchPolicy, RidesAgent
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
-from schemas.records import DriverState, OfferCommand, PushMessage, Ride, RideCommand
+from schemas.records import DriverState, DriverStatusChanged, OfferCommand, PushMessage, Ride, RideCommand
 from tables.driver_to_state import driver_to_state
 from tables.ride_to_state import ride_to_state
 from tables.writer import TableWriter
@@ -62,14 +62,27 @@ class Wired:
         self.states.flush(self.producer.group())  # type: ignore[arg-type]
         self.producer.sent.clear()
 
-    def request(self, offset: int = 0) -> faust.EventT:
-        cmd = {"ride_id": RIDE, "command": "REQUEST", "ts": NOW, "actor": "rider", "actor_id": "u-1",
-               "rider_id": "u-1", "product": "standard", "pickup_lat": PICKUP[0], "pickup_lng": PICKUP[1],
-               "dest_lat": 37.79, "dest_lng": -122.40}
-        part = partition_for(RIDE, PARTITIONS)
-        message = FaustMessage("ride-commands", part, offset, NOW / 1000, 0, None, RIDE.encode(),
-                               codec_for(RideCommand).dumps(cmd), None, tp=TP("ride-commands", part))
+    def request(self, offset: int = 0, ride: str = RIDE) -> faust.EventT:
+        return self.command({"ride_id": ride, "command": "REQUEST", "ts": NOW, "actor": "rider", "actor_id": "u-1",
+                             "rider_id": "u-1", "product": "standard", "pickup_lat": PICKUP[0],
+                             "pickup_lng": PICKUP[1], "dest_lat": 37.79, "dest_lng": -122.40}, offset)
+
+    def command(self, cmd: dict[str, Any], offset: int) -> faust.EventT:
+        """A RideCommand record at `offset` of its ride's partition."""
+        return self.event("ride-commands", cmd["ride_id"], codec_for(RideCommand).dumps(cmd), offset)
+
+    def offer(self, cmd: dict[str, Any], offset: int) -> faust.EventT:
+        """An OfferCommand record at `offset` of its driver's partition."""
+        return self.event("offers", cmd["driver_id"], codec_for(OfferCommand).dumps(cmd), offset)
+
+    def event(self, topic: str, key: str, value: bytes, offset: int) -> faust.EventT:
+        part = partition_for(key, PARTITIONS)
+        message = FaustMessage(topic, part, offset, NOW / 1000, 0, None, key.encode(), value, None,
+                               tp=TP(topic, part))
         return faust.Event(self.app, message.key, message.value, None, message)
+
+    def sent_commands(self) -> list[dict[str, Any]]:
+        return [codec_for(RideCommand).loads(v) for v, _, _ in self.producer.on("ride-commands")]
 
     def topics(self) -> list[str]:
         return [t for t, *_ in self.producer.sent]
@@ -90,8 +103,7 @@ async def test_a_driver_held_here_is_reserved_in_place_after_both_states_are_wri
     pushes = [codec_for(PushMessage).loads(v) for v, _, _ in w.producer.on("push")]
     offer = next(p for p in pushes if p["type"] == "offer")
     assert (offer["channel"], offer["seq"], json.loads(offer["data"])["ride_id"]) == (f"driver:{DRIVER}", 3, RIDE)
-    replies = [codec_for(RideCommand).loads(v) for v, _, _ in w.producer.on("ride-commands")]
-    assert [(r["command"], r["driver_id"]) for r in replies] == [("RESERVED", DRIVER)]
+    assert [(r["command"], r["driver_id"]) for r in w.sent_commands()] == [("RESERVED", DRIVER)]
     # Both changelogs acked before anything they decided is sent: a crash in between re-decides nothing.
     last_state = max(topics.index(w.states.changelog), topics.index(w.rides.changelog))
     first_output = min(topics.index(t) for t in ("push", "ride-commands", "rides"))
@@ -118,3 +130,79 @@ async def test_a_driver_held_by_another_worker_is_asked_through_the_offers_topic
     assert w.driver()["ride_id"] is None  # that worker decides
     assert not [v for v, _, _ in w.producer.on("push") if codec_for(PushMessage).loads(v)["type"] == "offer"]
     assert w.offers.in_place == 0
+
+
+CANCEL = {"ride_id": RIDE, "command": "CANCEL", "ts": NOW, "actor": "rider", "actor_id": "u-1"}
+
+
+async def test_a_driver_freed_in_a_batch_is_not_asked_again_in_it() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+    await w.agent.process([w.request(offset=1)])
+    reserved = w.sent_commands()[0]
+    accept = {"driver_id": DRIVER, "op": "ACCEPT", "ride_id": RIDE, "ts": NOW, "actor": "driver", "attempt": 1}
+    await w.offers.process([w.offer(accept, offset=1)])
+    assigned = w.sent_commands()[-1]
+    await w.agent.process([w.command(reserved, 2), w.command(assigned, 3)])
+    assert w.driver()["status"] == "EN_ROUTE"
+    w.producer.sent.clear()
+    await w.agent.process([w.command(CANCEL, 4), w.request(offset=5, ride="r-2")])
+    # Freed here, asked again only from the next batch on: never two changes of a driver in one step.
+    assert (w.driver()["status"], w.driver()["ride_id"]) == ("AVAILABLE", None)
+    assert not w.producer.on("offers")
+    await w.agent.process([w.request(offset=6, ride="r-4")])  # the next batch
+    assert w.driver()["ride_id"] == "r-4"
+
+
+async def test_a_second_command_for_a_driver_in_one_batch_goes_through_the_offers_topic() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+    await w.agent.process([w.request(offset=1), w.command(CANCEL, 2)])
+    # The RESERVE is decided here; the RELEASE goes through `offers`, after the offer's push: a crash
+    # before the sends cannot leave the driver past a push that a replay would no longer re-send.
+    assert w.driver()["ride_id"] == RIDE
+    offers = [codec_for(OfferCommand).loads(v) for v, _, _ in w.producer.on("offers")]
+    assert [(o["op"], o["ride_id"]) for o in offers] == [("RELEASE", RIDE)]
+    offer = next(i for i, (t, v, _, _) in enumerate(w.producer.sent)
+                 if t == "push" and codec_for(PushMessage).loads(v)["type"] == "offer")
+    assert offer < w.topics().index("offers")
+
+
+async def test_a_driver_whose_last_change_is_not_sent_yet_is_asked_through_the_offers_topic() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+    with w.offers.unsent_until_done([DRIVER]):
+        await w.agent.process([w.request()])
+    assert [codec_for(OfferCommand).loads(v)["op"] for v, _, _ in w.producer.on("offers")] == ["RESERVE"]
+    assert w.driver()["ride_id"] is None and not w.offers.unsent
+
+
+async def test_a_batch_changing_a_driver_twice_is_handled_in_two_steps() -> None:
+    w = Wired(owned=set())
+    reserve = {"driver_id": DRIVER, "op": "RESERVE", "ride_id": RIDE, "ts": NOW, "actor": "system", "attempt": 1,
+               "ttl_ms": 10_000, "pickup_lat": PICKUP[0], "pickup_lng": PICKUP[1], "dest_lat": 37.79,
+               "dest_lng": -122.40}
+    release = {"driver_id": DRIVER, "op": "RELEASE", "ride_id": RIDE, "ts": NOW, "actor": "system", "attempt": 1,
+               "reason": "expired"}
+    await w.offers.process([w.offer(reserve, 1), w.offer(release, 2)])
+    kinds = [t if t != "push" else codec_for(PushMessage).loads(v)["type"] for t, v, _, _ in w.producer.sent]
+    changelog = w.states.changelog
+    # Each change: its state acked, then its sends acked, before the next change is written.
+    assert kinds == [changelog, WAITED, "offer", "ride-commands", WAITED,
+                     changelog, WAITED, "offer.revoked", WAITED]
+
+
+async def test_a_replayed_command_re_sends_what_it_sent_though_the_state_no_longer_shows_it() -> None:
+    w = Wired(owned=set())
+    base = {"driver_id": DRIVER, "ride_id": RIDE, "ts": NOW, "attempt": 1}
+    reserve = {**base, "op": "RESERVE", "actor": "system", "ttl_ms": 10_000, "pickup_lat": PICKUP[0],
+               "pickup_lng": PICKUP[1], "dest_lat": 37.79, "dest_lng": -122.40}
+    free = {**base, "op": "FREE", "actor": "system", "reason": "cancelled"}
+    await w.offers.process([w.offer(reserve, 1)])
+    await w.offers.process([w.offer({**base, "op": "ACCEPT", "actor": "driver"}, 2)])
+    await w.offers.process([w.offer(free, 3)])
+    ended = [v for v, _, _ in w.producer.on("push") if codec_for(PushMessage).loads(v)["type"] == "ride.ended"]
+    assert len(ended) == 1 and w.driver()["ride_id"] is None  # freed: the state no longer names the ride
+    w.producer.sent.clear()
+    await w.offers.process([w.offer(free, 3)])  # after a crash between the state's ack and the sends
+    assert [v for v, _, _ in w.producer.on("push")] == ended  # the same push, the same seq
+    assert w.topics().index(w.states.changelog) < w.topics().index(WAITED) < w.topics().index("push")
+    statuses = [codec_for(DriverStatusChanged).loads(v)["status"] for v, _, _ in w.producer.on("driver-status")]
+    assert statuses == ["AVAILABLE"]  # its status change again too
