@@ -550,9 +550,9 @@ class RidesAgent:
                ) -> tuple[list[tuple[bytes, faust.EventT]], list[Message]]:
         """Offer commands this worker applies in place (value, origin), and what goes to Kafka.
 
-        At most one command per driver in place: a second one (a FREE, then the next ride's RESERVE)
-        goes through `offers`, so a crash between this step's ack and its sends cannot leave the
-        driver's state past a push that a replay would no longer re-send (see OffersAgent.process).
+        At most one command per driver in place (the driver's outbox holds one decision): a second
+        one (a RESERVE, then the RELEASE of a ride cancelled in the same batch) goes through
+        `offers`, which the offers agent applies as a step of its own (see OffersAgent.process).
         """
         here: list[tuple[bytes, faust.EventT]] = []
         there: list[Message] = []
