@@ -10,9 +10,9 @@ from mode import Service
 
 from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
-from agents.batching import DeadLetters
+from agents.batching import DeadLetters, partition_event
 from agents.candidates import CellDriversView, ViewService
-from agents.feed import Assignment, BatchFeed, partition_event
+from agents.feed import Assignment, BatchFeed
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.clock import now_ms
@@ -144,11 +144,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     partitions = settings.partitions
     lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
     assignment = Assignment()  # the dispatch feed's partitions: the drivers whose offers are decided in place
+    offer_events = {p: partition_event(app, OFFERS.name, p) for p in range(OFFERS.partition_count(partitions))}
     offer_agent = offers.OffersAgent(
         states=states, producer=producer, dead_letters=dispatch_dlq,
         policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
         cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
-        owned=assignment, event_for=lambda p: partition_event(app, OFFERS.name, p),
+        owned=assignment, event_for=offer_events.__getitem__,
     )
     components = Components(
         producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,

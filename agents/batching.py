@@ -8,13 +8,17 @@ from typing import Awaitable, Callable, Iterator, Sequence, Type, TypeVar
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
+from faust.types import Message as FaustMessage
 
 from agents.errors import AgentError
 from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.records import DeadLetter
 
-__all__ = ["AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records", "register_batched", "unbound_event"]
+__all__ = [
+    "AGENT_ERRORS", "DeadLetters", "bind_event", "decode_records", "partition_event", "register_batched", "unbound_event",
+]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=faust.Record)
@@ -30,6 +34,12 @@ def bind_event(event: faust.EventT | None) -> None:
     public setter, so this sets the same context variable.
     """
     _current_event.set(weakref.ref(event) if event is not None else None)
+
+
+def partition_event(app: faust.App, topic: str, partition: int) -> faust.EventT:
+    """An event of `topic`'s `partition` with no record: what table writes are routed by."""
+    message = FaustMessage(topic, partition, -1, 0.0, 0, None, None, None, None, tp=TP(topic, partition))
+    return faust.Event(app, None, None, None, message)
 
 
 @contextmanager

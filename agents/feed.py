@@ -32,7 +32,7 @@ from mode import Service
 
 from infra.tail import next_batch
 
-__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "next_offsets", "partition_event", "partitions_of"]
+__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "next_offsets", "partitions_of"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
@@ -59,12 +59,6 @@ def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
     """What to commit after `msgs` (in consumed order): one past the last offset of each partition."""
     last = {(m.topic(), m.partition()): m.offset() for m in msgs}  # the last one read wins
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-
-
-def partition_event(app: faust.App, topic: str, partition: int) -> faust.EventT:
-    """An event of `topic`'s `partition` with no record: what table writes are routed by."""
-    message = FaustMessage(topic, partition, -1, 0.0, 0, None, None, None, None, tp=TP(topic, partition))
-    return faust.Event(app, None, None, None, message)
 
 
 class Assignment:

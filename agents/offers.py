@@ -279,16 +279,18 @@ class OffersAgent(DriverKeyedAgent):
     holds, from the rides agent in the same process (`apply_in_place`): see that method.
     """
 
-    def __init__(self, *, owned: Callable[[], Collection[int]] = frozenset,
-                 event_for: Callable[[int], faust.EventT] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, owned: Callable[[], Collection[int]], event_for: Callable[[int], faust.EventT],
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.codecs = {name: codec_for(r) for name, r in (
             ("push", PushMessage), ("reply", RideCommand), ("status", DriverStatusChanged), ("offer", OfferCommand))}
         self.ops: Counter[str] = Counter()
         self.owned = owned  # the driver partitions this worker holds now (agents.feed.Assignment)
-        self.event_for = event_for  # an event of a partition, to route table writes (None: never in place)
+        self.event_for = event_for  # an event of a driver partition, for commands decided in place (table routing)
         self.in_place = 0
-        self.unsent: Counter[str] = Counter()  # drivers changed by a batch of `process` not yet sent
+        # Drivers changed by the step of `process` under way (one at a time: the feed runs its batches
+        # in turn) whose records are not acked yet.
+        self.unsent: set[str] = set()
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
         """Apply a batch of commands: the drivers' new state acked first, then what it sends.
@@ -335,10 +337,7 @@ class OffersAgent(DriverKeyedAgent):
         try:
             yield
         finally:
-            self.unsent.subtract(drivers)
-            for d in drivers:
-                if self.unsent[d] <= 0:
-                    del self.unsent[d]
+            self.unsent.difference_update(drivers)
 
     def decide(self, cmd: Command, event: faust.EventT) -> Decided:
         """Read, decide, write with no await in between: atomic against the drivers agent and the
@@ -367,7 +366,7 @@ class OffersAgent(DriverKeyedAgent):
     def takes_in_place(self, topic: str, key: str) -> bool:
         """Whether a record the rides agent would send to `offers` can be applied here instead: a
         driver held here with nothing of this agent's still unsent."""
-        return (topic == OFFERS.name and self.event_for is not None and not self.unsent[key]
+        return (topic == OFFERS.name and key not in self.unsent
                 and partition_for(key, self.partitions) in self.owned())
 
     def apply_in_place(self, records: Sequence[tuple[bytes, faust.EventT]], group: DeliveryGroup) -> list[Decided]:
@@ -382,14 +381,11 @@ class OffersAgent(DriverKeyedAgent):
         both are acked, the order `process` keeps; a crash in between replays the ride command,
         whose outbox re-sends the record, and the driver's outbox answers it as the first time.
         """
-        event_for = self.event_for
-        if event_for is None:
-            raise RuntimeError("this offers agent applies nothing in place (no event_for)")
         results: list[Decided] = []
         for value, origin in records:
             with self.dead_letters.guard(group, origin, "bad in-place offer command", value):
                 cmd = self.codecs["offer"].loads(value)
-                results.append(self.decide(cmd, event_for(partition_for(cmd["driver_id"], self.partitions))))
+                results.append(self.decide(cmd, self.event_for(partition_for(cmd["driver_id"], self.partitions))))
                 self.in_place += 1
         bind_event(None)
         return results

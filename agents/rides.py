@@ -455,9 +455,9 @@ class RidesAgent:
 
     def __init__(self, *, rides: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
                  view: CellDriversView, policy: DispatchPolicy, candidate_max_age_ms: int,
-                 clock_ms: Callable[[], int], offers: OffersAgent | None = None) -> None:
+                 clock_ms: Callable[[], int], offers: OffersAgent) -> None:
         self.rides = rides
-        self.offers = offers  # applies offer commands for drivers held here (None: all go to `offers`)
+        self.offers = offers  # decides offer commands for drivers held here (agents.offers)
         self.producer = producer
         self.dead_letters = dead_letters
         self.view = view
@@ -528,20 +528,16 @@ class RidesAgent:
         for ride_id, (ride, event) in changed.items():
             self.rides.set(ride_id, ride, event)
         here, there = self._split(outgoing)
-        offers = self.offers if here else None
-        results = offers.apply_in_place(here, group) if offers is not None else []
+        results = self.offers.apply_in_place(here, group)
         self.rides.flush(group)
-        if offers is not None:
-            offers.states.flush(group)  # no await since apply_in_place: nothing else wrote in between
+        self.offers.states.flush(group)  # no await since apply_in_place: nothing else wrote in between
         await group.wait()
         self.rides.persist_offsets(group)
-        if offers is not None:
-            offers.states.persist_offsets(group)
+        self.offers.states.persist_offsets(group)
         for ride, _event in changed.values():
             self._track_deadline(ride)
         out = self.producer.group()
-        if offers is not None:  # first: a later command for one of these drivers is among `there`
-            offers.send_results(out, results)
+        self.offers.send_results(out, results)  # first: a later command for one of these drivers is in `there`
         for m in there:
             self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
         await out.wait()
@@ -558,8 +554,7 @@ class RidesAgent:
         there: list[Message] = []
         taken: set[str] = set()
         for m, event in outgoing:
-            if (self.offers is not None and m["key"] not in taken
-                    and self.offers.takes_in_place(m["topic"], m["key"])):
+            if m["key"] not in taken and self.offers.takes_in_place(m["topic"], m["key"]):
                 here.append((m["value"], event))
                 taken.add(m["key"])
             else:

@@ -19,9 +19,8 @@ from typing import Awaitable, Callable
 
 import psutil
 from confluent_kafka import Producer
-from hdrh.histogram import HdrHistogram
 
-from bench.harness import bench_settings, cpu_s, emit
+from bench.harness import bench_settings, cpu_s, emit, percentiles
 from infra.broker import LocalBroker, kafka_running
 from infra.producer import AsyncProducer
 from infra.topics import ensure_topics
@@ -96,15 +95,15 @@ class Aiokafka:
 PRODUCERS: dict[str, Callable[[str], Librdkafka | Aiokafka]] = {"librdkafka": Librdkafka, "aiokafka": Aiokafka}
 
 
-async def offer_load(send: Send, rate: float, fan: int, seconds: float) -> HdrHistogram:
-    """`rate` groups/s of `fan` records for `seconds`; each group's time to its last ack (µs)."""
-    acks = HdrHistogram(1, 60_000_000, 3)
+async def offer_load(send: Send, rate: float, fan: int, seconds: float) -> list[float]:
+    """`rate` groups/s of `fan` records for `seconds`; each group's time to its last ack (ms)."""
+    acks: list[float] = []
     running: set[asyncio.Task[None]] = set()
 
     async def one() -> None:
         t0 = time.perf_counter()
         await send([(random.choice(TOPICS), random.randrange(PARTITIONS)) for _ in range(fan)])
-        acks.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
+        acks.append((time.perf_counter() - t0) * 1000)
 
     t0 = time.perf_counter()
     for i in range(int(rate * seconds)):
@@ -130,8 +129,7 @@ async def measure(name: str, bootstrap: str, broker: psutil.Process, rate: float
     out = {
         f"{name}_broker_cpu_pct": round((cpu_s(broker) - broker0) / elapsed * 100, 1),
         f"{name}_client_cpu_pct": round((cpu_s(me) - cpu0) / elapsed * 100, 1),
-        f"{name}_group_ack_p50_ms": round(acks.get_value_at_percentile(50) / 1000, 2),
-        f"{name}_group_ack_p95_ms": round(acks.get_value_at_percentile(95) / 1000, 2),
+        **percentiles(acks, f"{name}_group_ack"),
     }
     await producer.close()
     return out

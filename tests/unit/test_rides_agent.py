@@ -8,9 +8,9 @@ import faust
 from faust.types import TP
 from faust.types import Message as FaustMessage
 
-from agents.batching import DeadLetters
+from agents.batching import DeadLetters, partition_event
 from agents.candidates import CellDriversView
-from agents.feed import Assignment, partition_event
+from agents.feed import Assignment
 from agents.geo import cell_of
 from agents.offers import OfferPolicy, OffersAgent
 from agents.rides import DispatchPolicy, RidesAgent
