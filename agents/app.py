@@ -12,7 +12,7 @@ from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
 from agents.batching import DeadLetters, partition_event
 from agents.candidates import CellDriversView, ViewService
-from agents.feed import Assignment, BatchFeed
+from agents.feed import Assignment, BatchFeed, group_id
 from agents.features_math import FeaturePolicy
 from agents.metrics import WorkerMetrics, serve_metrics
 from infra.clock import now_ms
@@ -175,16 +175,17 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         metrics=metrics,
     )
     app.livetrack = components  # type: ignore[attr-defined]
-    drivers.register(app, bind_topic(app, LOCATIONS, settings), components.drivers, **batch)
     cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
-    if len({spec.partition_count(partitions) for spec in (LOCATIONS, RIDE_COMMANDS, OFFERS)}) != 1:
-        raise ValueError("ride-commands and offers must have as many partitions as locations (agents.feed)")
+    if len({spec.partition_count(partitions) for spec in (LOCATIONS, RIDE_COMMANDS, OFFERS, DRIVER_CELLS)}) != 1:
+        raise ValueError("locations, ride-commands, offers and driver-cells must have as many partitions "
+                         "(agents.feed reads the first three where Faust assigned this worker driver-cells)")
     rides.register(app, components.ride_agent, tick_s=settings.dispatch_tick_ms / 1000)
-    # Dispatch reads its topics in whole batches, outside Faust's per-record path (agents.feed).
+    # The pings and dispatch are read in whole batches, outside Faust's per-record path (agents.feed).
     app.add_dependency(BatchFeed(
-        app, settings.bootstrap, f"{settings.app_id}-dispatch",
-        {RIDE_COMMANDS.name: components.ride_agent.process, OFFERS.name: components.offer_agent.process},
-        follow=LOCATIONS.name, batch_max=settings.worker_batch_max, assignment=assignment,
+        app, settings.bootstrap, group_id(settings.app_id),
+        {LOCATIONS.name: components.drivers.process, RIDE_COMMANDS.name: components.ride_agent.process,
+         OFFERS.name: components.offer_agent.process},
+        follow=DRIVER_CELLS.name, batch_max=settings.worker_batch_max, assignment=assignment,
     ))
     demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
     features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)

@@ -1,5 +1,9 @@
 """Drivers agent (topic `locations`, partitioned by driver): accept a ping or say why not.
 
+Its batches come through `agents.feed.BatchFeed`, not a Faust agent: Faust handed the records over
+one at a time and fell ~1.4 s behind the log at 1,000 pings/s with the agent idle half the time
+(README, Benchmarks, stop 13).
+
 `apply_ping` is pure: previous state + ping -> new state, the push message
 (when the move is significant) and cell-membership changes. Values are the
 decoded Avro dicts of the Records in `schemas.records` (a LocationEvent, a
@@ -16,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import faust
 
 from agents.activity import ActivityFanout
-from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records, register_batched
+from agents.batching import AGENT_ERRORS, DeadLetters, bind_event, decode_records
 from agents.geo import cell_of, haversine_m
 from infra.producer import AsyncProducer, DeliveryGroup
 from infra.settings import Settings
@@ -29,7 +33,7 @@ from tables.writer import TableWriter
 
 __all__ = [
     "ACCEPTED", "DUPLICATE", "STALE", "JUMP", "INVALID",
-    "DriverKeyedAgent", "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data", "register",
+    "DriverKeyedAgent", "DriverPolicy", "DriversAgent", "PingResult", "apply_ping", "location_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -279,10 +283,3 @@ class DriversAgent(DriverKeyedAgent):
             move = result.ride_move
             self.producer.send(group, RIDE_COMMANDS.name, self.ride_codec.dumps(move), key=move["ride_id"].encode())
         memberships.extend(result.memberships)
-
-
-def register(app: faust.App, locations: faust.TopicT, agent: DriversAgent, *, batch_max: int,
-             batch_within_s: float) -> faust.types.AgentT:
-    """Attach the drivers agent to `app`."""
-    return register_batched(app, locations, "track_driver_locations", agent.process, batch_max=batch_max,
-                            batch_within_s=batch_within_s)

@@ -1,19 +1,22 @@
-"""Dispatch's own consumer: `ride-commands` and `offers` read in whole batches, outside Faust's per-record path.
+"""The worker's own consumer: `locations`, `ride-commands` and `offers` read in whole batches, outside Faust's per-record path.
 
 Why: Faust hands a record to an agent through its consumer thread, the conductor and the stream,
 a few event-loop turns per record, and aiokafka fetches again only once every buffered record has
 been handed over; with the features and drivers agents sharing the loop, a ride command waited
-70-290 ms (p50) between its Kafka timestamp and Faust's fetch at 50 rides/s (measured, README). Here
-a librdkafka consumer thread passes whole batches to the loop, one turn per batch.
+70-290 ms (p50) between its Kafka timestamp and Faust's fetch at 50 rides/s (stop 10), and at 1,000
+pings/s the drivers agent got its pings ~1.4 s after they were in Kafka while idle half the time
+(stop 13; README, Benchmarks). Here a librdkafka consumer thread passes whole batches to the loop,
+one turn per batch.
 
 Faust still owns the assignment: partition p of these topics is read only while Faust has assigned
-this worker partition p of `follow` (`locations`: same partition count, so the same worker holds
-partition p of `driver_to_state` and `ride_to_state`), and only after Faust has recovered the
-tables for that assignment. A batch's offsets are stored once its handler returned (its state and
-outputs acked) and librdkafka commits what is stored every COMMIT_EVERY_MS under
-`<app id>-dispatch` (synchronously before a reassignment or stop): at least once, like Faust's own
-agents, which the rides and offers agents are built for (a replayed command re-sends what was
-decided). A commit per batch was ~50 OffsetCommit requests/s at 50 rides/s.
+this worker partition p of `follow` (`driver-cells`: Faust assigns topics with the same partition
+count together, changelogs included, so the same worker holds partition p of `driver_to_state` and
+`ride_to_state`), and only after Faust has recovered the tables for that assignment. A batch's
+offsets are stored once its handler returned (its state and outputs acked) and librdkafka commits
+what is stored every COMMIT_EVERY_MS under `group_id(app id)` (synchronously before a reassignment
+or stop): at least once, like Faust's own agents, which these agents are built for (a replayed
+ping is a duplicate by its seq; a replayed command re-sends what was decided). A commit per batch
+was ~50 OffsetCommit requests/s at 50 rides/s.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from mode import Service
 
 from infra.tail import next_batch
 
-__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "next_offsets", "partitions_of"]
+__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "group_id", "next_offsets", "partitions_of"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
@@ -40,6 +43,11 @@ Command = tuple[Callable[[Consumer], object], Callable[[BaseException | None], N
 RETRY_S = 1.0  # a batch whose handler failed (Kafka unavailable) is tried again after this long
 IDLE_S = 0.5  # unassigned, the reader thread waits this long for a command at a time
 COMMIT_EVERY_MS = 250  # a crash replays at most about this much more than it would otherwise
+
+
+def group_id(app_id: str) -> str:
+    """The consumer group under which the feed commits what it handled (Faust's own is `app_id`)."""
+    return f"{app_id}-feed"
 
 
 def partitions_of(assignment: Iterable[TP], follow: str) -> set[int]:
@@ -129,7 +137,7 @@ class BatchFeed(Service):
             self.assignment.partitions = frozenset()  # if the reassignment fails: nothing is held
             await self._call(lambda c: self._reassign(c, tps))
             self.assignment.partitions = frozenset(partitions)
-            log.info("dispatch feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
+            log.info("feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
 
     @asynccontextmanager
     async def _idle(self) -> AsyncIterator[None]:
@@ -170,7 +178,7 @@ class BatchFeed(Service):
                 try:
                     msgs = next_batch(consumer, self.batch_max, wait_s=0.02)
                 except KafkaException as exc:
-                    log.error("dispatch feed: %s", exc)
+                    log.error("feed: %s", exc)
                     continue
                 for topic, records in by_topic(msgs).items():
                     loop.call_soon_threadsafe(self._queues[topic].put_nowait, (generation, records))
@@ -193,7 +201,7 @@ class BatchFeed(Service):
                 fn(consumer)
             except Exception as exc:  # to the caller, if it waits
                 if reply is None:
-                    log.warning("dispatch feed: %s", exc)
+                    log.warning("feed: %s", exc)
                 else:
                     reply(exc)
             else:
@@ -219,7 +227,7 @@ class BatchFeed(Service):
                 await self.handlers[topic](events)
                 break
             except Exception:  # Kafka hiccup: state and outputs are replay-safe, so try the batch again
-                log.exception("dispatch feed: %s handler failed on %d records", topic, len(events))
+                log.exception("feed: %s handler failed on %d records", topic, len(events))
                 await asyncio.sleep(RETRY_S)
         if generation == self._generation:
             offsets = next_offsets(msgs)
@@ -237,7 +245,7 @@ class BatchFeed(Service):
     # --- lifecycle ----------------------------------------------------------------------------
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._read, args=(loop,), name="dispatch-feed", daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(loop,), name="worker-feed", daemon=True)
         self._thread.start()
         for topic in self.handlers:
             self.add_future(self._pump(topic))
@@ -257,4 +265,4 @@ def _commit_stored(consumer: Consumer) -> None:
         consumer.commit(asynchronous=False)
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing handled since the last commit
-            log.warning("dispatch feed: commit failed: %s", exc)
+            log.warning("feed: commit failed: %s", exc)

@@ -26,6 +26,7 @@ import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
+from agents.feed import group_id
 from infra.broker import kafka_running
 from infra.processes import scrape
 from infra.producer import AsyncProducer
@@ -109,8 +110,10 @@ class Feeder:
         self.settings = settings
         self.producer = AsyncProducer(settings.bootstrap)
         self.marks: list[dict[tuple[str, int], int]] = []  # per slice: the last offset produced so far
-        self.probe = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.app_id,
-                               "enable.auto.commit": False})
+        # Pings are committed by the worker's feed, ride events by Faust (agents.feed.group_id).
+        self.probes = {topic: Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group,
+                                        "enable.auto.commit": False})
+                       for topic, group in ((LOCATIONS.name, group_id(settings.app_id)), (RIDES.name, settings.app_id))}
 
     async def __aenter__(self) -> "Feeder":
         await self.producer.start()
@@ -118,7 +121,8 @@ class Feeder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.close()
-        self.probe.close()
+        for probe in self.probes.values():
+            probe.close()
 
     async def send(self, pings: list[Ping], requests: list[Request] = (), others: list[Request] = ()) -> None:  # type: ignore[assignment]
         group = self.producer.group()
@@ -134,7 +138,11 @@ class Feeder:
         self.marks.append({**(self.marks[-1] if self.marks else {}), **group.offsets})
 
     def _consumed(self, mark: dict[tuple[str, int], int]) -> bool:
-        committed = self.probe.committed([TopicPartition(t, p) for t, p in mark], timeout=10)
+        committed = []
+        for topic, probe in self.probes.items():
+            tps = [TopicPartition(t, p) for t, p in mark if t == topic]
+            if tps:
+                committed += probe.committed(tps, timeout=10)
         return all(tp.offset > mark[(tp.topic, tp.partition)] for tp in committed)
 
     async def stream(self, stream: Stream, base_ts: int, *, after_slice: Any = None, minutes: int = MINUTES) -> None:

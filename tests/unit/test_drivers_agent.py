@@ -7,8 +7,8 @@ from typing import Any
 import faust
 import pytest
 
-from agents.batching import DeadLetters
-from agents.drivers import DriverPolicy, DriversAgent, register
+from agents.batching import DeadLetters, register_batched
+from agents.drivers import DriverPolicy, DriversAgent
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellMembershipBatch, DeadLetter, DriverState, LocationBatch, PushMessage
@@ -35,7 +35,8 @@ def wired() -> tuple[faust.App, Any, FakeProducer, TableWriter]:
     )
     topic = app.topic("locations", key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=PARTITIONS)
-    agent = register(app, topic, agent_obj, batch_max=10, batch_within_s=0.01)
+    # The worker feeds it through agents.feed; a Faust test agent hands it the same events.
+    agent = register_batched(app, topic, "pings", agent_obj.process, batch_max=10, batch_within_s=0.01)
     return app, agent, producer, states
 
 

@@ -11,11 +11,10 @@ import h3
 import pytest
 
 from agents.activity import ActivityFanout, ride_request, target_partitions
-from agents.batching import DeadLetters
+from agents.batching import DeadLetters, register_batched
 from agents.demand import DemandAgent
 from agents.demand import register as register_demand
 from agents.drivers import DriverPolicy, DriversAgent
-from agents.drivers import register as register_drivers
 from agents.features import FeaturesAgent, cell_channel, register
 from agents.features_math import FeaturePolicy, rings
 from agents.metrics import WorkerMetrics
@@ -247,7 +246,7 @@ async def test_drivers_agent_sends_sightings_to_every_partition_of_the_k_ring() 
     )
     topic = app.topic("locations", key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                       partitions=PARTITIONS)
-    agent = register_drivers(app, topic, agent_obj, batch_max=10, batch_within_s=0.01)
+    agent = register_batched(app, topic, "pings", agent_obj.process, batch_max=10, batch_within_s=0.01)
     d = "d-1"
     events = [{k: v for k, v in ping(d, seq, seq).items() if k != "status"} for seq in (1, 2)]
     jump = {**events[0], "seq": 3, "lat": A_LAT + 1.0, "fix_ts": T0 + 3000}

@@ -8,7 +8,9 @@ import faust
 from confluent_kafka import Message, TopicPartition
 from faust.types import TP
 
+from agents.app import create_app
 from agents.feed import BatchFeed, by_topic, next_offsets, partitions_of
+from infra.settings import Settings
 
 
 def _msg(topic: str, partition: int, offset: int, value: bytes = b"v") -> Message:
@@ -128,3 +130,15 @@ async def test_the_assignment_it_shares_changes_only_once_its_consumer_reads_the
     await asyncio.wait_for(task, 1.0)
     assert feed.assignment() == frozenset({1, 3})
     assert [(tp.topic, tp.partition) for tp in consumer.assigned or []] == [("ride-commands", 1), ("ride-commands", 3)]
+
+
+def test_the_worker_reads_pings_and_dispatch_through_the_feed_not_faust(tmp_path: Any) -> None:
+    app = create_app(Settings(state_dir=tmp_path), store="memory://")
+    faust_topics = {t for agent in app.agents.values() for t in agent.channel.topics}  # type: ignore[attr-defined]
+    feeds = [s for s in app._children if isinstance(s, BatchFeed)]  # type: ignore[attr-defined]
+    assert len(feeds) == 1
+    feed = feeds[0]
+    assert set(feed.handlers) == {"locations", "ride-commands", "offers"}
+    assert not faust_topics & set(feed.handlers)  # read once, by the feed: Faust would hand them over record by record
+    # ...on the partitions Faust assigns it of a topic Faust does read, with the same partition count.
+    assert feed.follow == "driver-cells" and feed.follow in faust_topics
