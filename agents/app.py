@@ -143,7 +143,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     app.on_partitions_assigned.connect(forget_cached)
     partitions = settings.partitions
     lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
-    assignment = Assignment()  # the dispatch feed's partitions: the drivers whose offers are decided in place
+    assignment = Assignment()  # the feed's partitions: the drivers whose offers are decided in place
     offer_events = {p: partition_event(app, OFFERS.name, p) for p in range(OFFERS.partition_count(partitions))}
     offer_agent = offers.OffersAgent(
         states=states, producer=producer, dead_letters=dispatch_dlq,

@@ -207,11 +207,15 @@ class DriverKeyedAgent:
         self.clock_ms = clock_ms
         self.cells_codec = codec_for(CellMembershipBatch)
 
+    def cell_partition(self, cell: str) -> int:
+        """The `driver-cells` partition of a membership in `cell` (the cells agent's, by cell)."""
+        return partition_for(cell, self.cell_partitions)
+
     def send_memberships(self, group: DeliveryGroup, memberships: Iterable[Message]) -> None:
         """Cell memberships to `driver-cells`: one CellMembershipBatch per partition of their cells."""
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for m in memberships:
-            by_partition[partition_for(m["cell"], self.cell_partitions)].append(m)
+            by_partition[self.cell_partition(m["cell"])].append(m)
         for partition, changes in by_partition.items():
             self.producer.send(group, DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}),
                                partition=partition)

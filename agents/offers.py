@@ -395,8 +395,7 @@ class OffersAgent(DriverKeyedAgent):
         for decided in results:
             for r in decided.records:
                 if r["topic"] == DRIVER_CELLS.name:  # by the cell's partition, as every membership
-                    self.producer.send(group, r["topic"], r["value"],
-                                       partition=partition_for(r["key"], self.cell_partitions))
+                    self.producer.send(group, r["topic"], r["value"], partition=self.cell_partition(r["key"]))
                 else:
                     self.producer.send(group, r["topic"], r["value"], key=r["key"].encode())
 
