@@ -43,7 +43,7 @@ bench-worker: install
 	$(BIN)/python -m bench.worker_throughput
 
 bench-dispatch: install
-	$(BIN)/python -m bench.dispatch $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(BURST),--burst $(BURST))
+	$(BIN)/python -m bench.dispatch $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(WARMUP),--warmup $(WARMUP)) $(if $(BURST),--burst $(BURST))
 
 bench-push: install
 	$(BIN)/python -m bench.push $(if $(CLIENTS),--clients $(CLIENTS)) $(if $(DURATION),--duration $(DURATION))

@@ -157,6 +157,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
             states=states, producer=producer, dead_letters=dead_letters,
             policy=drivers.DriverPolicy.from_settings(settings), partitions=LOCATIONS.partition_count(partitions),
             cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms, activity=fanout(),
+            dispatching=offer_agent.is_unsent,
         ),
         cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
                                     ttl_ms=settings.membership_ttl_ms),

@@ -163,8 +163,9 @@ def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingR
     return PingResult(DUPLICATE, None, push, joins)
 
 
-def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
-    """Decide one ping against the driver's previous state (pure)."""
+def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int, *, may_push: bool = True) -> PingResult:
+    """Decide one ping against the driver's previous state (pure). `may_push` False: the move is
+    kept but not pushed now (another `driver:{id}` push is still on its way out; see DriversAgent)."""
     verdict = _verdict(prev, ev, policy)
     if verdict == DUPLICATE and prev is not None:
         return _replayed(prev, ev, policy, now_ms)
@@ -173,7 +174,7 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) 
     cell = cell_of(ev["lat"], ev["lng"], policy.h3_resolution)
     status = prev["status"] if prev is not None else "AVAILABLE"
     memberships = _memberships(prev, cell, status, ev, policy)
-    significant = _significant(prev, ev, policy)
+    significant = may_push and _significant(prev, ev, policy)
     base = prev if prev is not None and not significant else None
     state: State = {
         "driver_id": ev["driver_id"], "seq": ev["seq"], "lat": ev["lat"], "lng": ev["lng"],
@@ -224,9 +225,15 @@ class DriverKeyedAgent:
 class DriversAgent(DriverKeyedAgent):
     """Applies LocationBatch records: state to `driver_to_state`, pushes and memberships out."""
 
-    def __init__(self, *, activity: ActivityFanout | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, activity: ActivityFanout | None = None,
+                 dispatching: Callable[[str], bool] = lambda _driver: False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activity = activity  # sightings for the features agent
+        # Drivers with a dispatch decision whose records are not sent yet (OffersAgent.unsent): that
+        # decision took the next `driver:{id}` seq and goes out once its state is acked, so a location
+        # push sent now would reach the channel first with a higher seq, and the gateway and clients
+        # would then drop the decision's push (an offer) as old. Their moves wait for a later ping.
+        self.dispatching = dispatching
         self.push_codec = codec_for(PushMessage)
         self.ping_codec = codec_for(LocationEvent)
         self.ride_codec = codec_for(RideCommand)
@@ -271,7 +278,7 @@ class DriversAgent(DriverKeyedAgent):
             self._reject(group, event, ping, refusal)
             return
         prev = self.states.get(ping["driver_id"])
-        result = apply_ping(prev, ping, self.policy, self.clock_ms())
+        result = apply_ping(prev, ping, self.policy, self.clock_ms(), may_push=not self.dispatching(ping["driver_id"]))
         self.verdicts[result.verdict] += 1
         seen = result.state or prev
         if self.activity is not None and result.verdict in SIGHTED and seen is not None:

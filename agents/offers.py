@@ -14,6 +14,7 @@ The rides agent, on the same loop, hands it the commands for drivers this worker
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -289,8 +290,9 @@ class OffersAgent(DriverKeyedAgent):
         self.event_for = event_for  # an event of a driver partition, for commands decided in place (table routing)
         self.in_place = 0
         # Drivers changed by the step of `process` under way (one at a time: the feed runs its batches
-        # in turn) whose records are not acked yet.
+        # in turn), or in place by the rides agent's batch under way, whose records are not acked yet.
         self.unsent: set[str] = set()
+        self._released = asyncio.Event()  # set (and replaced) whenever drivers leave `unsent`
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
         """Apply a batch of commands: the drivers' new state acked first, then what it sends.
@@ -314,6 +316,7 @@ class OffersAgent(DriverKeyedAgent):
             group = self.producer.group()
 
     async def _step(self, step: Sequence[tuple[faust.EventT, Command]], group: DeliveryGroup) -> None:
+        await self.settled([cmd["driver_id"] for _event, cmd in step])
         results: list[Decided] = []
         for event, cmd in step:
             with self.dead_letters.guard(group, event, f"bad {cmd.get('op')} offer command"):
@@ -338,6 +341,19 @@ class OffersAgent(DriverKeyedAgent):
             yield
         finally:
             self.unsent.difference_update(drivers)
+            if drivers:
+                self._released.set()
+                self._released = asyncio.Event()
+
+    def is_unsent(self, driver: str) -> bool:
+        return driver in self.unsent
+
+    async def settled(self, drivers: Collection[str]) -> None:
+        """Wait until none of `drivers` has a change unsent. Only the rides agent's in-place batch can
+        hold one here (this agent's steps run one at a time); deciding meanwhile would take the
+        driver's next push seq and could send it before that batch sends the seq before it."""
+        while not self.unsent.isdisjoint(drivers):
+            await self._released.wait()
 
     def decide(self, cmd: Command, event: faust.EventT) -> Decided:
         """Read, decide, write with no await in between: atomic against the drivers agent and the

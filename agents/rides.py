@@ -531,16 +531,19 @@ class RidesAgent:
         results = self.offers.apply_in_place(here, group)
         self.rides.flush(group)
         self.offers.states.flush(group)  # no await since apply_in_place: nothing else wrote in between
-        await group.wait()
-        self.rides.persist_offsets(group)
-        self.offers.states.persist_offsets(group)
-        for ride, _event in changed.values():
-            self._track_deadline(ride)
-        out = self.producer.group()
-        self.offers.send_results(out, results)  # first: a later command for one of these drivers is in `there`
-        for m in there:
-            self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
-        await out.wait()
+        # Until sent, the drivers decided here took push seqs that are not out yet: the drivers and
+        # offers agents leave their channels alone meanwhile (OffersAgent.unsent).
+        with self.offers.unsent_until_done([d.driver_id for d in results if d.changed]):
+            await group.wait()
+            self.rides.persist_offsets(group)
+            self.offers.states.persist_offsets(group)
+            for ride, _event in changed.values():
+                self._track_deadline(ride)
+            out = self.producer.group()
+            self.offers.send_results(out, results)  # first: a later command for one of these drivers is in `there`
+            for m in there:
+                self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
+            await out.wait()
 
     def _split(self, outgoing: Sequence[tuple[Message, faust.EventT]]
                ) -> tuple[list[tuple[bytes, faust.EventT]], list[Message]]:

@@ -1,15 +1,17 @@
 """Dispatch latency and matching throughput on a fresh local pipeline.
 
-200 drivers ping at 1 Hz around a city; riders request rides at `--rate` for `--duration` seconds
-(after a warm-up). The drivers' phones (one gateway.client.LiveClient watching every
+200 drivers ping at 1 Hz around a city; riders request rides at `--rate` for `--duration` seconds,
+after `--warmup` seconds at that rate that are not measured. The drivers' phones (one gateway.client.LiveClient watching every
 `driver:{id}`, acking events as every client does) accept each offer at once over HTTP; the
 riders' LiveClient subscribes to `ride:{id}` as soon as the request is answered. Once assigned, the rider cancels, so the driver is free again. Then a burst of `--burst` requests as fast as the gateway takes them.
 
 - offer:  the POST /v1/rides is sent -> the driver's client has the offer.
 - assign: the POST is sent -> the rider's client sees ride.state ACCEPTED.
 - match_requests_per_s: burst requests assigned per second, first POST to last assignment.
+- <process>_cpu_pct, machine_cpu_pct: CPU over the measured phase, in % of one core (the machine
+  has `os.cpu_count()` of them; the load generator is this process).
 
-    python -m bench.dispatch [--rate 50] [--duration 20] [--burst 300]
+    python -m bench.dispatch [--rate 50] [--duration 20] [--warmup 5] [--burst 300]
 """
 from __future__ import annotations
 
@@ -22,14 +24,13 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import bench_settings, emit, percentiles, pipeline_running
+from bench.harness import CpuMeter, bench_settings, emit, percentiles, pipeline_running
 from gateway.auth import Tokens
 from gateway.client import LiveClient, SubscribeRefused
 from infra.settings import Settings
 
 DRIVERS = 200
 RADIUS_M = 2500.0
-WARMUP_S = 5.0
 
 
 def now_ms() -> float:
@@ -156,15 +157,18 @@ class Bench:
         await asyncio.sleep(1.0)
 
 
-async def measure(settings: Settings, rate: float, duration_s: float, burst: int) -> dict[str, Any]:
+async def measure(settings: Settings, meter: CpuMeter, rate: float, duration_s: float, warmup_s: float,
+                  burst: int) -> dict[str, Any]:
     bench = Bench(settings)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as http:
         bench.http = http
         await bench.connect()
         pinger = asyncio.ensure_future(bench.ping_forever())
         await asyncio.sleep(3.0)  # drivers in their cells and in the worker's replica
-        await bench.at_rate(rate, WARMUP_S)
+        await bench.at_rate(rate, warmup_s)
+        meter.start()
         measured = await bench.at_rate(rate, duration_s)
+        cpu = meter.stop()
         offers = [bench.offered[r] - bench.sent[r] for r in measured if r in bench.offered]
         assigns = [bench.assigned[r] - bench.sent[r] for r in measured if r in bench.assigned]
         burst_start = now_ms()
@@ -186,23 +190,25 @@ async def measure(settings: Settings, rate: float, duration_s: float, burst: int
         **percentiles([bench.offer_to_phone[r] for r in measured if r in bench.offer_to_phone], "offers_agent_to_phone"),
         "burst_requests": len(burst_rides), "burst_assigned": len(done),
         "match_requests_per_s": round(len(done) / span_s, 1) if done else 0.0,
-        "http": dict(sorted(bench.statuses.items())),
+        "http": dict(sorted(bench.statuses.items())), "warmup_s": warmup_s, **cpu,
     }
 
 
-def run(rate: float, duration_s: float, burst: int) -> dict[str, Any]:
+def run(rate: float, duration_s: float, warmup_s: float, burst: int) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-dispatch-{int(time.time())}")
-    with pipeline_running(settings, "dispatch"):
-        return asyncio.run(measure(settings, rate, duration_s, burst))
+    with pipeline_running(settings, "dispatch") as (worker, gateway):
+        meter = CpuMeter(settings, worker, gateway, loadgen=True)
+        return asyncio.run(measure(settings, meter, rate, duration_s, warmup_s, burst))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rate", type=float, default=50.0, help="ride requests per second")
     p.add_argument("--duration", type=float, default=20.0, help="seconds measured (after a warm-up)")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds at --rate before measuring")
     p.add_argument("--burst", type=int, default=300, help="requests of the throughput burst")
     args = p.parse_args()
-    emit(run(args.rate, args.duration, args.burst))
+    emit(run(args.rate, args.duration, args.warmup, args.burst))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ import multiprocessing as mp
 import time
 from typing import Any
 
-import psutil
 import socketio
 
 from bench.harness import (
-    bench_settings, bucket_quantile, cpu_s, emit, histogram_buckets, percentiles, pipeline_running, scrape,
+    CpuMeter, bench_settings, bucket_quantile, emit, histogram_buckets, percentiles, pipeline_running, scrape,
 )
 from bench.loadgen import post_at_rate
 from gateway.auth import Tokens
-from infra.broker import LocalBroker
 from infra.settings import Settings
 
 WARMUP_S = 10.0  # a fresh broker JIT-compiles its hot paths first
@@ -106,10 +104,6 @@ def _emit_buckets(settings: Settings) -> dict[float, float]:
     return histogram_buckets(scrape(f"{settings.gateway_url}/metrics"), "livetrack_event_to_emit_seconds")
 
 
-def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    return {name: cpu_s(p) for name, p in procs.items()}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rate", type=float, default=1000.0, help="pings per second")
@@ -121,17 +115,10 @@ def main() -> None:
 def run(rate: float, duration_s: float) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-e2e-{int(time.time())}")
     with pipeline_running(settings, "e2e") as (worker, gateway):
-        measured = {"worker": worker.ps, "gateway": gateway.ps}
-        broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
-        if broker_pid is not None:
-            measured["broker"] = psutil.Process(broker_pid)
-        psutil.cpu_percent()
-        cpu0, t0 = _cpu(measured), time.perf_counter()
+        meter = CpuMeter(settings, worker, gateway)
+        meter.start()
         figures = asyncio.run(measure(settings, rate, duration_s))
-        cpu1, t1 = _cpu(measured), time.perf_counter()
-        figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
-    for name in measured:
-        figures[f"{name}_cpu_pct"] = round((cpu1[name] - cpu0[name]) / (t1 - t0) * 100, 1)
+        figures.update(meter.stop())
     return figures
 
 

@@ -10,13 +10,13 @@ import psutil
 from hdrh.histogram import HdrHistogram
 from prometheus_client.metrics_core import Metric
 
-from infra.broker import kafka_running
+from infra.broker import LocalBroker, kafka_running
 from infra.processes import WORKER_READY, Proc, gateway_args, scrape, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 __all__ = [
-    "bench_settings", "bucket_quantile", "counter_total", "cpu_s", "emit", "histogram_buckets", "percentiles",
-    "pipeline_running", "scrape", "wait_until",
+    "CpuMeter", "bench_settings", "bucket_quantile", "counter_total", "cpu_s", "emit", "histogram_buckets",
+    "percentiles", "pipeline_running", "scrape", "wait_until",
 ]
 
 
@@ -35,6 +35,31 @@ def cpu_s(process: psutil.Process) -> float:
     """User + system CPU seconds `process` has used so far."""
     t = process.cpu_times()
     return t.user + t.system
+
+
+class CpuMeter:
+    """CPU of the pipeline's processes (and the machine) between `start()` and `stop()`, in % of a core."""
+
+    def __init__(self, settings: Settings, worker: Proc, gateway: Proc, *, loadgen: bool = False) -> None:
+        self.procs = {"worker": worker.ps, "gateway": gateway.ps}
+        broker_pid = LocalBroker(settings).pid() if settings.embedded_kafka else None
+        if broker_pid is not None:
+            self.procs["broker"] = psutil.Process(broker_pid)
+        if loadgen:  # the benchmark's own clients share the machine
+            self.procs["loadgen"] = psutil.Process()
+        self._t0 = 0.0
+        self._cpu0: dict[str, float] = {}
+
+    def start(self) -> None:
+        psutil.cpu_percent()
+        self._cpu0, self._t0 = {n: cpu_s(p) for n, p in self.procs.items()}, time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        """`<name>_cpu_pct` per process and `machine_cpu_pct` (of all cores: 200 is two cores busy)."""
+        elapsed = time.perf_counter() - self._t0
+        figures = {f"{n}_cpu_pct": round((cpu_s(p) - self._cpu0[n]) / elapsed * 100, 1) for n, p in self.procs.items()}
+        figures["machine_cpu_pct"] = round(psutil.cpu_percent() * psutil.cpu_count(), 1)
+        return figures
 
 
 def counter_total(families: list[Metric], name: str, **labels: str) -> float:

@@ -199,6 +199,16 @@ def test_a_move_of_push_min_distance_is_pushed_at_once() -> None:
     assert (result.state["pushed_lat"], result.state["pushed_lng"]) == (lat, lng)
 
 
+def test_a_move_not_pushable_now_is_kept_and_pushed_by_the_next_ping() -> None:
+    state = _first()
+    lat, lng = _moved(*HOME, east_m=POLICY.push_min_distance_m + 1)
+    held = apply_ping(state, _ping(2, lat, lng, T0 + 100), POLICY, T0 + 200, may_push=False)
+    assert held.push is None and held.ride_move is None and held.state is not None
+    assert (held.state["lat"], held.state["push_seq"], held.state["pushed_lat"]) == (lat, 1, state["pushed_lat"])
+    later = _apply(held.state, _ping(3, lat, lng, T0 + 300))  # the move still counts from the last push
+    assert later.push is not None and later.push["seq"] == 2
+
+
 def test_push_after_min_interval_even_without_moving() -> None:
     state = _first()
     still = _apply(state, _ping(2, *HOME, T0 + POLICY.push_min_interval_ms - 1))

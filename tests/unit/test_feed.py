@@ -142,3 +142,11 @@ def test_the_worker_reads_pings_and_dispatch_through_the_feed_not_faust(tmp_path
     assert not faust_topics & set(feed.handlers)  # read once, by the feed: Faust would hand them over record by record
     # ...on the partitions Faust assigns it of a topic Faust does read, with the same partition count.
     assert feed.follow == "driver-cells" and feed.follow in faust_topics
+
+
+def test_the_drivers_agent_leaves_pushes_to_drivers_with_an_unsent_dispatch_change(tmp_path: Any) -> None:
+    app = create_app(Settings(state_dir=tmp_path), store="memory://")
+    parts = app.livetrack  # type: ignore[attr-defined]
+    with parts.offer_agent.unsent_until_done(["d-1"]):
+        assert parts.drivers.dispatching("d-1") and not parts.drivers.dispatching("d-2")
+    assert not parts.drivers.dispatching("d-1")

@@ -8,19 +8,24 @@ import faust
 from faust.types import TP
 from faust.types import Message as FaustMessage
 
+import asyncio
+
 from agents.batching import DeadLetters, partition_event
 from agents.candidates import CellDriversView
+from agents.drivers import DriverPolicy, DriversAgent
 from agents.feed import Assignment
 from agents.geo import cell_of
 from agents.offers import OfferPolicy, OffersAgent
 from agents.rides import DispatchPolicy, RidesAgent
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
-from schemas.records import DriverState, DriverStatusChanged, OfferCommand, PushMessage, Ride, RideCommand
+from schemas.records import (
+    DriverState, DriverStatusChanged, LocationBatch, OfferCommand, PushMessage, Ride, RideCommand,
+)
 from tables.driver_to_state import driver_to_state
 from tables.ride_to_state import ride_to_state
 from tables.writer import TableWriter
-from tests.unit.fakes import WAITED, FakeProducer
+from tests.unit.fakes import WAITED, FakeGroup, FakeProducer
 
 PARTITIONS = 4
 NOW = 1_732_170_000_000
@@ -206,3 +211,60 @@ async def test_a_replayed_command_re_sends_what_it_sent_though_the_state_no_long
     assert w.topics().index(w.states.changelog) < w.topics().index(WAITED) < w.topics().index("push")
     statuses = [codec_for(DriverStatusChanged).loads(v)["status"] for v, _, _ in w.producer.on("driver-status")]
     assert statuses == ["AVAILABLE"]  # its status change again too
+
+
+def _driver_pushes(w: Wired) -> list[tuple[int, str]]:
+    """(seq, type) of the `driver:{id}` pushes, in the order they were handed to the producer."""
+    pushes = [codec_for(PushMessage).loads(v) for v, _, _ in w.producer.on("push")]
+    return [(p["seq"], p["type"]) for p in pushes if p["channel"] == f"driver:{DRIVER}"]
+
+
+async def test_a_ping_while_an_offer_waits_for_its_state_ack_does_not_overtake_the_offer() -> None:
+    # Seen in `bench.dispatch`: the location push took the seq after the offer's and went out first;
+    # the gateway and the phone then dropped the offer as old, and the ride waited a whole offer TTL.
+    w = Wired(owned={DRIVER_PARTITION})
+    drivers = DriversAgent(states=w.states, producer=w.producer, dead_letters=w.offers.dead_letters,  # type: ignore[arg-type]
+                           policy=DriverPolicy(), partitions=PARTITIONS, cell_partitions=PARTITIONS,
+                           clock_ms=lambda: NOW, dispatching=w.offers.is_unsent)
+    moved = {"driver_id": DRIVER, "seq": 4, "lat": PICKUP[0] + 0.002, "lng": PICKUP[1], "fix_ts": NOW,
+             "received_ts": NOW, "accuracy": None, "speed": None, "bearing": None}
+    ping = w.event("locations", DRIVER, codec_for(LocationBatch).dumps({"events": [moved]}), 0)
+    waited = w.producer.group().wait
+
+    async def ping_arrives_meanwhile() -> None:  # the first wait: the rides agent's state ack
+        w.producer.group = lambda: FakeGroup(w.producer.sent)  # type: ignore[method-assign]
+        await drivers.process([ping])
+        await waited()
+
+    w.producer.group = lambda: _Hooked(w.producer.sent, ping_arrives_meanwhile)  # type: ignore[method-assign]
+    await w.agent.process([w.request()])
+    assert w.driver()["seq"] == 4  # the move is kept...
+    assert _driver_pushes(w) == [(3, "offer")]  # ...and not pushed ahead of the offer
+    await drivers.process([w.event("locations", DRIVER, codec_for(LocationBatch).dumps(
+        {"events": [{**moved, "seq": 5, "fix_ts": NOW + 1_000, "received_ts": NOW + 1_000}]}), 1)])
+    assert _driver_pushes(w) == [(3, "offer"), (4, "driver.location")]
+
+
+async def test_the_offers_agent_waits_for_a_driver_changed_in_place_to_be_sent() -> None:
+    w = Wired(owned=set())
+    reserve = {"driver_id": DRIVER, "op": "RESERVE", "ride_id": RIDE, "ts": NOW, "actor": "system", "attempt": 1,
+               "ttl_ms": 10_000, "pickup_lat": PICKUP[0], "pickup_lng": PICKUP[1], "dest_lat": 37.79,
+               "dest_lng": -122.40}
+    with w.offers.unsent_until_done([DRIVER]):  # as the rides agent holds it until its sends are out
+        task = asyncio.ensure_future(w.offers.process([w.offer(reserve, 1)]))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done() and w.states.changelog not in w.topics()
+    await task
+    assert w.states.changelog in w.topics() and w.driver()["ride_id"] == RIDE
+
+
+class _Hooked(FakeGroup):
+    """A group whose wait runs `hook` instead (once): something else happens while the agent waits."""
+
+    def __init__(self, sent: list, hook: Any) -> None:
+        super().__init__(sent)
+        self.hook = hook
+
+    async def wait(self) -> None:
+        await self.hook()
