@@ -138,6 +138,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         cell_members.forget()
         ride_states.forget()
         feature_agent.forget()
+        offer_agent.forget()
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
@@ -168,7 +168,8 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int, 
     kept but not pushed now (another `driver:{id}` push is still on its way out; see DriversAgent)."""
     verdict = _verdict(prev, ev, policy)
     if verdict == DUPLICATE and prev is not None:
-        return _replayed(prev, ev, policy, now_ms)
+        replayed = _replayed(prev, ev, policy, now_ms)
+        return replayed if may_push else replace(replayed, push=None)
     if verdict != ACCEPTED:
         return PingResult(verdict)
     cell = cell_of(ev["lat"], ev["lng"], policy.h3_resolution)
@@ -229,7 +230,7 @@ class DriversAgent(DriverKeyedAgent):
                  dispatching: Callable[[str], bool] = lambda _driver: False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.activity = activity  # sightings for the features agent
-        # Drivers with a dispatch decision whose records are not sent yet (OffersAgent.unsent): that
+        # Drivers with a dispatch decision whose records are not sent yet (OffersAgent.is_unsent): that
         # decision took the next `driver:{id}` seq and goes out once its state is acked, so a location
         # push sent now would reach the channel first with a higher seq, and the gateway and clients
         # would then drop the decision's push (an offer) as old. Their moves wait for a later ping.

@@ -292,6 +292,8 @@ class OffersAgent(DriverKeyedAgent):
         # Drivers changed by the step of `process` under way (one at a time: the feed runs its batches
         # in turn), or in place by the rides agent's batch under way, whose records are not acked yet.
         self.unsent: set[str] = set()
+        # Drivers whose step failed (Kafka) and is to be tried again: their pushes are still not out.
+        self.failed: set[str] = set()
         self._released = asyncio.Event()  # set (and replaced) whenever drivers leave `unsent`
 
     async def process(self, events: Sequence[faust.EventT]) -> None:
@@ -337,16 +339,26 @@ class OffersAgent(DriverKeyedAgent):
         """These drivers changed and what that sends is not acked yet: the rides agent leaves them to
         this agent's next batch (through `offers`) instead of changing them again in place meanwhile."""
         self.unsent.update(drivers)
+        sent = False
         try:
             yield
+            sent = True
         finally:
             self.unsent.difference_update(drivers)
+            # Failed: the feed tries the batch again, which re-sends the same records (the outboxes).
+            (self.failed.difference_update if sent else self.failed.update)(drivers)
             if drivers:
                 self._released.set()
                 self._released = asyncio.Event()
 
     def is_unsent(self, driver: str) -> bool:
-        return driver in self.unsent
+        """Whether the driver's last dispatch change took a push seq that is not sent yet (for the
+        drivers agent, which must not push past it)."""
+        return driver in self.unsent or driver in self.failed
+
+    def forget(self) -> None:
+        """Partitions moved: a failed batch is read again from its committed offsets, by whoever owns it now."""
+        self.failed.clear()
 
     async def settled(self, drivers: Collection[str]) -> None:
         """Wait until none of `drivers` has a change unsent. Only the rides agent's in-place batch can

@@ -204,9 +204,17 @@ def test_a_move_not_pushable_now_is_kept_and_pushed_by_the_next_ping() -> None:
     lat, lng = _moved(*HOME, east_m=POLICY.push_min_distance_m + 1)
     held = apply_ping(state, _ping(2, lat, lng, T0 + 100), POLICY, T0 + 200, may_push=False)
     assert held.push is None and held.ride_move is None and held.state is not None
-    assert (held.state["lat"], held.state["push_seq"], held.state["pushed_lat"]) == (lat, 1, state["pushed_lat"])
+    assert (held.state["lng"], held.state["seq"]) == (lng, 2)  # kept...
+    assert (held.state["push_seq"], held.state["pushed_lng"]) == (1, state["pushed_lng"])  # ...not pushed
     later = _apply(held.state, _ping(3, lat, lng, T0 + 300))  # the move still counts from the last push
-    assert later.push is not None and later.push["seq"] == 2
+    assert later.push is not None and later.push["seq"] == 2 and json.loads(later.push["data"])["lng"] == lng
+
+
+def test_a_duplicate_ping_re_sends_no_push_while_pushes_are_held() -> None:
+    state = _first()
+    again = apply_ping(state, _ping(1, *HOME, T0), POLICY, T0 + 500, may_push=False)
+    assert again.verdict == DUPLICATE and again.push is None
+    assert _apply(state, _ping(1, *HOME, T0)).push is not None  # re-sent when it may be
 
 
 def test_push_after_min_interval_even_without_moving() -> None:

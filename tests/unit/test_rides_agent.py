@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import faust
+import pytest
 from faust.types import TP
 from faust.types import Message as FaustMessage
 
@@ -238,7 +239,7 @@ async def test_a_ping_while_an_offer_waits_for_its_state_ack_does_not_overtake_t
 
     w.producer.group = lambda: _Hooked(w.producer.sent, ping_arrives_meanwhile)  # type: ignore[method-assign]
     await w.agent.process([w.request()])
-    assert w.driver()["seq"] == 4  # the move is kept...
+    assert (w.driver()["seq"], w.driver()["lat"]) == (4, moved["lat"])  # the move is kept...
     assert _driver_pushes(w) == [(3, "offer")]  # ...and not pushed ahead of the offer
     await drivers.process([w.event("locations", DRIVER, codec_for(LocationBatch).dumps(
         {"events": [{**moved, "seq": 5, "fix_ts": NOW + 1_000, "received_ts": NOW + 1_000}]}), 1)])
@@ -257,6 +258,23 @@ async def test_the_offers_agent_waits_for_a_driver_changed_in_place_to_be_sent()
         assert not task.done() and w.states.changelog not in w.topics()
     await task
     assert w.states.changelog in w.topics() and w.driver()["ride_id"] == RIDE
+
+
+async def test_a_driver_whose_sends_failed_gets_no_location_push_until_they_are_sent() -> None:
+    w = Wired(owned={DRIVER_PARTITION})
+
+    async def fails() -> None:
+        raise RuntimeError("not acked")
+
+    w.producer.group = lambda: _Hooked(w.producer.sent, fails)  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await w.agent.process([w.request(offset=1)])
+    # The offer's seq is taken, its push not sent: the feed will try the batch again.
+    assert w.offers.is_unsent(DRIVER) and not w.offers.unsent
+    w.producer.group = lambda: FakeGroup(w.producer.sent)  # type: ignore[method-assign]
+    await w.agent.process([w.request(offset=1)])  # the retry: decided in place again, its outbox re-sent
+    assert not w.offers.is_unsent(DRIVER) and w.offers.in_place == 2
+    assert _driver_pushes(w) == [(3, "offer")]
 
 
 class _Hooked(FakeGroup):
