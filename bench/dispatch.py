@@ -8,6 +8,8 @@ riders' LiveClient subscribes to `ride:{id}` as soon as the request is answered.
 - offer:  the POST /v1/rides is sent -> the driver's client has the offer.
 - assign: the POST is sent -> the rider's client sees ride.state ACCEPTED.
 - match_requests_per_s: burst requests assigned per second, first POST to last assignment.
+- offers_over_1s: measured requests whose offer came more than a second late, or never; the
+  phones' and riders' client `gaps` and `resets` (a reset can lose an update: stop 14's lost offers).
 - <process>_cpu_pct, machine_cpu_pct: CPU over the measured phase, in % of one core (the machine
   has `os.cpu_count()` of them; the load generator is this process).
 
@@ -188,6 +190,9 @@ async def measure(settings: Settings, meter: CpuMeter, rate: float, duration_s: 
         # ...which splits at the offers agent's reservation: rides agent -> offers agent, offers agent -> phone.
         **percentiles([bench.to_offers[r] for r in measured if r in bench.to_offers], "rides_agent_to_offers_agent"),
         **percentiles([bench.offer_to_phone[r] for r in measured if r in bench.offer_to_phone], "offers_agent_to_phone"),
+        "offers_over_1s": sum(1 for r in measured if bench.offered.get(r, math.inf) - bench.sent[r] > 1000),
+        "phones_gaps": bench.phones.stats.gaps, "phones_resets": bench.phones.stats.resets,
+        "riders_gaps": bench.riders.stats.gaps, "riders_resets": bench.riders.stats.resets,
         "burst_requests": len(burst_rides), "burst_assigned": len(done),
         "match_requests_per_s": round(len(done) / span_s, 1) if done else 0.0,
         "http": dict(sorted(bench.statuses.items())), "warmup_s": warmup_s, **cpu,
