@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
@@ -154,11 +154,11 @@ def _ride_move(state: State, ev: Ping) -> Message | None:
             "lng": state["lng"]}
 
 
-def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
+def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int, may_push: bool) -> PingResult:
     """The ping that made the current state, seen again (a device retry, or a batch replayed
     after a crash before its outputs were acked): send its outputs again. Same seq, so
     the gateway and the cells agent drop what they already have."""
-    push = _location_push(prev, ev, policy, now_ms) if prev["pushed_ts"] == ev["fix_ts"] else None
+    push = _location_push(prev, ev, policy, now_ms) if may_push and prev["pushed_ts"] == ev["fix_ts"] else None
     joins = (_membership(prev["cell"], ev, "JOIN", prev["status"]),) if prev["membership_ts"] == ev["fix_ts"] else ()
     return PingResult(DUPLICATE, None, push, joins)
 
@@ -168,8 +168,7 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int, 
     kept but not pushed now (another `driver:{id}` push is still on its way out; see DriversAgent)."""
     verdict = _verdict(prev, ev, policy)
     if verdict == DUPLICATE and prev is not None:
-        replayed = _replayed(prev, ev, policy, now_ms)
-        return replayed if may_push else replace(replayed, push=None)
+        return _replayed(prev, ev, policy, now_ms, may_push)
     if verdict != ACCEPTED:
         return PingResult(verdict)
     cell = cell_of(ev["lat"], ev["lng"], policy.h3_resolution)

@@ -1,8 +1,8 @@
 """Dispatch latency and matching throughput on a fresh local pipeline.
 
 200 drivers ping at 1 Hz around a city; riders request rides at `--rate` for `--duration` seconds,
-after `--warmup` seconds at that rate that are not measured. The drivers' phones (one gateway.client.LiveClient watching every
-`driver:{id}`, acking events as every client does) accept each offer at once over HTTP; the
+after `--warmup` seconds at that rate that are not measured. The drivers' phones (one
+gateway.client.LiveClient watching every `driver:{id}`, acking events as every client does) accept each offer at once over HTTP; the
 riders' LiveClient subscribes to `ride:{id}` as soon as the request is answered. Once assigned, the rider cancels, so the driver is free again. Then a burst of `--burst` requests as fast as the gateway takes them.
 
 - offer:  the POST /v1/rides is sent -> the driver's client has the offer.
