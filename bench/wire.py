@@ -8,7 +8,7 @@ under test needs. This client does the protocol's part of that work only
 `auth`, `subscribe` with its ack, every `update` parsed and handed over,
 events acked, Engine.IO pings answered. It neither resumes nor reconnects:
 seq jumps and disconnects are counted, not repaired (LiveClient's job,
-tested in tests/unit/test_client.py and tests/integration/test_push.py).
+tested in tests/unit/gateway/test_client.py and tests/integration/test_push.py).
 """
 from __future__ import annotations
 

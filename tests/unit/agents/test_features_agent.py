@@ -37,7 +37,7 @@ from tables.cell_to_features import FeatureLookup, cell_to_features
 from tables.driver_to_state import driver_to_state
 from tables.partition_to_watermark import partition_to_watermark
 from tables.writer import TableWriter
-from tests.unit.test_drivers_agent import FakeProducer
+from tests.unit.agents.test_drivers_agent import FakeProducer
 
 PARTITIONS = 4
 POLICY = FeaturePolicy()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ANALYTICS = Path(__file__).resolve().parents[2] / "analytics"
+ANALYTICS = Path(__file__).resolve().parents[3] / "analytics"
 ALLOWED = {"__future__", "argparse", "csv", "io", "json", "sys", "time", "pathlib", "typing", "fastavro",
            "confluent_kafka"}
 
