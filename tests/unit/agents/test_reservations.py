@@ -1,10 +1,10 @@
-"""agents.offers: a driver's reservation check-and-set, assignment and release, without Kafka."""
+"""agents.reservations: a driver's reservation check-and-set, assignment and release, without Kafka."""
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from agents.offers import OfferPolicy, apply_offer
+from agents.reservations import OfferPolicy, apply_offer
 
 T0 = 1_732_170_000_000
 POLICY = OfferPolicy(driver_max_age_ms=30_000)
@@ -65,7 +65,7 @@ def test_busy_offline_and_unknown_drivers_are_refused() -> None:
 def test_a_replayed_reserve_sends_the_same_offer_again() -> None:
     held = reserved_driver()
     again = apply_offer(held, offer("RESERVE"), POLICY, T0 + 50)
-    assert again.pushes[0]["seq"] == 5 and again.state["push_seq"] == 5
+    assert again.pushes[0]["seq"] == 5 and again.state is None  # the same decision again: nothing to write
     assert again.replies[0]["command"] == "RESERVED"
 
 
