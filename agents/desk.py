@@ -145,7 +145,7 @@ class DriverDesk:
         tx.join(self.states)
         sent = 0
         for partition in partitions:
-            for _driver, box in self.outboxes.stored(partition):
+            for _driver, box in self.outboxes.stored([partition]):
                 for decision in box["decisions"]:
                     if decision["ts"] > oldest:
                         sent += self._send(tx, decision["records"])
