@@ -269,7 +269,11 @@ class FeaturesAgent:
         """Emit every window the watermark passed since the last close, then drop panes no window
         needs; how many features were emitted."""
         clock = self.clock(partition)
-        if clock.wm is None or clock.wm == clock.closed or not clock.panes:
+        if clock.wm is None or not clock.panes:
+            return 0
+        if clock.wm == clock.closed:
+            # Nothing new to close; panes a crash left behind after storing the watermark go now.
+            self._remove_expired(partition, clock)
             return 0
         tx = self.tx
         self.metrics.watermark.labels(str(partition)).set(clock.wm)
@@ -287,11 +291,17 @@ class FeaturesAgent:
         if p.running_ms and clock.touched:
             emitted += self._emit_running(partition, clock, now)
         clock.touched.clear()
-        for start in [s for s in clock.panes if s + p.max_window_ms + p.grace_ms <= clock.wm]:
-            for cell in clock.panes.pop(start):
-                tx.delete(self.panes, self.keys.encode(cell, partition, start), partition)
-            self._summaries.pop((partition, start), None)
+        self._remove_expired(partition, clock)
         return emitted
+
+    def _remove_expired(self, partition: int, clock: Clock) -> None:
+        """Delete the panes no window needs any more (their removal is committed after the watermark)."""
+        assert clock.wm is not None
+        reach = self.policy.max_window_ms + self.policy.grace_ms
+        for start in [s for s in clock.panes if s + reach <= clock.wm]:
+            for cell in clock.panes.pop(start):
+                self.tx.delete(self.panes, self.keys.encode(cell, partition, start), partition)
+            self._summaries.pop((partition, start), None)
 
     def _summaries_of(self, partition: int, clock: Clock, start: int, closed: bool) -> dict[str, PaneSummary]:
         """Summaries of the partition's panes starting at `start`, by cell; those of closed panes

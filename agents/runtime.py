@@ -106,11 +106,12 @@ class Faults:
     `rides:acked0:3` kills the worker with SIGKILL right after the first phase of the third
     non-empty commit of the rides agent is acked (points: acked<i>, stored<i>, committed)."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, crash: Callable[[str], None] | None = None) -> None:
         self.agent, self.point, self.nth = "", "", 0
         if spec:
             agent, point, *nth = spec.split(":")
             self.agent, self.point, self.nth = agent, point, int(nth[0]) if nth else 1
+        self.crash = crash or _kill
         self._commits = 0
 
     def counter(self, agent: str) -> Callable[[str], None] | None:
@@ -123,9 +124,13 @@ class Faults:
         def hook(point: str) -> None:
             if point == self.point and nth == self.nth:
                 log.warning("fault injected: %s at %s of commit %d", agent, point, nth)
-                os.kill(os.getpid(), signal.SIGKILL)
+                self.crash(point)
 
         return hook
+
+
+def _kill(point: str) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass

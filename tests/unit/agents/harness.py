@@ -71,6 +71,7 @@ class FakeKafka:
         self.waits = 0
         self.sent: list[tuple[str, int]] = []  # (topic, partition) of every record, and waits, in order
         self.order: list[tuple[str, bytes | None, bytes | None]] = []  # every record, in send order
+        self.partitions_sent: list[int] = []  # the partition of each of them
         self.during_wait: list[Callable[[], Awaitable[None]]] = []  # run by the next waits, one each
 
     def partition_count(self, topic: str) -> int:
@@ -98,6 +99,7 @@ class FakeKafka:
         group.offsets[(topic, partition)] = len(log) - 1
         self.sent.append((topic, partition))
         self.order.append((topic, key, value))
+        self.partitions_sent.append(partition)
 
     def produce(self, topic: str, value: bytes, *, key: bytes | None = None, partition: int | None = None) -> None:
         """A record from outside the worker (a device, the gateway)."""
