@@ -102,9 +102,10 @@ class Stopped:
 
 
 class Faults:
-    """Crashes injected at a named commit step, for the fault tests: `agent:point[:n]`, e.g.
-    `rides:acked0:3` kills the worker with SIGKILL right after the first phase of the third
-    non-empty commit of the rides agent is acked (points: acked<i>, stored<i>, committed)."""
+    """Faults injected for the fault tests, `agent:point[:n]`: `rides:acked0:3` kills the worker with
+    SIGKILL right after the first phase of the third non-empty commit of the rides agent is acked
+    (points: acked<i>, stored<i>, committed); `drivers:bug:2` raises a KeyError in the drivers
+    agent's step of its second record, as a bug would."""
 
     def __init__(self, spec: str, crash: Callable[[str], None] | None = None) -> None:
         self.agent, self.point, self.nth = "", "", 0
@@ -113,6 +114,14 @@ class Faults:
             self.agent, self.point, self.nth = agent, point, int(nth[0]) if nth else 1
         self.crash = crash or _kill
         self._commits = 0
+        self._steps = 0
+
+    def step(self, agent: str) -> None:
+        """Before each step of `agent`: the injected bug, when its record comes."""
+        if agent == self.agent and self.point == "bug":
+            self._steps += 1
+            if self._steps == self.nth:
+                raise KeyError(f"injected bug in {agent}")
 
     def counter(self, agent: str) -> Callable[[str], None] | None:
         """The fault hook of one commit of `agent`, or None when no fault is set for it."""
@@ -185,8 +194,11 @@ class AgentRuntime:
         tx = Transaction(agent.order, agent.name)
         record: Inbound | None = None
         try:
+            bugs = self.faults.step if self.faults.agent == agent.name else None
             for record in records:
                 point = tx.savepoint()
+                if bugs is not None:
+                    bugs(agent.name)
                 try:
                     agent.step(tx, record)
                 except Rejected as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.reservations import OfferPolicy, apply_offer
+import pytest
+
+from agents.reservations import RESERVATIONS, OfferPolicy, apply_offer, phase_of
 
 T0 = 1_732_170_000_000
 POLICY = OfferPolicy(driver_max_age_ms=30_000)
@@ -107,3 +109,133 @@ def test_start_and_free_follow_the_trip() -> None:
     freed = apply_offer(started, offer("FREE", reason="completed"), POLICY, T0 + 3)
     assert (freed.state["status"], freed.state["ride_id"]) == ("AVAILABLE", None)
     assert [m["status"] for m in freed.memberships] == ["AVAILABLE"]
+
+
+# --- the protocol, cell by cell ------------------------------------------------------------------
+# What each command does to a driver in each phase, written out independently of the code's table:
+# phase (as the command finds the driver) | op | how the command's ride matches the driver's |
+# the driver's phase after | the push to the driver | the reply to the ride. `FREE/busy` is a
+# free driver whose status is not AVAILABLE, `FREE/stale` one whose last ping is too old. A
+# combination not listed changes nothing, pushes nothing and answers nothing.
+SPEC = """
+UNKNOWN    RESERVE none  | -        | -                | REFUSED:unknown driver
+FREE       RESERVE none  | RESERVED | offer            | RESERVED
+FREE/busy  RESERVE none  | -        | -                | REFUSED:busy
+FREE/stale RESERVE none  | -        | -                | REFUSED:offline
+FREE       ACCEPT  none  | FREE     | offer.revoked    | -
+FREE/busy  ACCEPT  none  | FREE     | offer.revoked    | -
+FREE/stale ACCEPT  none  | FREE     | offer.revoked    | -
+RESERVED   RESERVE same  | -        | offer (same seq) | RESERVED
+RESERVED   RESERVE ride  | -        | -                | REFUSED:reserved
+RESERVED   RESERVE other | -        | -                | REFUSED:reserved
+RESERVED   RELEASE same  | FREE     | offer.revoked    | -
+RESERVED   ACCEPT  same  | ASSIGNED | ride.assigned    | ASSIGNED
+RESERVED   ACCEPT  ride  | ASSIGNED | ride.assigned    | ASSIGNED
+RESERVED   ACCEPT  other | RESERVED | offer.revoked    | -
+RESERVED   DECLINE same  | FREE     | offer.revoked    | DECLINED
+RESERVED   DECLINE ride  | FREE     | offer.revoked    | DECLINED
+RESERVED   FREE    same  | FREE     | ride.ended       | -
+RESERVED   FREE    ride  | FREE     | ride.ended       | -
+LAPSED     RESERVE same  | -        | offer (same seq) | RESERVED
+LAPSED     RESERVE ride  | RESERVED | offer            | RESERVED
+LAPSED     RESERVE other | RESERVED | offer            | RESERVED
+LAPSED     RELEASE same  | FREE     | offer.revoked    | -
+LAPSED     ACCEPT  same  | LAPSED   | offer.revoked    | -
+LAPSED     ACCEPT  ride  | LAPSED   | offer.revoked    | -
+LAPSED     ACCEPT  other | LAPSED   | offer.revoked    | -
+LAPSED     DECLINE same  | FREE     | offer.revoked    | DECLINED
+LAPSED     DECLINE ride  | FREE     | offer.revoked    | DECLINED
+LAPSED     FREE    same  | FREE     | ride.ended       | -
+LAPSED     FREE    ride  | FREE     | ride.ended       | -
+ASSIGNED   RESERVE same  | -        | -                | REFUSED:busy
+ASSIGNED   RESERVE ride  | -        | -                | REFUSED:busy
+ASSIGNED   RESERVE other | -        | -                | REFUSED:busy
+ASSIGNED   ACCEPT  same  | -        | -                | ASSIGNED
+ASSIGNED   ACCEPT  ride  | -        | -                | ASSIGNED
+ASSIGNED   ACCEPT  other | ASSIGNED | offer.revoked    | -
+ASSIGNED   START   same  | ON_TRIP  | ride.started     | -
+ASSIGNED   START   ride  | ON_TRIP  | ride.started     | -
+ASSIGNED   FREE    same  | FREE     | ride.ended       | -
+ASSIGNED   FREE    ride  | FREE     | ride.ended       | -
+ON_TRIP    RESERVE same  | -        | -                | REFUSED:busy
+ON_TRIP    RESERVE ride  | -        | -                | REFUSED:busy
+ON_TRIP    RESERVE other | -        | -                | REFUSED:busy
+ON_TRIP    ACCEPT  same  | -        | -                | ASSIGNED
+ON_TRIP    ACCEPT  ride  | -        | -                | ASSIGNED
+ON_TRIP    ACCEPT  other | ON_TRIP  | offer.revoked    | -
+ON_TRIP    FREE    same  | FREE     | ride.ended       | -
+ON_TRIP    FREE    ride  | FREE     | ride.ended       | -
+"""
+
+
+def _spec() -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    out = {}
+    for line in SPEC.strip().splitlines():
+        left, after, push, reply = (part.strip() for part in line.split("|"))
+        phase, op, match = left.split()
+        out[(phase, op, match)] = (after, push, reply)
+    return out
+
+
+def _driver_in(phase: str, match: str, op: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A driver in `phase` (at T0) and a command whose ride matches it as `match`."""
+    held_ride, attempt = "r-1", 2
+    ride, cmd_attempt = {"none": ("r-1", 2), "same": ("r-1", 2), "ride": ("r-1", 3), "other": ("r-9", 1)}[match]
+    cmd = offer(op, ride=ride, attempt=cmd_attempt)
+    base, _, variant = phase.partition("/")
+    if base == "UNKNOWN":
+        return None, cmd
+    kw: dict[str, Any] = {"push_seq": 4, "offer_seq": 3}
+    if base == "FREE":
+        kw.update(status="ON_TRIP" if variant == "busy" else "AVAILABLE")
+        if variant == "stale":
+            kw.update(received_ts=T0 - 31_000)
+    elif base in ("RESERVED", "LAPSED"):
+        kw.update(ride_id=held_ride, offer_attempt=attempt, reserved_until=T0 + 5_000 if base == "RESERVED" else T0 - 1)
+    else:
+        kw.update(ride_id=held_ride, offer_attempt=attempt, status="EN_ROUTE" if base == "ASSIGNED" else "ON_TRIP")
+    return driver(**kw), cmd
+
+
+def _push_of(result: Any, prev: dict[str, Any] | None) -> str:
+    if not result.pushes:
+        return "-"
+    (push,) = result.pushes
+    assert push["channel"] == "driver:d-1"
+    if prev is not None and push["seq"] == prev["offer_seq"] and push["type"] == "offer":
+        return "offer (same seq)"
+    assert prev is not None and push["seq"] == prev["push_seq"] + 1  # the driver's one seq source
+    return str(push["type"])
+
+
+def _reply_of(result: Any) -> str:
+    if not result.replies:
+        return "-"
+    (reply,) = result.replies
+    return f"REFUSED:{reply['reason']}" if reply["command"] == "REFUSED" else str(reply["command"])
+
+
+@pytest.mark.parametrize("phase", ["UNKNOWN", "FREE", "FREE/busy", "FREE/stale", "RESERVED", "LAPSED", "ASSIGNED",
+                                   "ON_TRIP"])
+@pytest.mark.parametrize("op", ["RESERVE", "RELEASE", "ACCEPT", "DECLINE", "START", "FREE"])
+def test_every_phase_and_command_does_what_the_protocol_says(phase: str, op: str) -> None:
+    spec = _spec()
+    matches = ("none",) if phase.split("/")[0] in ("UNKNOWN", "FREE") else ("same", "ride", "other")
+    for match in matches:
+        prev, cmd = _driver_in(phase, match, op)
+        result = apply_offer(prev, cmd, POLICY, T0)
+        want = spec.get((phase, op, match), ("-", "-", "-"))
+        after = "-" if result.state is None else phase_of(result.state, T0, POLICY)
+        got = (after, _push_of(result, prev), _reply_of(result))
+        assert got == want, f"{phase} {op} {match}"
+        if result.state is not None and prev is not None:
+            assert result.state["driver_id"] == prev["driver_id"] and result.state["seq"] == prev["seq"]
+        for reply in result.replies:
+            assert reply["ride_id"] == cmd["ride_id"] and reply["driver_id"] == "d-1"
+
+
+def test_the_code_table_has_exactly_the_specified_cells() -> None:
+    """Every rule of RESERVATIONS is a cell of the specification (none left unspecified)."""
+    spec = {(p.split("/")[0], op, m) for p, op, m in _spec()}
+    assert set(RESERVATIONS) <= spec
+    assert {cell for cell in spec if cell not in RESERVATIONS} == set()
