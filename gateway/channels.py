@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import h3
 import socketio
 from engineio import packet as eio_packet
 
@@ -23,14 +24,28 @@ from schemas.records import ID_PATTERN
 
 __all__ = [
     "CHANNEL_RE", "FLEET", "NAMESPACE", "UPDATE_EVENT", "ChannelHistory", "ChannelStore", "Resume", "Update",
-    "update_from_push",
+    "channel_problem", "update_from_push",
 ]
 
-# driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet`.
+# driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet` (the syntax; channel_problem says the rest).
 CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|cell):{ID_PATTERN}|fleet)\Z")
 FLEET = "fleet"
 NAMESPACE = "/live"
 UPDATE_EVENT = "update"
+
+
+def channel_problem(channel: object, h3_resolution: int) -> str | None:
+    """Why `channel` cannot be subscribed to, or None. A cell must be an H3 cell of the resolution the
+    agents push (`Settings.h3_resolution`), spelt as H3 spells it: any other would never get an update."""
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
+        return "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"
+    if channel.startswith("cell:"):
+        cell = channel[5:]
+        if not h3.is_valid_cell(cell) or h3.int_to_str(h3.str_to_int(cell)) != cell:
+            return f"{cell!r} is not an H3 cell index (lower-case hex, as H3 writes it)"
+        if h3.get_resolution(cell) != h3_resolution:
+            return f"cells are of H3 resolution {h3_resolution}, {cell!r} is of {h3.get_resolution(cell)}"
+    return None
 
 
 def _event_text(payload_json: str) -> str:

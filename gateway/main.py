@@ -71,6 +71,7 @@ def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = No
     sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins=origins or None,
                                max_http_buffer_size=64 * 1024)
     live = LiveNamespace(app[STORE], manager, metrics, tokens, ack_priority=settings.push_ack_priority,
+                         h3_resolution=settings.h3_resolution,
                          ride_rider=rides.view.rider_of if rides else _no_ride,
                          decide=rides.decide if rides else None)
     sio.register_namespace(live)

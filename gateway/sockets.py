@@ -1,6 +1,11 @@
 """Socket.IO namespace /live: authenticated connections, subscribe with resume, acks, and the push side.
 
 The fan-out itself is the server's client manager (gateway.manager.LiveManager).
+Every client event gets an answer it can read: an event without exactly one
+payload, with a malformed one, or of a name the namespace does not serve
+(`connect` and `disconnect` among them: those are python-socketio's own) gets
+`{"ok": false, "error": ...}` back, never a traceback and a client left to
+its timeout.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import socketio
 from socketio.exceptions import ConnectionRefusedError
 
 from gateway.auth import Principal, Tokens, may_subscribe
-from gateway.channels import CHANNEL_RE, FLEET, NAMESPACE, ChannelStore, update_from_push
+from gateway.channels import FLEET, NAMESPACE, ChannelStore, channel_problem, update_from_push
 from gateway.delivery import Connection
 from gateway.errors import GatewayError, Unauthorized
 from gateway.manager import LiveManager
@@ -25,14 +30,14 @@ __all__ = ["LiveNamespace"]
 log = logging.getLogger(__name__)
 SWEEP_EVERY_MS = 60_000
 Ack = dict[str, Any]
-CHANNEL_ERROR = "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"
+Handler = Callable[[str, Any], Awaitable[Ack | None]]
 
 
 class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """Clients subscribe to channels (resuming with `since`) and ack events; the bridge's updates fan out."""
 
     def __init__(self, store: ChannelStore, manager: LiveManager, metrics: Metrics, tokens: Tokens, *,
-                 ack_priority: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
+                 ack_priority: int, h3_resolution: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
                  decide: Callable[[Principal, str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
@@ -40,6 +45,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.metrics = metrics
         self.tokens = tokens
         self.ack_priority = ack_priority
+        self.h3_resolution = h3_resolution
         # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
         self.ride_rider = ride_rider
         # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
@@ -47,6 +53,30 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # Set once the bridge has replayed the history window: resumes before that would miss it
         # (the app shares the bridge's own event here).
         self.ready = asyncio.Event()
+        self._events: dict[str, Handler] = {
+            "subscribe": self.on_subscribe, "unsubscribe": self.on_unsubscribe, "ack": self.on_ack,
+            "accept": self.on_accept, "decline": self.on_decline,
+        }
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """python-socketio's dispatch: its own `connect` and `disconnect`, and the client's events, each
+        with exactly one payload (python-socketio would call a handler with what the client sent)."""
+        sid = args[0]
+        if event == "connect" and self.manager.is_pre_connected(sid, self.namespace):
+            return await self.on_connect(*args)
+        if event == "disconnect" and not self.manager.is_connected(sid, self.namespace):
+            return None  # python-socketio's own (it marks the client as leaving first): LiveManager forgets it
+        handler = self._events.get(event) if isinstance(event, str) else None
+        if handler is None:
+            # A client's `connect` or `disconnect` event lands here too: the namespace was already joined
+            # (python-socketio would run the connect handler again, and it would refuse in a traceback).
+            self.metrics.refused.labels("event").inc()
+            return {"ok": False, "error": f"no event {event!r} on {NAMESPACE}: subscribe, unsubscribe, ack, "
+                                          "accept or decline"}
+        if len(args) != 2:
+            self.metrics.refused.labels("event").inc()
+            return {"ok": False, "error": f"{event} takes one payload object, got {len(args) - 1}"}
+        return await handler(sid, args[1])
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -63,10 +93,10 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_subscribe(self, sid: str, data: Any) -> Ack:
         """`{channel, since?}` -> the ack: missed updates (or the snapshot), then live updates follow."""
-        channel = _channel_of(data)
-        since = data.get("since") if isinstance(data, dict) else None
+        channel, problem = self._channel_of(data)
         if channel is None:
-            return {"ok": False, "error": CHANNEL_ERROR}
+            return {"ok": False, "error": problem}
+        since = data.get("since")
         if since is not None and (type(since) is not int or since < 0):
             return {"ok": False, "error": "since must be a seq (integer >= 0)"}
         conn = self.manager.connection(sid)
@@ -101,21 +131,27 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return ack
 
     async def on_unsubscribe(self, sid: str, data: Any) -> Ack:
-        channel = _channel_of(data)
+        channel, problem = self._channel_of(data)
         if channel is None:
-            return {"ok": False, "error": CHANNEL_ERROR}
+            return {"ok": False, "error": problem}
         conn = self.manager.connection(sid)
         if conn is not None:
             self.manager.unsubscribe(conn, channel)
         return {"ok": True, "channel": channel}
 
-    async def on_ack(self, sid: str, data: Any) -> None:
-        """`{channel, seq}`: the client has every update of the channel up to seq (cumulative)."""
-        channel = _channel_of(data)
-        seq = data.get("seq") if isinstance(data, dict) else None
+    async def on_ack(self, sid: str, data: Any) -> Ack | None:
+        """`{channel, seq}`: the client has every update of the channel up to seq (cumulative).
+        Clients send it without asking for an answer; a malformed one is answered to those that ask."""
+        channel, problem = self._channel_of(data)
+        if channel is None:
+            return {"ok": False, "error": problem}
+        seq = data.get("seq")
+        if type(seq) is not int:
+            return {"ok": False, "error": "seq must be an integer"}
         conn = self.manager.connection(sid)
-        if conn is not None and channel is not None and type(seq) is int:
+        if conn is not None:
             self.manager.ack(conn, channel, seq)
+        return None
 
     async def on_accept(self, sid: str, data: Any) -> Ack:
         """A driver accepts an offer: `{"ride_id": ...}`; the outcome comes on its `driver:{id}` channel."""
@@ -136,6 +172,16 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except ProduceError:
             return {"ok": False, "error": "event log unavailable, retry", "retry": True}
         return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
+
+    def _channel_of(self, data: Any) -> tuple[str, None] | tuple[None, str]:
+        """The request's channel, or None and why it cannot be subscribed to."""
+        if not isinstance(data, dict):
+            return None, "send an object: {\"channel\": ...}"
+        channel = data.get("channel")
+        problem = channel_problem(channel, self.h3_resolution)
+        if problem is not None or not isinstance(channel, str):
+            return None, problem or "channel must be a string"
+        return channel, None
 
     # --- the push side ----------------------------------------------------------------------------
 
@@ -178,8 +224,3 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             except Exception:  # a bug here must not end deliveries for good
                 self.metrics.delivery_errors.labels("ticker").inc()
                 log.exception("push ticker")
-
-
-def _channel_of(data: Any) -> str | None:
-    channel = data.get("channel") if isinstance(data, dict) else None
-    return channel if isinstance(channel, str) and CHANNEL_RE.fullmatch(channel) else None
