@@ -103,7 +103,7 @@ async def _health(settings: Settings) -> tuple[int, Any]:
     raise AssertionError("the worker's web server never answered")
 
 
-@pytest.mark.parametrize("fault", ["drivers:acked0:2", "rides:acked0:1", "rides:acked1:1"])
+@pytest.mark.parametrize("fault", ["drivers:acked0:2", "rides:acked0:1", "rides:acked1:1", "nobody:acked0:1"])
 async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tmp_path: Path, fault: str) -> None:
     """SIGKILL right after a commit step; restarted without the fault, the worker replays to the same
     pushes: every driver channel seq once and in order, the offer delivered, the ride offered."""
@@ -116,9 +116,13 @@ async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tm
             async with Subscriber(p.url, p.token()) as client, aiohttp.ClientSession(headers=p.headers()) as http:
                 await client.subscribe(f"driver:{d}")
                 now = int(time.time() * 1000)
-                for seq in (1, 2):
-                    async with http.post(f"{p.url}/v1/locations", json=ping(d, seq, step_m=20, ts=now - 3_000 + seq * 1_000)) as resp:
+                updates: list[dict[str, Any]] = []
+                for seq in (1, 2):  # one commit each: the first pushed before the second is posted
+                    async with http.post(f"{p.url}/v1/locations",
+                                         json=ping(d, seq, step_m=20, ts=now - 3_000 + seq * 1_000)) as resp:
                         assert resp.status == 202
+                    if seq == 1:
+                        updates.append(await client.next())
                 if fault.startswith("drivers"):
                     assert _wait_dead(p, 30), "the fault never fired"
                     p.start_worker()
@@ -130,13 +134,24 @@ async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tm
                 if fault.startswith("rides"):
                     assert _wait_dead(p, 30), "the fault never fired"
                     p.start_worker()
-                updates: list[dict[str, Any]] = []
                 deadline = time.monotonic() + 30
                 while not any(u["type"] == "offer" for u in updates):
-                    assert time.monotonic() < deadline, f"no offer reached driver:{d}: {updates}"
-                    updates.append(await client.next(timeout_s=30))
-                async with http.get(f"{p.url}/v1/rides/{ride}") as resp:
-                    assert (await resp.json())["state"] == "OFFERED"
+                    try:
+                        updates.append(await client.next(timeout_s=max(0.1, deadline - time.monotonic())))
+                    except asyncio.TimeoutError:
+                        async with http.get(f"{p.url}/v1/rides/{ride}") as resp:
+                            state = await resp.json()
+                        from schemas.avro import codec_for
+                        from schemas.records import RideCommand
+                        from tests.integration.fixtures import read_topic
+                        cmds = [(c["command"], c["expires_at"], c["ts"]) for c in (codec_for(RideCommand).loads(m.value()) for m in read_topic(settings, "ride-commands"))]
+                        raise AssertionError(f"no offer reached driver:{d}: {updates}; the ride: {state}; {cmds}; {[(m.partition(), m.offset()) for m in read_topic(settings, 'driver-cells')]}, {len(read_topic(settings, settings.app_id + '-cell_to_drivers-changelog'))}") from None
+                while True:  # the gateway's view of `rides` follows
+                    async with http.get(f"{p.url}/v1/rides/{ride}") as resp:
+                        if (await resp.json())["state"] == "OFFERED":
+                            break
+                    assert time.monotonic() < deadline, "the ride was never OFFERED"
+                    await asyncio.sleep(0.1)
             seqs = [u["seq"] for u in updates]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"driver:{d} seqs {seqs}"  # none lost, none twice
             offer = next(u for u in updates if u["type"] == "offer")
