@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any, Iterator, Type
 
 import faust
 import pytest
-from fastavro import parse_schema, schemaless_reader
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.avro import AVSC_DIR, AvroCodec, SchemaMismatch, avro_schema, codec_for, write_avsc
+from schemas.avro import (
+    AVSC_DIR, HISTORY_DIR, AvroCodec, SchemaMismatch, avro_schema, codec_for, read_history, schema_fingerprint,
+    write_avsc,
+)
 from schemas.records import (
     DRIVER_STATUSES,
     PUBLISHED_RECORDS,
@@ -21,6 +25,8 @@ from schemas.records import (
     CellMembership,
     CellMembershipBatch,
     CellPane,
+    CellRequest,
+    CellSighting,
     ChoiceField,
     DeadLetter,
     DriverState,
@@ -29,6 +35,7 @@ from schemas.records import (
     LocationEvent,
     OfferCommand,
     Outgoing,
+    PaneTrace,
     PushMessage,
     Ride,
     RideCommand,
@@ -131,6 +138,9 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     CellLatest: {"features": _FEATURES, "push_seq": 12},
     Watermark: {"ts": T0},
 }
+SAMPLES[CellSighting] = SAMPLES[CellActivityBatch]["sightings"][0]
+SAMPLES[CellRequest] = SAMPLES[CellActivityBatch]["requests"][0]
+SAMPLES[PaneTrace] = SAMPLES[CellPane]["drivers"]["d-1"]
 ALL_RECORDS = tuple(SAMPLES)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795  # the Avro specification's "Schema Fingerprints" algorithm
@@ -373,6 +383,90 @@ def test_clone_keeps_the_record() -> None:
     clone = codec_for(PushMessage).clone()
     assert isinstance(clone, AvroCodec) and clone.record is PushMessage
     assert clone.loads(codec_for(PushMessage).dumps(SAMPLES[PushMessage])) == SAMPLES[PushMessage]
+
+
+def test_clone_keeps_the_history(tmp_path: Path) -> None:
+    assert AvroCodec(DriverState, tmp_path).clone().history == tmp_path
+
+
+# --- older versions, kept in history ---------------------------------------------------------------
+
+# DriverState before the dispatch outbox (offer_seq, outbox_of, outbox) and with a field since dropped.
+_DROPPED = ("offer_seq", "outbox_of", "outbox")
+
+
+def _old_driver_state() -> dict[str, Any]:
+    schema = avro_schema(DriverState)
+    fields = [f for f in schema["fields"] if f["name"] not in _DROPPED] + [{"name": "zone", "type": "string"}]
+    return {**schema, "fields": fields}
+
+
+def _keep(history: Path, name: str, schema: dict[str, Any]) -> bytes:
+    """Keep `schema` in `history` as `export` would; its single-object header."""
+    fp = schema_fingerprint(schema)
+    (history / name).mkdir(parents=True, exist_ok=True)
+    (history / name / f"{fp.hex()}.avsc").write_text(json.dumps(schema))
+    return b"\xc3\x01" + fp
+
+
+def _old_record(history: Path) -> bytes:
+    """A DriverState as the old version wrote it, that version kept in `history`."""
+    old = _old_driver_state()
+    buf = io.BytesIO()
+    buf.write(_keep(history, "DriverState", old))
+    schemaless_writer(buf, parse_schema(old), {
+        **{k: v for k, v in SAMPLES[DriverState].items() if k not in _DROPPED}, "zone": "north"})
+    return buf.getvalue()
+
+
+def test_a_kept_older_version_reads_as_the_current_schema(tmp_path: Path) -> None:
+    decoded = AvroCodec(DriverState, tmp_path).loads(_old_record(tmp_path))
+    assert decoded == {**SAMPLES[DriverState], "offer_seq": 0, "outbox_of": None, "outbox": []}
+
+
+def test_the_writer_writes_the_current_version_after_reading_an_old_one(tmp_path: Path) -> None:
+    codec = AvroCodec(DriverState, tmp_path)
+    again = codec.dumps(codec.loads(_old_record(tmp_path)))
+    assert again[:10] == codec_for(DriverState).header
+    assert codec_for(DriverState).loads(again)["outbox"] == []
+
+
+def test_defaults_filled_in_are_fresh_objects_for_every_record(tmp_path: Path) -> None:
+    # fastavro hands out the reader schema's own default list; a caller appending to it must not
+    # change what the next old record decodes to.
+    codec = AvroCodec(DriverState, tmp_path)
+    data = _old_record(tmp_path)
+    first = codec.loads(data)
+    first["outbox"].append({"topic": "push", "key": "k", "value": b""})
+    assert codec.loads(data)["outbox"] == []
+
+
+def test_an_unknown_fingerprint_names_the_record_and_the_fingerprint(tmp_path: Path) -> None:
+    data = _old_record(tmp_path)
+    for path in (tmp_path / "DriverState").iterdir():
+        path.unlink()
+    with pytest.raises(SchemaMismatch, match=f"DriverState.*{data[2:10].hex()}"):
+        AvroCodec(DriverState, tmp_path).loads(data)
+
+
+def test_history_is_read_only_when_an_older_version_arrives(tmp_path: Path) -> None:
+    codec = AvroCodec(DriverState, tmp_path)
+    assert codec.loads(codec.dumps(SAMPLES[DriverState])) == SAMPLES[DriverState]  # no history needed
+    assert codec._writers is None
+    old = _old_record(tmp_path)  # kept after the codec was made: read on the first old record
+    assert codec.loads(old)["driver_id"] == "d-1"
+    assert codec._writers is not None and list(codec._writers) == [old[2:10]]
+
+
+def test_read_history_keys_versions_by_fingerprint(tmp_path: Path) -> None:
+    header = _keep(tmp_path, "DriverState", _old_driver_state())
+    assert read_history("DriverState", tmp_path) == {header[2:]: _old_driver_state()}
+    assert read_history("Nothing", tmp_path) == {}
+
+
+def test_codecs_read_the_checked_in_history() -> None:
+    assert HISTORY_DIR == AVSC_DIR / "history"
+    assert codec_for(DriverState).history == HISTORY_DIR
 
 
 # --- the checked-in .avsc files --------------------------------------------------------------------
