@@ -41,7 +41,7 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schemas(args: argparse.Namespace, settings: Settings) -> int:
-    """Write the current .avsc and keep each changed record's new version in history."""
+    """Write the current .avsc, keep each changed record's new version in history, regenerate typed.py."""
     from schemas.registry import export
 
     for path in export():
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("action", choices=["fetch", "start", "stop", "status"])
     t = sub.add_parser("topics", help="create the declared topics (idempotent)")
     t.add_argument("action", choices=["create"])
-    s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) from the Records")
+    s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) and schemas/typed.py from the Records")
     s.add_argument("action", choices=["export"])
     sub.add_parser("settings", help="print every LIVETRACK_* setting with its default and meaning")
     sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")

@@ -11,9 +11,8 @@ import copy
 import io
 import json
 import typing
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Type
+from typing import TYPE_CHECKING, Any, Generic, Mapping, Type, TypeVar
 
 import faust
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -26,7 +25,7 @@ from schemas.records import ChoiceField
 
 __all__ = [
     "AVSC_DIR", "HISTORY_DIR", "AvroCodec", "SchemaMismatch", "avro_schema", "codec_for", "read_history",
-    "schema_fingerprint", "write_avsc",
+    "schema_fingerprint", "typed_codec", "write_avsc",
 ]
 
 AVSC_DIR = Path(__file__).parent / "avsc"
@@ -34,6 +33,8 @@ AVSC_DIR = Path(__file__).parent / "avsc"
 HISTORY_DIR = AVSC_DIR / "history"
 MAGIC = b"\xc3\x01"
 _PRIMITIVES: dict[Any, str] = {str: "string", int: "long", float: "double", bool: "boolean", bytes: "bytes"}
+
+T = TypeVar("T", bound=Mapping[str, Any])
 
 
 class SchemaMismatch(ValueError):
@@ -114,8 +115,11 @@ def _has_mutable_default(schema: Any) -> bool:
     return any(_has_mutable_default(v) for k, v in schema.items() if k != "default")
 
 
-class AvroCodec(Codec):
-    """Faust codec: dict <-> Avro single-object encoding of one Record's schema."""
+class AvroCodec(Codec, Generic[T]):
+    """Faust codec: dict <-> Avro single-object encoding of one Record's schema.
+
+    `T` is what `loads` returns: the Record's TypedDict in `schemas.typed`.
+    """
 
     def __init__(self, record: Type[faust.Record], history: Path = HISTORY_DIR, **kwargs: Any) -> None:
         super().__init__(record=record, **kwargs)
@@ -125,6 +129,11 @@ class AvroCodec(Codec):
         self.header = MAGIC + schema_fingerprint(self.parsed)
         self._writers: dict[bytes, Schema] | None = None  # older versions, parsed on first use
         self._copy_defaults = _has_mutable_default(self.parsed)
+
+    if TYPE_CHECKING:  # the types Codec's own dumps and loads take and give, for this record
+        def dumps(self, obj: T | dict[str, Any] | faust.Record) -> bytes: ...
+
+        def loads(self, s: bytes) -> T: ...
 
     def _dumps(self, obj: Any) -> bytes:
         if isinstance(obj, faust.Record):
@@ -155,11 +164,28 @@ class AvroCodec(Codec):
         # a caller appending to that list would change the default of every later record.
         return copy.deepcopy(value) if self._copy_defaults else value
 
-    def clone(self, *children: CodecT) -> AvroCodec:  # Codec.clone would drop `record`
+    def clone(self, *children: CodecT) -> AvroCodec[T]:  # Codec.clone would drop `record`
         return type(self)(self.record, self.history, children=self.children + children)
 
 
-@lru_cache(maxsize=None)
-def codec_for(record: Type[faust.Record]) -> AvroCodec:
-    """One codec instance per record type."""
-    return AvroCodec(record)
+_CODECS: dict[Type[faust.Record], AvroCodec[Any]] = {}
+
+
+def codec_for(record: Type[faust.Record]) -> AvroCodec[Any]:
+    """One codec instance per record type; `loads` gives a plain dict (see `typed_codec`)."""
+    codec = _CODECS.get(record)
+    if codec is None:
+        codec = _CODECS[record] = AvroCodec(record)
+    return codec
+
+
+def typed_codec(record: Type[faust.Record], shape: type[T]) -> AvroCodec[T]:
+    """`codec_for(record)`, typed: `loads` gives `shape`, the record's TypedDict in `schemas.typed`.
+
+    faust's Record classes are `Any` to mypy, so the record cannot pick the type by itself;
+    a `shape` that is not this record's TypedDict is refused here, once, when the codec is made.
+    """
+    fields = getattr(shape, "__annotations__", {})
+    if shape.__name__ != record.__name__ or list(fields) != list(record._options.fields):
+        raise TypeError(f"{shape.__qualname__} is not the TypedDict of {record.__name__}")
+    return codec_for(record)

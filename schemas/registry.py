@@ -23,6 +23,7 @@ from fastavro.utils import generate_many
 
 from schemas import records
 from schemas.avro import AVSC_DIR, HISTORY_DIR, avro_schema, schema_fingerprint, write_avsc
+from schemas.typegen import TYPED_PATH, typed_source
 
 __all__ = ["RECORDS", "export", "incompatibilities", "write_history"]
 
@@ -45,10 +46,17 @@ def write_history(record: Type[faust.Record], directory: Path = HISTORY_DIR) -> 
     return path
 
 
-def export(avsc_dir: Path = AVSC_DIR, history_dir: Path = HISTORY_DIR) -> list[Path]:
-    """Write the published records' current .avsc and keep every new version; the files written."""
+def export(avsc_dir: Path = AVSC_DIR, history_dir: Path = HISTORY_DIR, typed_path: Path = TYPED_PATH) -> list[Path]:
+    """Write the published records' current .avsc, keep every new version, regenerate typed.py.
+
+    Returns the files written; history files already kept are left as they are.
+    """
     written = [write_avsc(record, avsc_dir) for record in records.PUBLISHED_RECORDS]
     written += [path for record in RECORDS if (path := write_history(record, history_dir)) is not None]
+    source = typed_source(RECORDS)
+    if not typed_path.exists() or typed_path.read_text() != source:
+        typed_path.write_text(source)
+        written.append(typed_path)
     return written
 
 

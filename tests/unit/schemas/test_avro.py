@@ -11,9 +11,10 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas import typed
 from schemas.avro import (
     AVSC_DIR, HISTORY_DIR, AvroCodec, SchemaMismatch, avro_schema, codec_for, read_history, schema_fingerprint,
-    write_avsc,
+    typed_codec, write_avsc,
 )
 from schemas.records import (
     DRIVER_STATUSES,
@@ -387,6 +388,18 @@ def test_clone_keeps_the_record() -> None:
 
 def test_clone_keeps_the_history(tmp_path: Path) -> None:
     assert AvroCodec(DriverState, tmp_path).clone().history == tmp_path
+
+
+def test_typed_codec_is_the_record_codec() -> None:
+    assert typed_codec(DriverState, typed.DriverState) is codec_for(DriverState)
+    assert typed_codec(LocationBatch, typed.LocationBatch).loads(codec_for(LocationBatch).dumps(
+        SAMPLES[LocationBatch])) == SAMPLES[LocationBatch]
+
+
+@pytest.mark.parametrize("shape", [typed.Ride, typed.LocationEvent, dict])
+def test_typed_codec_refuses_another_records_typed_dict(shape: Any) -> None:
+    with pytest.raises(TypeError, match="DriverState"):
+        typed_codec(DriverState, shape)
 
 
 # --- older versions, kept in history ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from schemas import records
 from schemas.avro import AVSC_DIR, HISTORY_DIR, avro_schema, codec_for, schema_fingerprint
 from schemas.records import PUBLISHED_RECORDS, CellDrivers, CellLatest, CellPane, DriverState, Ride, Watermark
 from schemas.registry import RECORDS, _generated, export, incompatibilities, write_history
+from schemas.typegen import TYPED_PATH
 from tests.unit.schemas.test_avro import SAMPLES
 
 KEPT = sorted(HISTORY_DIR.glob("*/*.avsc"))
@@ -101,24 +102,25 @@ def test_write_history_adds_a_file_when_the_record_changed(tmp_path: Path) -> No
 
 
 def test_export_writes_the_current_files_and_only_new_versions(tmp_path: Path) -> None:
-    avsc, history = tmp_path / "avsc", tmp_path / "history"
+    avsc, history, typed = tmp_path / "avsc", tmp_path / "history", tmp_path / "typed.py"
     avsc.mkdir()
     (history / "Gone").mkdir(parents=True)
     (history / "Gone" / "0000000000000000.avsc").write_text("{}")
-    written = export(avsc, history)
+    written = export(avsc, history, typed)
     assert written[:len(PUBLISHED_RECORDS)] == [avsc / f"{r.__name__}.avsc" for r in PUBLISHED_RECORDS]
-    assert len(written) == len(PUBLISHED_RECORDS) + len(RECORDS)
-    assert export(avsc, history) == written[:len(PUBLISHED_RECORDS)]  # nothing new to keep
+    assert len(written) == len(PUBLISHED_RECORDS) + len(RECORDS) + 1 and written[-1] == typed
+    assert export(avsc, history, typed) == written[:len(PUBLISHED_RECORDS)]  # nothing new to keep
     assert (history / "Gone" / "0000000000000000.avsc").read_text() == "{}"  # never deleted
 
 
 def test_export_reproduces_the_checked_in_files(tmp_path: Path) -> None:
     (tmp_path / "avsc").mkdir()
-    export(tmp_path / "avsc", tmp_path / "history")
+    export(tmp_path / "avsc", tmp_path / "history", tmp_path / "typed.py")
     for path in (tmp_path / "avsc").glob("*.avsc"):
         assert path.read_text() == (AVSC_DIR / path.name).read_text(), path.name
     for path in (tmp_path / "history").glob("*/*.avsc"):
         assert path.read_text() == (HISTORY_DIR / path.parent.name / path.name).read_text(), path.name
+    assert (tmp_path / "typed.py").read_text() == TYPED_PATH.read_text()
 
 
 # --- the check itself -------------------------------------------------------------------------------
