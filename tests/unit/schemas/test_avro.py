@@ -462,6 +462,17 @@ def test_an_unknown_fingerprint_names_the_record_and_the_fingerprint(tmp_path: P
         AvroCodec(DriverState, tmp_path).loads(data)
 
 
+def test_a_kept_version_the_current_schema_cannot_read_raises_schema_mismatch(tmp_path: Path) -> None:
+    # One the unit tests refuse (the current `cell` has no default): SchemaMismatch, as for any bytes it cannot read.
+    old = _old_driver_state()
+    old["fields"] = [f for f in old["fields"] if f["name"] != "cell"]
+    buf = io.BytesIO()
+    buf.write(_keep(tmp_path, "DriverState", old))
+    schemaless_writer(buf, parse_schema(old), {**SAMPLES[DriverState], "zone": "north"})
+    with pytest.raises(SchemaMismatch, match="DriverState cannot read its version .*field cell"):
+        AvroCodec(DriverState, tmp_path).loads(buf.getvalue())
+
+
 def test_history_is_read_only_when_an_older_version_arrives(tmp_path: Path) -> None:
     codec = AvroCodec(DriverState, tmp_path)
     assert codec.loads(codec.dumps(SAMPLES[DriverState])) == SAMPLES[DriverState]  # no history needed
