@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterator, Type
+from typing import Any, Iterator, List, Optional, Type
 
 import faust
 import pytest
@@ -404,87 +404,92 @@ def test_typed_codec_refuses_another_records_typed_dict(shape: Any) -> None:
 
 # --- older versions, kept in history ---------------------------------------------------------------
 
-# DriverState before the dispatch outbox (offer_seq, outbox_of, outbox) and with a field since dropped.
-_DROPPED = ("offer_seq", "outbox_of", "outbox")
+
+class Versioned(faust.Record, namespace="livetrack.tests.Versioned", include_metadata=False):  # type: ignore[call-arg]
+    """Test-only: the current version of a record that had an older one (`_OLD`)."""
+
+    id: str
+    seq: int
+    status: str = ChoiceField(choices=DRIVER_STATUSES, enum_name="DriverStatus")
+    note: Optional[str] = None  # added since, with defaults
+    attempt: int = 0
+    tags: List[str] = []
 
 
-def _old_driver_state() -> dict[str, Any]:
-    schema = avro_schema(DriverState)
-    fields = [f for f in schema["fields"] if f["name"] not in _DROPPED] + [{"name": "zone", "type": "string"}]
-    return {**schema, "fields": fields}
+# The older version: no note, attempt or tags yet, and a `zone` since dropped.
+_OLD: dict[str, Any] = {"type": "record", "name": "Versioned", "namespace": "livetrack.tests", "fields": [
+    {"name": "id", "type": "string"}, {"name": "seq", "type": "long"}, {"name": "zone", "type": "string"},
+    {"name": "status", "type": {"type": "enum", "name": "DriverStatus", "namespace": "livetrack",
+                                "symbols": list(DRIVER_STATUSES)}},
+]}
+_OLD_VALUE = {"id": "v-1", "seq": 4, "zone": "north", "status": "ON_TRIP"}
+_NOW_VALUE = {"id": "v-1", "seq": 4, "status": "ON_TRIP", "note": None, "attempt": 0, "tags": []}
 
 
-def _keep(history: Path, name: str, schema: dict[str, Any]) -> bytes:
-    """Keep `schema` in `history` as `export` would; its single-object header."""
+def _keep(history: Path, schema: dict[str, Any]) -> bytes:
+    """Keep `schema` as a version of Versioned in `history`, as `export` would; its single-object header."""
     fp = schema_fingerprint(schema)
-    (history / name).mkdir(parents=True, exist_ok=True)
-    (history / name / f"{fp.hex()}.avsc").write_text(json.dumps(schema))
+    (history / "Versioned").mkdir(parents=True, exist_ok=True)
+    (history / "Versioned" / f"{fp.hex()}.avsc").write_text(json.dumps(schema))
     return b"\xc3\x01" + fp
 
 
-def _old_record(history: Path) -> bytes:
-    """A DriverState as the old version wrote it, that version kept in `history`."""
-    old = _old_driver_state()
+def _written(history: Path, schema: dict[str, Any] = _OLD, value: dict[str, Any] = _OLD_VALUE) -> bytes:
+    """A record as `schema` (kept in `history`) wrote it."""
     buf = io.BytesIO()
-    buf.write(_keep(history, "DriverState", old))
-    schemaless_writer(buf, parse_schema(old), {
-        **{k: v for k, v in SAMPLES[DriverState].items() if k not in _DROPPED}, "zone": "north"})
+    buf.write(_keep(history, schema))
+    schemaless_writer(buf, parse_schema(schema), value)
     return buf.getvalue()
 
 
 def test_a_kept_older_version_reads_as_the_current_schema(tmp_path: Path) -> None:
-    decoded = AvroCodec(DriverState, tmp_path).loads(_old_record(tmp_path))
-    assert decoded == {**SAMPLES[DriverState], "offer_seq": 0, "outbox_of": None, "outbox": []}
+    assert AvroCodec(Versioned, tmp_path).loads(_written(tmp_path)) == _NOW_VALUE
 
 
 def test_the_writer_writes_the_current_version_after_reading_an_old_one(tmp_path: Path) -> None:
-    codec = AvroCodec(DriverState, tmp_path)
-    again = codec.dumps(codec.loads(_old_record(tmp_path)))
-    assert again[:10] == codec_for(DriverState).header
-    assert codec_for(DriverState).loads(again)["outbox"] == []
+    codec = AvroCodec(Versioned, tmp_path)
+    again = codec.dumps(codec.loads(_written(tmp_path)))
+    assert again[:10] == codec.header != _written(tmp_path)[:10]
+    assert codec.loads(again) == _NOW_VALUE
 
 
 def test_defaults_filled_in_are_fresh_objects_for_every_record(tmp_path: Path) -> None:
     # fastavro hands out the reader schema's own default list; a caller appending to it must not
     # change what the next old record decodes to.
-    codec = AvroCodec(DriverState, tmp_path)
-    data = _old_record(tmp_path)
-    first = codec.loads(data)
-    first["outbox"].append({"topic": "push", "key": "k", "value": b""})
-    assert codec.loads(data)["outbox"] == []
+    codec = AvroCodec(Versioned, tmp_path)
+    data = _written(tmp_path)
+    codec.loads(data)["tags"].append("changed")
+    assert codec.loads(data)["tags"] == []
 
 
 def test_an_unknown_fingerprint_names_the_record_and_the_fingerprint(tmp_path: Path) -> None:
-    data = _old_record(tmp_path)
-    for path in (tmp_path / "DriverState").iterdir():
+    data = _written(tmp_path)
+    for path in (tmp_path / "Versioned").iterdir():
         path.unlink()
-    with pytest.raises(SchemaMismatch, match=f"DriverState.*{data[2:10].hex()}"):
-        AvroCodec(DriverState, tmp_path).loads(data)
+    with pytest.raises(SchemaMismatch, match=f"Versioned.*{data[2:10].hex()}"):
+        AvroCodec(Versioned, tmp_path).loads(data)
 
 
 def test_a_kept_version_the_current_schema_cannot_read_raises_schema_mismatch(tmp_path: Path) -> None:
-    # One the unit tests refuse (the current `cell` has no default): SchemaMismatch, as for any bytes it cannot read.
-    old = _old_driver_state()
-    old["fields"] = [f for f in old["fields"] if f["name"] != "cell"]
-    buf = io.BytesIO()
-    buf.write(_keep(tmp_path, "DriverState", old))
-    schemaless_writer(buf, parse_schema(old), {**SAMPLES[DriverState], "zone": "north"})
-    with pytest.raises(SchemaMismatch, match="DriverState cannot read its version .*field cell"):
-        AvroCodec(DriverState, tmp_path).loads(buf.getvalue())
+    # One the unit tests refuse (the current `seq` has no default): SchemaMismatch, as for any bytes it cannot read.
+    no_seq = {**_OLD, "fields": [f for f in _OLD["fields"] if f["name"] != "seq"]}
+    data = _written(tmp_path, no_seq, {k: v for k, v in _OLD_VALUE.items() if k != "seq"})
+    with pytest.raises(SchemaMismatch, match="Versioned cannot read its version .*field seq"):
+        AvroCodec(Versioned, tmp_path).loads(data)
 
 
 def test_history_is_read_only_when_an_older_version_arrives(tmp_path: Path) -> None:
-    codec = AvroCodec(DriverState, tmp_path)
-    assert codec.loads(codec.dumps(SAMPLES[DriverState])) == SAMPLES[DriverState]  # no history needed
+    codec = AvroCodec(Versioned, tmp_path)
+    assert codec.loads(codec.dumps(_NOW_VALUE)) == _NOW_VALUE  # the current version needs no history
     assert codec._writers is None
-    old = _old_record(tmp_path)  # kept after the codec was made: read on the first old record
-    assert codec.loads(old)["driver_id"] == "d-1"
+    old = _written(tmp_path)  # kept after the codec was made: read on the first old record
+    assert codec.loads(old) == _NOW_VALUE
     assert codec._writers is not None and list(codec._writers) == [old[2:10]]
 
 
 def test_read_history_keys_versions_by_fingerprint(tmp_path: Path) -> None:
-    header = _keep(tmp_path, "DriverState", _old_driver_state())
-    assert read_history("DriverState", tmp_path) == {header[2:]: _old_driver_state()}
+    header = _keep(tmp_path, _OLD)
+    assert read_history("Versioned", tmp_path) == {header[2:]: _OLD}
     assert read_history("Nothing", tmp_path) == {}
 
 
