@@ -10,10 +10,10 @@ import pytest
 
 from schemas import typed
 from schemas.avro import codec_for
-from schemas.records import CellLatest, CellPane, DriverState, LocationBatch, LocationEvent
+from schemas.records import CellLatest, CellPane, DriverState, LocationBatch, LocationEvent, Ride
 from schemas.registry import RECORDS
 from schemas.typegen import TYPED_PATH, typed_source
-from tests.unit.schemas.test_avro import SAMPLES
+from tests.unit.schemas.test_avro import ALL_RECORDS, SAMPLES
 
 ROOT = Path(__file__).parents[3]
 
@@ -34,7 +34,7 @@ def test_every_field_is_required_as_a_decoded_record_has_them_all(record: Type[f
     assert shape.__total__ and shape.__required_keys__ == frozenset(record._options.fields)
 
 
-@pytest.mark.parametrize("record", RECORDS, ids=lambda r: r.__name__)
+@pytest.mark.parametrize("record", ALL_RECORDS, ids=lambda r: r.__name__)
 def test_a_decoded_record_has_the_typed_dicts_keys(record: Type[faust.Record]) -> None:
     decoded = codec_for(record).loads(codec_for(record).dumps(SAMPLES[record]))
     assert list(decoded) == list(typing.get_type_hints(getattr(typed, record.__name__)))
@@ -42,7 +42,7 @@ def test_a_decoded_record_has_the_typed_dicts_keys(record: Type[faust.Record]) -
 
 @pytest.mark.parametrize(("record", "field", "annotation"), [
     (LocationEvent, "seq", int), (LocationEvent, "lat", float), (LocationEvent, "speed", float | None),
-    (DriverState, "status", str), (DriverState, "outbox", list[typed.Outgoing]),
+    (DriverState, "status", str), (Ride, "outbox", list[typed.Outgoing]), (Ride, "tried", list[str]),
     (DriverState, "ride_id", str | None), (LocationBatch, "events", list[typed.LocationEvent]),
     (CellPane, "drivers", dict[str, typed.PaneTrace]), (CellPane, "present", dict[str, bool]),
     (CellLatest, "features", typed.CellFeatures | None),
