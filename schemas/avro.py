@@ -12,7 +12,7 @@ import io
 import json
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Mapping, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Mapping, Type
 
 import faust
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -21,6 +21,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.types import Schema
 from faust.serializers.codecs import Codec
 from faust.types.codecs import CodecT
+from typing_extensions import TypeVar
 
 from schemas.records import ChoiceField
 
@@ -35,7 +36,8 @@ HISTORY_DIR = AVSC_DIR / "history"
 MAGIC = b"\xc3\x01"
 _PRIMITIVES: dict[Any, str] = {str: "string", int: "long", float: "double", bool: "boolean", bytes: "bytes"}
 
-T = TypeVar("T", bound=Mapping[str, Any])
+# What `loads` returns; a bare `AvroCodec` (an annotation, a direct AvroCodec(record)) is AvroCodec[Any].
+T = TypeVar("T", bound=Mapping[str, Any], default=Any)
 
 
 class SchemaMismatch(ValueError):

@@ -405,7 +405,7 @@ def test_typed_codec_refuses_another_records_typed_dict(shape: Any) -> None:
 # --- older versions, kept in history ---------------------------------------------------------------
 
 
-class Versioned(faust.Record, namespace="livetrack.tests.Versioned", include_metadata=False):  # type: ignore[call-arg]
+class Versioned(faust.Record, namespace="livetrack.tests.Versioned", include_metadata=False):
     """Test-only: the current version of a record that had an older one (`_OLD`)."""
 
     id: str

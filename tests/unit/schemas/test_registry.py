@@ -25,12 +25,12 @@ BY_NAME = {r.__name__: r for r in RECORDS}
 def _versions() -> tuple[Type[faust.Record], Type[faust.Record]]:
     """Two versions of a test-only record `Thing`: the second adds a field with a default."""
 
-    class Thing(faust.Record, namespace="livetrack.tests.ThingV1", include_metadata=False):  # type: ignore[call-arg]
+    class Thing(faust.Record, namespace="livetrack.tests.ThingV1", include_metadata=False):
         a: int
 
     first = Thing
 
-    class Thing(faust.Record, namespace="livetrack.tests.ThingV2", include_metadata=False):  # type: ignore[call-arg,no-redef]
+    class Thing(faust.Record, namespace="livetrack.tests.ThingV2", include_metadata=False):  # type: ignore[no-redef]
         a: int
         b: int = 0
 
