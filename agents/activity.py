@@ -7,25 +7,25 @@ workers). The cell's own partition gets every sighting (travel speed needs
 consecutive fixes); the neighbours' partitions only need to know who was
 there, available or not, in each pane, so a driver's further sightings in the
 same cell and pane are not copied to them. What was copied is remembered only
-once Kafka has it (`delivered`), so a batch that failed copies again when
+once its transaction has committed, so a batch that failed copies again when
 replayed; a restart forgets it all, which only copies again too.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from agents.errors import Rejected
 from agents.features_math import kring
 from agents.geo import cell_of
 from agents.panes import pane_start
-from infra.producer import AsyncProducer, DeliveryGroup
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellActivityBatch, RideEvent
 from schemas.topics import CELL_ACTIVITY
 from schemas.validation import range_errors
+from tables.transaction import Transaction
 
 __all__ = ["ActivityFanout", "ride_request", "target_partitions"]
 
@@ -55,56 +55,53 @@ def ride_request(ride: Mapping[str, Any], resolution: int) -> dict[str, Any] | N
 
 
 class ActivityFanout:
-    """Collects items for a batch; `send` produces one CellActivityBatch per partition touched."""
+    """Turns a batch's sightings and requests into one CellActivityBatch per partition touched."""
 
-    def __init__(self, producer: AsyncProducer, *, partitions: int, resolution: int, k: int, pane_ms: int) -> None:
-        self.producer = producer
+    def __init__(self, *, partitions: int, resolution: int, k: int, pane_ms: int) -> None:
         self.partitions = partitions
         self.resolution = resolution
         self.k = k
         self.pane_ms = pane_ms
         self.codec = codec_for(CellActivityBatch)
-        self._pending: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(
-            lambda: {"sightings": [], "requests": []})
         self._copied: dict[str, tuple[str, int, bool]] = {}  # driver -> (cell, pane, available) neighbours know
-        self._copying: dict[str, tuple[str, int, bool]] = {}  # the same, collected in this batch
-        self._unacked: dict[str, tuple[str, int, bool]] = {}  # the same, sent, not acked yet
 
-    def sighting(self, ping: Mapping[str, Any], status: str) -> None:
-        """A driver's fix (a decoded LocationEvent) with the driver's status then."""
+    def send(self, tx: Transaction, *, sightings: Iterable[tuple[Mapping[str, Any], str]] = (),
+             requests: Iterable[dict[str, Any]] = ()) -> int:
+        """Send the sightings (a decoded LocationEvent with the driver's status then) and the
+        requests (CellRequests, see `ride_request`) in `tx`; how many records."""
+        pending: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"sightings": [], "requests": []})
+        copying: dict[str, tuple[str, int, bool]] = {}
+        for ping, status in sightings:
+            self._sighting(pending, copying, ping, status)
+        for item in requests:
+            for partition in target_partitions(item["cell"], self.k, self.partitions):
+                pending[partition]["requests"].append(item)
+        for partition, batch in pending.items():
+            tx.send(CELL_ACTIVITY.name, self.codec.dumps(batch), partition=partition)
+        if copying:
+            tx.committed.append(lambda: self._delivered(copying))  # a failed batch's copies are never remembered
+        return len(pending)
+
+    def _sighting(self, pending: dict[int, dict[str, list[dict[str, Any]]]],
+                  copying: dict[str, tuple[str, int, bool]], ping: Mapping[str, Any], status: str) -> None:
         cell = cell_of(ping["lat"], ping["lng"], self.resolution)
         available = status == "AVAILABLE"
         item = {"cell": cell, "driver_id": ping["driver_id"], "seq": ping["seq"], "ts": ping["fix_ts"],
                 "lat": ping["lat"], "lng": ping["lng"], "available": available}
         own = partition_for(cell, self.partitions)
-        self._pending[own]["sightings"].append(item)
+        pending[own]["sightings"].append(item)
         pane = pane_start(ping["fix_ts"], self.pane_ms)
         driver = item["driver_id"]
-        known = self._copying.get(driver) or self._copied.get(driver)
+        known = copying.get(driver) or self._copied.get(driver)
         if known is not None and known[0] == cell and known[1] == pane and (known[2] or not available):
             return  # the neighbours' partitions have this driver here, in this pane, as available
-        self._copying[driver] = (cell, pane, available)
+        copying[driver] = (cell, pane, available)
         for partition in target_partitions(cell, self.k, self.partitions):
             if partition != own:
-                self._pending[partition]["sightings"].append(item)
+                pending[partition]["sightings"].append(item)
 
-    def request(self, item: dict[str, Any]) -> None:
-        """A CellRequest (see `ride_request`): to every partition of its k-ring."""
-        for partition in target_partitions(item["cell"], self.k, self.partitions):
-            self._pending[partition]["requests"].append(item)
-
-    def send(self, group: DeliveryGroup) -> int:
-        """Produce what was collected (in `group`); how many records. Call `delivered` once acked."""
-        for partition, batch in self._pending.items():
-            self.producer.send(group, CELL_ACTIVITY.name, self.codec.dumps(batch), partition=partition)
-        sent = len(self._pending)
-        self._pending.clear()
-        self._unacked, self._copying = self._copying, {}  # a failed batch's copies are never remembered
-        return sent
-
-    def delivered(self) -> None:
-        """What the last `send` produced is in Kafka: the neighbours' partitions know it."""
-        if len(self._copied) + len(self._unacked) > COPIED_MAX:
+    def _delivered(self, copied: dict[str, tuple[str, int, bool]]) -> None:
+        """What a committed batch sent is in Kafka: the neighbours' partitions know it."""
+        if len(self._copied) + len(copied) > COPIED_MAX:
             self._copied.clear()  # forgetting only costs a few copies again
-        self._copied.update(self._unacked)
-        self._unacked = {}
+        self._copied.update(copied)

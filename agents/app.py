@@ -3,37 +3,45 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import faust
 from mode import Service
 
 from agents import cells, demand, drivers, features, offers, rides
 from agents.activity import ActivityFanout
-from agents.batching import DeadLetters, partition_event
+from agents.batching import register_batched
 from agents.candidates import CellDriversView, ViewService
+from agents.desk import DriverDesk
 from agents.feed import Assignment, BatchFeed, group_id
 from agents.features_math import FeaturePolicy
+from agents.lookup import FeatureLookup
 from agents.metrics import WorkerMetrics, serve_metrics
+from agents.pings import DriverPolicy
+from agents.reservations import OfferPolicy
+from agents.runtime import AgentRuntime, DeadLetters, Faults
+from agents.trips import DispatchPolicy
 from infra.clock import now_ms
 from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
 from schemas.avro import codec_for
-from schemas.records import CellDrivers, CellLatest, CellPane, DriverState, Ride, Watermark
+from schemas.records import CellDrivers, CellLatest, CellPane, DriverOutbox, DriverState, Ride, Watermark
 from schemas.topics import (
     CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, RIDES,
     TopicSpec,
 )
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
-from tables.cell_to_features import FeatureLookup, cell_to_features
+from tables.cell_to_features import cell_to_features
+from tables.driver_to_outbox import driver_to_outbox
 from tables.driver_to_state import driver_to_state
-from tables.ride_to_state import ride_to_state
 from tables.partition_to_watermark import partition_to_watermark
-from tables.writer import TableWriter
+from tables.ride_to_state import ride_to_state
+from tables.table import Table
+from tables.transaction import TOGETHER, Transaction, commit
 
-__all__ = ["Components", "create_app", "bind_topic", "now_ms", "ProducerService"]
+__all__ = ["Components", "ProducerService", "bind_topic", "create_app", "now_ms"]
 
 
 def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:
@@ -49,26 +57,26 @@ class Components:
     """What create_app built, for tests and benchmarks to reach (`app.livetrack`)."""
 
     producer: AsyncProducer
-    dead_letters: DeadLetters
-    states: TableWriter
-    cells: TableWriter
+    runtime: AgentRuntime
+    desk: DriverDesk
+    assignment: Assignment
     drivers: drivers.DriversAgent
-    cell_agent: cells.CellsAgent
-    rides: TableWriter
-    view: CellDriversView
-    ride_agent: rides.RidesAgent
-    offer_agent: offers.OffersAgent
+    offers: offers.OffersAgent
+    rides: rides.RidesAgent
+    cells: cells.CellsAgent
     demand: demand.DemandAgent
     features: features.FeaturesAgent
+    view: CellDriversView
     feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
     metrics: WorkerMetrics
+    tables: dict[str, Table[Any]]
 
 
 class ProducerService(Service):
     """Starts the agents' producer with the worker, flushes it on the way out."""
 
-    def __init__(self, producer: AsyncProducer, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, producer: AsyncProducer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.producer = producer
 
     async def on_start(self) -> None:
@@ -78,9 +86,8 @@ class ProducerService(Service):
         await self.producer.close()
 
 
-def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Callable[[], int] = now_ms) -> faust.App:
-    """Build the worker app. Tests pass `store="memory://"`."""
-    app = faust.App(
+def _faust_app(settings: Settings, store: str) -> faust.App:
+    return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         store=store,
@@ -99,96 +106,106 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         producer_acks=-1,
         table_standby_replicas=0 if settings.replication_factor == 1 else 1,
     )
+
+
+def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Callable[[], int] = now_ms,
+               producer: AsyncProducer | None = None) -> faust.App:
+    """Build the worker app. Tests pass `store="memory://"` and a producer of their own."""
+    app = _faust_app(settings, store)
     app.on_worker_init.connect(lambda *_, **__: set_switch_interval(settings))
-    producer = AsyncProducer(settings.bootstrap)
+    producer = producer if producer is not None else AsyncProducer(settings.bootstrap)
     app.add_dependency(ProducerService(producer))  # started before agents, stopped after
-    dead_letters = DeadLetters(LOCATIONS_DLQ.name, producer, clock_ms)
-    batch = {"batch_max": settings.worker_batch_max, "batch_within_s": settings.worker_batch_within_s}
-    cache = {"cache_max": settings.table_cache_max}
-    states = TableWriter(driver_to_state(app, settings.partitions), producer, codec_for(DriverState), **cache)
-    cell_members = TableWriter(cell_to_drivers(app, settings.partitions), producer, codec_for(CellDrivers), **cache)
-    policy = FeaturePolicy.from_settings(settings)
-    activity_partitions = CELL_ACTIVITY.partition_count(settings.partitions)
-    panes = TableWriter(cell_to_activity(app, activity_partitions, policy), producer, codec_for(CellPane), **cache)
-    watermarks = TableWriter(partition_to_watermark(app, activity_partitions), producer, codec_for(Watermark),
-                             **cache)
-    latest_table = cell_to_features(app, activity_partitions)
-    latest = TableWriter(latest_table, producer, codec_for(CellLatest), **cache)
-    features_dlq = DeadLetters(FEATURES_DLQ.name, producer, clock_ms)
     metrics = WorkerMetrics()
-    serve_metrics(app, metrics)
-
-    def fanout() -> ActivityFanout:
-        return ActivityFanout(producer, partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
-                              pane_ms=policy.pane_ms)
-
-    feature_agent = features.FeaturesAgent(
-        panes=panes, watermarks=watermarks, latest=latest, producer=producer, dead_letters=features_dlq,
-        policy=policy, partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
-    )
-
-    ride_states = TableWriter(ride_to_state(app, settings.partitions), producer, codec_for(Ride), **cache)
-    view = CellDriversView()
-    app.add_dependency(ViewService(view, settings, cell_members.changelog))
-    dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, producer, clock_ms)
-
-    async def forget_cached(*_: object, **__: object) -> None:
-        # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
-        states.forget()
-        cell_members.forget()
-        ride_states.forget()
-        feature_agent.forget()
-        offer_agent.forget()
-
-    app.on_partitions_revoked.connect(forget_cached)
-    app.on_partitions_assigned.connect(forget_cached)
+    runtime = AgentRuntime(producer, metrics, clock_ms, faults=Faults(settings.fault_at))
+    serve_metrics(app, metrics, runtime)
     partitions = settings.partitions
-    lookup = FeatureLookup(latest_table, codec_for(CellLatest), policy, clock_ms)
-    assignment = Assignment()  # the feed's partitions: the drivers whose offers are decided in place
-    offer_events = {p: partition_event(app, OFFERS.name, p) for p in range(OFFERS.partition_count(partitions))}
-    offer_agent = offers.OffersAgent(
-        states=states, producer=producer, dead_letters=dispatch_dlq,
-        policy=offers.OfferPolicy.from_settings(settings), partitions=OFFERS.partition_count(partitions),
-        cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms,
-        owned=assignment, event_for=offer_events.__getitem__,
-    )
-    components = Components(
-        producer=producer, dead_letters=dead_letters, states=states, cells=cell_members,
-        drivers=drivers.DriversAgent(
-            states=states, producer=producer, dead_letters=dead_letters,
-            policy=drivers.DriverPolicy.from_settings(settings), partitions=LOCATIONS.partition_count(partitions),
-            cell_partitions=DRIVER_CELLS.partition_count(partitions), clock_ms=clock_ms, activity=fanout(),
-            dispatching=offer_agent.is_unsent,
-        ),
-        cell_agent=cells.CellsAgent(cells=cell_members, producer=producer, dead_letters=dead_letters,
-                                    ttl_ms=settings.membership_ttl_ms),
-        rides=ride_states, view=view,
-        ride_agent=rides.RidesAgent(
-            rides=ride_states, producer=producer, dead_letters=dispatch_dlq, view=view,
-            # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
-            policy=rides.DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
-            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms, offers=offer_agent,
-        ),
-        offer_agent=offer_agent,
-        demand=demand.DemandAgent(fanout=fanout(), producer=producer, dead_letters=features_dlq,
-                                  resolution=policy.resolution),
-        features=feature_agent,
-        feature_lookup=lookup,
-        metrics=metrics,
-    )
-    app.livetrack = components  # type: ignore[attr-defined]
-    cells.register(app, bind_topic(app, DRIVER_CELLS, settings), components.cell_agent, **batch)
     if len({spec.partition_count(partitions) for spec in (LOCATIONS, RIDE_COMMANDS, OFFERS, DRIVER_CELLS)}) != 1:
         raise ValueError("locations, ride-commands, offers and driver-cells must have as many partitions "
                          "(agents.feed reads the first three where Faust assigned this worker driver-cells)")
-    rides.register(app, components.ride_agent, tick_s=settings.dispatch_tick_ms / 1000)
+
+    def table(declared: faust.Table, record: type) -> Table[Any]:
+        return Table(declared, codec_for(record), cache_max=settings.table_cache_max)
+
+    policy = FeaturePolicy.from_settings(settings)
+    activity_partitions = CELL_ACTIVITY.partition_count(partitions)
+    tables = {t.name: t for t in (
+        table(driver_to_state(app, partitions), DriverState),
+        table(driver_to_outbox(app, partitions), DriverOutbox),
+        table(cell_to_drivers(app, partitions), CellDrivers),
+        table(ride_to_state(app, partitions), Ride),
+        table(cell_to_activity(app, activity_partitions, pane_ms=policy.pane_ms,
+                               reach_ms=policy.max_window_ms + policy.grace_ms), CellPane),
+        table(partition_to_watermark(app, activity_partitions), Watermark),
+        table(cell_to_features(app, activity_partitions), CellLatest),
+    )}
+
+    def fanout() -> ActivityFanout:
+        return ActivityFanout(partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
+                              pane_ms=policy.pane_ms)
+
+    assignment = Assignment()  # the feed's partitions: the drivers whose commands are decided in place
+    desk = DriverDesk(
+        states=tables["driver_to_state"], outboxes=tables["driver_to_outbox"],
+        pings=DriverPolicy.from_settings(settings), offers=OfferPolicy.from_settings(settings),
+        partitions=LOCATIONS.partition_count(partitions), cell_partitions=DRIVER_CELLS.partition_count(partitions),
+        owned=assignment, clock_ms=clock_ms,
+    )
+    lookup = FeatureLookup(tables["cell_to_features"], policy, clock_ms)
+    view = CellDriversView()
+    app.add_dependency(ViewService(view, settings, tables["cell_to_drivers"].changelog))
+    dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, clock_ms)
+    features_dlq = DeadLetters(FEATURES_DLQ.name, clock_ms)
+    components = Components(
+        producer=producer, runtime=runtime, desk=desk, assignment=assignment,
+        drivers=drivers.DriversAgent(desk=desk, dead_letters=DeadLetters(LOCATIONS_DLQ.name, clock_ms),
+                                     activity=fanout()),
+        offers=offers.OffersAgent(desk=desk, dead_letters=dispatch_dlq),
+        rides=rides.RidesAgent(
+            rides=tables["ride_to_state"], desk=desk, dead_letters=dispatch_dlq, view=view,
+            # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
+            policy=DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
+            candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
+        ),
+        cells=cells.CellsAgent(cells=tables["cell_to_drivers"], dead_letters=DeadLetters(LOCATIONS_DLQ.name, clock_ms),
+                               ttl_ms=settings.membership_ttl_ms),
+        demand=demand.DemandAgent(fanout=fanout(), dead_letters=features_dlq, resolution=policy.resolution),
+        features=features.FeaturesAgent(
+            panes=tables["cell_to_activity"], watermarks=tables["partition_to_watermark"],
+            latest=tables["cell_to_features"], dead_letters=features_dlq, policy=policy,
+            partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
+        ),
+        view=view, feature_lookup=lookup, metrics=metrics, tables=tables,
+    )
+    app.livetrack = components  # type: ignore[attr-defined]
+
+    async def forget_cached(*_: object, **__: object) -> None:
+        # Partitions moved: cached values may belong to another worker now, or be rewritten by recovery.
+        for t in tables.values():
+            t.forget()
+        components.features.forget()
+
+    app.on_partitions_revoked.connect(forget_cached)
+    app.on_partitions_assigned.connect(forget_cached)
+
+    async def resend(taken: set[int]) -> None:
+        """Partitions taken over: the desk's recent decisions go out before any later push."""
+        tx = Transaction(TOGETHER, "desk-resend")
+        desk.resend(tx, taken)
+        await commit(tx, producer)
+
+    batch = {"batch_max": settings.worker_batch_max, "batch_within_s": settings.worker_batch_within_s}
+    register_batched(app, bind_topic(app, DRIVER_CELLS, settings), components.cells, runtime,
+                     name="track_cell_drivers", **batch)
+    rides.register(app, components.rides, producer, tick_s=settings.dispatch_tick_ms / 1000)
     # The pings and dispatch are read in whole batches, outside Faust's per-record path (agents.feed).
     app.add_dependency(BatchFeed(
         app, settings.bootstrap, group_id(settings.app_id),
-        {LOCATIONS.name: components.drivers.process, RIDE_COMMANDS.name: components.ride_agent.process,
-         OFFERS.name: components.offer_agent.process},
-        follow=DRIVER_CELLS.name, batch_max=settings.worker_batch_max, assignment=assignment,
+        {LOCATIONS.name: components.drivers, RIDE_COMMANDS.name: components.rides, OFFERS.name: components.offers},
+        runtime=runtime, follow=DRIVER_CELLS.name, batch_max=settings.worker_batch_max, assignment=assignment,
+        on_taken=resend,
     ))
-    demand.register(app, bind_topic(app, RIDES, settings), components.demand, **batch)
-    features.register(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, **batch)
+    register_batched(app, bind_topic(app, RIDES, settings), components.demand, runtime,
+                     name="count_ride_requests", **batch)
+    register_batched(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, runtime,
+                     name="compute_cell_features", **batch)
     return app

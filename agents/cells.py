@@ -4,16 +4,16 @@ Values are decoded Avro dicts: CellMembership in, CellDrivers in the table.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import faust
-
-from agents.batching import DeadLetters, bind_event, decode_records, register_batched
-from infra.producer import AsyncProducer
+from agents.runtime import DeadLetters, decode
+from infra.inbound import Inbound
+from schemas.avro import codec_for
 from schemas.records import CellMembershipBatch
-from tables.writer import TableWriter
+from tables.table import Table
+from tables.transaction import TOGETHER, Transaction
 
-__all__ = ["CellsAgent", "apply_membership", "register"]
+__all__ = ["CellsAgent", "apply_membership"]
 
 Cell = dict[str, Any]  # a decoded CellDrivers
 
@@ -44,34 +44,27 @@ def apply_membership(prev: Cell | None, m: Mapping[str, Any], ttl_ms: int) -> Ce
 class CellsAgent:
     """Applies CellMembershipBatch records to `cell_to_drivers`."""
 
-    def __init__(self, *, cells: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-                 ttl_ms: int) -> None:
+    name = "cells"
+    order = TOGETHER
+
+    def __init__(self, *, cells: Table[Cell], dead_letters: DeadLetters, ttl_ms: int) -> None:
         self.cells = cells
-        self.producer = producer
         self.dead_letters = dead_letters
         self.ttl_ms = ttl_ms
+        self.codec = codec_for(CellMembershipBatch)
 
-    async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch of records; return once the changelog is acked by Kafka."""
-        group = self.producer.group()
-        for event, batch in decode_records(events, CellMembershipBatch, self.dead_letters, group):
-            bind_event(event)
-            # A batch often moves several drivers in and out of one cell: write each cell once.
-            touched: dict[str, Cell] = {}
-            for m in batch["changes"]:
-                with self.dead_letters.guard(group, event, "bad membership"):
-                    prev = touched.get(m["cell"]) or self.cells.get(m["cell"])
-                    touched[m["cell"]] = apply_membership(prev, m, self.ttl_ms)
-            for cell, value in touched.items():
-                self.cells.set(cell, value, event)
-        bind_event(None)
-        self.cells.flush(group)
-        await group.wait()
-        self.cells.persist_offsets(group)
+    async def prepare(self, records: Any) -> None:
+        return None
 
+    def step(self, tx: Transaction, record: Inbound) -> None:
+        # A batch often moves several drivers in and out of one cell: each cell is written once a batch.
+        for m in decode(self.codec, record)["changes"]:
+            cell = m["cell"]
+            tx.put(self.cells, cell, apply_membership(tx.get(self.cells, cell, record.partition), m, self.ttl_ms),
+                   record.partition)
 
-def register(app: faust.App, driver_cells: faust.TopicT, agent: CellsAgent, *, batch_max: int,
-             batch_within_s: float) -> faust.types.AgentT:
-    """Attach the cells agent to `app`."""
-    return register_batched(app, driver_cells, "track_cell_drivers", agent.process, batch_max=batch_max,
-                            batch_within_s=batch_within_s)
+    def end(self, tx: Transaction) -> None:
+        return None
+
+    def aborted(self) -> None:
+        return None

@@ -9,10 +9,11 @@ owns, one CellFeatures record each on `cell-features`, and for the primary
 window a `cell:{h3}` push (seq owned here, in `cell_to_features`). Events for
 a pane already closed are late: counted in no window, counted in the metrics.
 
-Outputs first, state second: the features and pushes are acked before any
-state is written, so state never runs ahead of what was emitted. State goes in
-three acked steps: new panes and `cell_to_features`, then the watermark, then
-the removal of panes no window needs. A crash anywhere replays the batch: panes
+Outputs first, state second (the agent's declared commit Order): the features and
+pushes are acked before any state is written, so state never runs ahead of what
+was emitted. State goes in three acked phases: new panes and `cell_to_features`,
+then the watermark, then the removal of panes no window needs. A crash anywhere
+replays the batch: panes
 ignore what they hold, the same windows close again with the same values
 (at-least-once, duplicates identical), and a final already pushed is not pushed
 again. The stored watermark covers written panes only, so a restarted worker
@@ -26,16 +27,15 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from itertools import groupby
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import faust
 import h3
 
 from agents.activity import target_partitions
-from agents.batching import DeadLetters, bind_event, decode_records, register_batched
 from agents.errors import Rejected
+from agents.runtime import DeadLetters, decode
 from agents.features_math import Counts, FeaturePolicy, WindowSpec, kring, window_features
 from agents.metrics import WorkerMetrics
 from agents.panes import (
@@ -50,22 +50,33 @@ from agents.panes import (
     pane_start,
     summarize,
 )
-from infra.producer import AsyncProducer, DeliveryGroup
+from infra.inbound import Inbound
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import CellActivityBatch, CellFeatures, PushMessage
 from schemas.topics import CELL_FEATURES, PUSH
-from tables.cell_to_activity import PaneKeys, stored_panes
-from tables.writer import TableWriter
+from tables.cell_to_activity import PaneKeys, decode_key
+from tables.table import Table
+from tables.transaction import OUTPUTS, Order, Transaction, removals
 
-__all__ = ["ON_TIME", "OUT_OF_ORDER", "DUPLICATE", "LATE", "FUTURE", "Clock", "FeaturesAgent", "admit",
-           "cell_channel", "register"]
+__all__ = ["ON_TIME", "OUT_OF_ORDER", "DUPLICATE", "LATE", "FUTURE", "ORDER", "Clock", "FeaturesAgent", "admit",
+           "cell_channel"]
 
 log = logging.getLogger(__name__)
 
 ON_TIME, OUT_OF_ORDER, DUPLICATE, LATE, FUTURE = "on_time", "out_of_order", "duplicate", "late", "future"
 CELL_PRIORITY = 2  # below driver moves: a cell's features are a slower, summarising signal
 CELL_PUSH_TTL_MS = 60_000
+# Outputs, then new panes with the cells' latest, then the watermark, then pane removals: a crash
+# between any two leaves what a replay of the batch needs. A watermark stored ahead of its batch's
+# panes would make replayed events late; panes removed ahead of the watermark would be missing when
+# the replay closes the same windows again; latest seqs stored ahead of the watermark only keep
+# the replay from pushing finals twice (see _publish).
+ORDER = Order("features", (
+    frozenset({OUTPUTS}), frozenset({"cell_to_activity", "cell_to_features"}), frozenset({"partition_to_watermark"}),
+    frozenset({removals("cell_to_activity")}),
+))
+Pane = dict[str, Any]
 
 
 def cell_channel(cell: str) -> str:
@@ -122,21 +133,24 @@ class Clock:
 class FeaturesAgent:
     """Applies CellActivityBatch records to panes and emits the windows they close."""
 
+    name = "features"
+    order = ORDER
+
     def __init__(
-        self, *, panes: TableWriter, watermarks: TableWriter, latest: TableWriter, producer: AsyncProducer,
+        self, *, panes: Table[Pane], watermarks: Table[dict[str, Any]], latest: Table[dict[str, Any]],
         dead_letters: DeadLetters, policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics,
         clock_ms: Callable[[], int],
     ) -> None:
         self.panes = panes
-        self.keys = PaneKeys(panes.table)
+        self.keys = PaneKeys(panes.faust)
         self.watermarks = watermarks
         self.latest = latest
-        self.producer = producer
         self.dead_letters = dead_letters
         self.policy = policy
         self.partitions = partitions
         self.metrics = metrics
         self.clock_ms = clock_ms
+        self.activity_codec = codec_for(CellActivityBatch)
         self.features_codec = codec_for(CellFeatures)
         self.push_codec = codec_for(PushMessage)
         self._clocks: dict[int, Clock] | None = None  # loaded from the store on first use
@@ -144,10 +158,12 @@ class FeaturesAgent:
         self._summaries: dict[tuple[int, int], dict[str, PaneSummary]] = {}  # (partition, pane start) ->
         self._tally: Counter[tuple[str, str, str]] = Counter()  # metric increments of this batch
         self._now = 0
+        self._tx: Transaction | None = None  # the batch being decided (the agent runs one at a time)
+        self._first_close: int | None = None
         self.records = 0  # records processed, for tests and benchmarks
 
     def forget(self) -> None:
-        """Drop what is kept in memory (partitions moved, or a batch failed): reloaded from the store."""
+        """Drop what is kept in memory (partitions moved, or a batch given up): reloaded from the store."""
         self._clocks = None
         self._running_at.clear()
         self._summaries.clear()
@@ -155,59 +171,50 @@ class FeaturesAgent:
         self.watermarks.forget()
         self.latest.forget()
 
-    async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch, emit what it closes, then persist; return once all is acked."""
-        try:
-            await self._process(events)
-        except BaseException:
-            self.forget()  # memory may be ahead of the store now
-            raise
-
-    async def _process(self, events: Sequence[faust.EventT]) -> None:
-        out = self.producer.group()
+    async def prepare(self, records: Sequence[Inbound]) -> None:
         self._now = self.clock_ms()
-        first_close: int | None = None
-        for event, batch in decode_records(events, CellActivityBatch, self.dead_letters, out):
-            clock = self.clock(event.message.partition)
-            bind_event(event)  # pane reads and writes go to this event's partition
-            for s in batch["sightings"]:
-                with self.dead_letters.guard(out, event, "bad sighting", None):
-                    self._apply(clock, event, s, "sighting")
-            for r in batch["requests"]:
-                with self.dead_letters.guard(out, event, "bad request", None):
-                    self._apply(clock, event, r, "request")
-            # Close right away, not after the whole batch: a window is out as soon as it can be.
-            now = self.clock_ms()
-            if self._close(out, event.message.partition, event, now) and first_close is None:
-                first_close = now
-        bind_event(None)
-        self._count_events()
-        await out.wait()  # outputs first: state is never ahead of what was emitted
-        if first_close is not None:
-            self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first_close) / 1000)
-        # State in three steps, each acked before the next, so a crash between any two leaves what a
-        # replay of the batch needs: a watermark stored ahead of its batch's panes would make replayed
-        # events late; panes removed ahead of the watermark would be missing when the replay closes the
-        # same windows again; latest seqs stored ahead of the watermark only keep the replay from
-        # pushing finals twice (see _publish).
-        await self._store(partial(self.panes.flush, removals=False), self.latest.flush)
-        await self._store(self.watermarks.flush)
-        await self._store(self.panes.flush)  # panes no window needs any more
-        self.records += len(events)
+        self._first_close = None
 
-    async def _store(self, *flushes: Callable[[DeliveryGroup], object]) -> None:
-        """Write what `flushes` buffer to the stores and changelogs; return once acked, offsets persisted."""
-        group = self.producer.group()
-        for flush in flushes:
-            flush(group)
-        await group.wait()
-        for table in (self.panes, self.watermarks, self.latest):
-            table.persist_offsets(group)
+    def step(self, tx: Transaction, record: Inbound) -> None:
+        self._tx = tx
+        batch = decode(self.activity_codec, record)
+        partition = record.partition
+        clock = self.clock(partition)
+        for s in batch["sightings"]:
+            self._guarded(tx, record, clock, s, "sighting")
+        for r in batch["requests"]:
+            self._guarded(tx, record, clock, r, "request")
+        # Close right away, not after the whole batch: a window is out as soon as it can be.
+        now = self.clock_ms()
+        if self._close(partition, now) and self._first_close is None:
+            self._first_close = now
+        self.records += 1
 
-    def _count_events(self) -> None:
+    def _guarded(self, tx: Transaction, record: Inbound, clock: "Clock", item: Mapping[str, Any], kind: str) -> None:
+        try:
+            self._apply(clock, record.partition, item, kind)
+        except Rejected as exc:  # one bad item: dead-lettered, the rest of the record goes on
+            self.dead_letters.send(tx, record, f"bad {kind}: {exc.reason}", None)
+
+    def end(self, tx: Transaction) -> None:
+        self._tx = tx
         for labels, n in self._tally.items():
             self.metrics.feature_events.labels(*labels).inc(n)
         self._tally.clear()
+        first = self._first_close
+        if first is not None:
+            tx.committed.append(lambda: self.metrics.close_to_ack.observe(max(0, self.clock_ms() - first) / 1000))
+        self._tx = None
+
+    def aborted(self) -> None:
+        self._tally.clear()
+        self._tx = None
+        self.forget()  # memory may be ahead of the store now
+
+    @property
+    def tx(self) -> Transaction:
+        assert self._tx is not None, "the features agent reads and writes only while deciding a batch"
+        return self._tx
 
     def clock(self, partition: int) -> Clock:
         """The partition's clock (all clocks are loaded from the stored panes on first use)."""
@@ -217,18 +224,22 @@ class FeaturesAgent:
 
     def _load(self) -> dict[int, Clock]:
         clocks: dict[int, Clock] = {}
-        for cell, partition, start, _ in stored_panes(self.panes.table):
+        for key, _pane in self.panes.stored():
+            cell, partition, start = decode_key(key)
             clocks.setdefault(partition, Clock()).panes.setdefault(start, set()).add(cell)
-        for key, raw in self.watermarks.table.data.items():
+        for key, watermark in self.watermarks.stored():
             clock = clocks.setdefault(int(key), Clock())
             # Stored after its batch's windows were emitted: they are all closed.
-            clock.wm = clock.closed = self.watermarks.codec.loads(raw)["ts"]
+            clock.wm = clock.closed = watermark["ts"]
             log.info("features partition %s resumes at event time %s with %d panes", int(key), clock.wm,
                      sum(len(c) for c in clock.panes.values()))
         return clocks
 
-    def _apply(self, clock: Clock, event: faust.EventT, item: Mapping[str, Any], kind: str) -> None:
-        partition = event.message.partition
+    def _pane(self, cell: str, partition: int, start: int) -> Pane | None:
+        value: Pane | None = self.tx.get(self.panes, self.keys.encode(cell, partition, start), partition)
+        return value
+
+    def _apply(self, clock: Clock, partition: int, item: Mapping[str, Any], kind: str) -> None:
         cell, ts = item["cell"], item["ts"]
         problem = _refusal(cell, partition, self.policy.resolution, self.policy.k, self.partitions)
         if problem:
@@ -241,8 +252,7 @@ class FeaturesAgent:
                 self.metrics.late_by.observe(((clock.wm or ts) - ts) / 1000)  # a _seconds histogram
             return
         start = pane_start(ts, self.policy.pane_ms)
-        key = self.keys.encode(cell, partition, start)
-        pane = self.panes.get(key) or new_pane()
+        pane = self._pane(cell, partition, start) or new_pane()
         if kind == "request":
             changed = apply_request(pane, item)
         elif copy == "own":
@@ -251,19 +261,23 @@ class FeaturesAgent:
             changed = apply_presence(pane, item)
         clock.note(start, cell, ts)
         if changed:
-            self.panes.set(key, pane, event)
+            self.tx.put(self.panes, self.keys.encode(cell, partition, start), pane, partition)
             clock.touched.add(cell)
         self._tally[(kind, outcome if changed else DUPLICATE, copy)] += 1
 
-    def _close(self, out: DeliveryGroup, partition: int, event: faust.EventT, now: int) -> int:
+    def _close(self, partition: int, now: int) -> int:
         """Emit every window the watermark passed since the last close, then drop panes no window
         needs; how many features were emitted."""
         clock = self.clock(partition)
-        if clock.wm is None or clock.wm == clock.closed or not clock.panes:
+        if clock.wm is None or not clock.panes:
             return 0
+        if clock.wm == clock.closed:
+            # Nothing new to close; panes a crash left behind after storing the watermark go now.
+            self._remove_expired(partition, clock)
+            return 0
+        tx = self.tx
         self.metrics.watermark.labels(str(partition)).set(clock.wm)
-        bind_event(event)
-        self.watermarks.set(str(partition), {"ts": clock.wm}, event)
+        tx.put(self.watermarks, str(partition), {"ts": clock.wm}, partition)
         p = self.policy
         first, last = min(clock.panes), max(clock.panes)
         # Windows ending by the first pane hold nothing; none after the last pane's reach either.
@@ -273,16 +287,21 @@ class FeaturesAgent:
         emitted = 0
         ends = closing_windows_near(p.specs, clock.panes, p.max_window_ms, after, until)
         for end, specs in groupby(ends, key=lambda e: e[0]):
-            emitted += self._emit_end(out, partition, clock, end, [spec for _, spec in specs], event, now)
+            emitted += self._emit_end(partition, clock, end, [spec for _, spec in specs], now)
         if p.running_ms and clock.touched:
-            emitted += self._emit_running(out, partition, clock, event, now)
+            emitted += self._emit_running(partition, clock, now)
         clock.touched.clear()
-        for start in [s for s in clock.panes if s + p.max_window_ms + p.grace_ms <= clock.wm]:
-            for cell in clock.panes.pop(start):
-                self.panes.delete(self.keys.encode(cell, partition, start), event)
-            self._summaries.pop((partition, start), None)
-        bind_event(None)
+        self._remove_expired(partition, clock)
         return emitted
+
+    def _remove_expired(self, partition: int, clock: Clock) -> None:
+        """Delete the panes no window needs any more (their removal is committed after the watermark)."""
+        assert clock.wm is not None
+        reach = self.policy.max_window_ms + self.policy.grace_ms
+        for start in [s for s in clock.panes if s + reach <= clock.wm]:
+            for cell in clock.panes.pop(start):
+                self.tx.delete(self.panes, self.keys.encode(cell, partition, start), partition)
+            self._summaries.pop((partition, start), None)
 
     def _summaries_of(self, partition: int, clock: Clock, start: int, closed: bool) -> dict[str, PaneSummary]:
         """Summaries of the partition's panes starting at `start`, by cell; those of closed panes
@@ -292,7 +311,7 @@ class FeaturesAgent:
             return held
         out = {}
         for cell in clock.panes.get(start, ()):
-            pane = self.panes.get(self.keys.encode(cell, partition, start))
+            pane = self._pane(cell, partition, start)
             if pane is not None:
                 # Only a cell's own partition has all its fixes: travel is computed there only.
                 own = partition_for(cell, self.partitions) == partition
@@ -306,7 +325,7 @@ class FeaturesAgent:
         out = []
         prev = start - self.policy.pane_ms
         while prev + self.policy.pane_ms > start - self.policy.speed_max_gap_ms:
-            pane = self.panes.get(self.keys.encode(cell, partition, prev))
+            pane = self._pane(cell, partition, prev)
             if pane is not None:
                 out.append((prev, pane))
             prev -= self.policy.pane_ms
@@ -333,8 +352,8 @@ class FeaturesAgent:
             near.update(_owned_ring(cell, self.policy.k, partition, self.partitions))
         return sorted(near)
 
-    def _emit_end(self, out: DeliveryGroup, partition: int, clock: Clock, end: int, specs: list[WindowSpec],
-                  event: faust.EventT, now: int, *, final: bool = True, only: set[str] | None = None) -> int:
+    def _emit_end(self, partition: int, clock: Clock, end: int, specs: list[WindowSpec], now: int, *,
+                  final: bool = True, only: set[str] | None = None) -> int:
         """Features of the windows of `specs` ending at `end`, for the owned cells near activity (or
         `only` those); how many records."""
         by_size = self._counts(partition, clock, end, sorted({spec.size_ms for spec in specs}))
@@ -348,15 +367,14 @@ class FeaturesAgent:
                 cells = [c for c in cells if c in only]
             primary = spec == self.policy.primary
             for f in window_features(cells, counts, spec, end, self.policy, final=final, emitted_ts=now):
-                self.producer.send(out, CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
+                self.tx.send(CELL_FEATURES.name, self.features_codec.dumps(f), key=f["cell"].encode())
                 if primary:
-                    self._publish(out, f, event, now)
+                    self._publish(partition, f, now)
             self.metrics.windows_closed.labels(spec.label, str(final).lower()).inc(len(cells))
             emitted += len(cells)
         return emitted
 
-    def _emit_running(self, out: DeliveryGroup, partition: int, clock: Clock, event: faust.EventT,
-                      now: int) -> int:
+    def _emit_running(self, partition: int, clock: Clock, now: int) -> int:
         """Running (not final) features of the open primary window, at most every running_ms per cell."""
         assert clock.wm is not None
         spec = self.policy.primary
@@ -367,16 +385,16 @@ class FeaturesAgent:
         for cell in due:
             self._running_at[cell] = now
         end = (clock.wm // spec.step_ms + 1) * spec.step_ms
-        return self._emit_end(out, partition, clock, end, [spec], event, now, final=False, only=due)
+        return self._emit_end(partition, clock, end, [spec], now, final=False, only=due)
 
-    def _publish(self, out: DeliveryGroup, features: dict[str, Any], event: faust.EventT, now: int) -> None:
+    def _publish(self, partition: int, features: dict[str, Any], now: int) -> None:
         """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""
         cell = features["cell"]
-        held = self.latest.get(cell) or {"features": None, "push_seq": 0}
+        held = self.tx.get(self.latest, cell, partition) or {"features": None, "push_seq": 0}
         if features["final"] and held["features"] and features["end_ts"] <= held["features"]["end_ts"]:
             return  # a replay after a crash closing this window again: it was pushed, under its seq
         latest = {"features": features if features["final"] else held["features"], "push_seq": held["push_seq"] + 1}
-        self.latest.set(cell, latest, event)
+        self.tx.put(self.latest, cell, latest, partition)
         data = {**features, "window": f"{features['kind'].lower()}-{features['size_s']}s",
                 "boundary": _boundary(cell)}
         push = {
@@ -384,11 +402,5 @@ class FeaturesAgent:
             "priority": CELL_PRIORITY, "ttl_ms": CELL_PUSH_TTL_MS, "sent_ts": now, "event_ts": now,
             "data": json.dumps(data, separators=(",", ":")),
         }
-        self.producer.send(out, PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
+        self.tx.send(PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
 
-
-def register(app: faust.App, cell_activity: faust.TopicT, agent: FeaturesAgent, *, batch_max: int,
-             batch_within_s: float) -> faust.types.AgentT:
-    """Attach the features agent to `app`."""
-    return register_batched(app, cell_activity, "compute_cell_features", agent.process, batch_max=batch_max,
-                            batch_within_s=batch_within_s)

@@ -3,10 +3,10 @@
 Why: Faust hands a record to an agent through its consumer thread, the conductor and the stream,
 a few event-loop turns per record, and aiokafka fetches again only once every buffered record has
 been handed over; with the features and drivers agents sharing the loop, a ride command waited
-70-290 ms (p50) between its Kafka timestamp and Faust's fetch at 50 rides/s (stop 10), and at 1,000
-pings/s the drivers agent got its pings ~1.4 s after they were in Kafka while idle half the time
-(stop 13; README, Benchmarks). Here a librdkafka consumer thread passes whole batches to the loop,
-one turn per batch.
+70-290 ms (p50) between its Kafka timestamp and Faust's fetch at 50 rides/s, and at 1,000 pings/s
+the drivers agent got its pings ~1.4 s after they were in Kafka while idle half the time
+(docs/benchmarks.md). Here a librdkafka consumer thread passes whole batches to the loop, one turn
+per batch.
 
 Faust still owns the assignment: partition p of these topics is read only while Faust has assigned
 this worker partition p of `follow` (`driver-cells`: Faust assigns topics with the same partition
@@ -17,6 +17,11 @@ what is stored every COMMIT_EVERY_MS under `group_id(app id)` (synchronously bef
 or stop): at least once, like Faust's own agents, which these agents are built for (a replayed
 ping is a duplicate by its seq; a replayed command re-sends what was decided). A commit per batch
 was ~50 OffsetCommit requests/s at 50 rides/s.
+
+Each batch goes through the agent runtime (agents.runtime), which commits what the agent decided;
+only the records it returns (none of a partition a bug stopped) have their offsets stored, and a
+stopped partition is paused. When the feed takes partitions it did not hold, `on_taken` runs first
+(the driver desk re-sends recent decisions), before any of their records is handled.
 """
 from __future__ import annotations
 
@@ -30,17 +35,17 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, S
 import faust
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from faust.types import TP
-from faust.types import Message as FaustMessage
 from mode import Service
 
+from agents.runtime import Agent, AgentRuntime
+from infra.inbound import Inbound
 from infra.tail import next_batch
 
-__all__ = ["Assignment", "BatchFeed", "Handler", "by_topic", "group_id", "next_offsets", "partitions_of"]
+__all__ = ["Assignment", "BatchFeed", "by_topic", "group_id", "inbound", "next_offsets", "partitions_of"]
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Sequence[faust.EventT]], Awaitable[None]]
 Command = tuple[Callable[[Consumer], object], Callable[[BaseException | None], None] | None]
-RETRY_S = 1.0  # a batch whose handler failed (Kafka unavailable) is tried again after this long
+Taken = Callable[[set[int]], Awaitable[None]]
 IDLE_S = 0.5  # unassigned, the reader thread waits this long for a command at a time
 COMMIT_EVERY_MS = 250  # a crash replays at most about this much more than it would otherwise
 
@@ -63,10 +68,16 @@ def by_topic(msgs: Sequence[Message]) -> dict[str, list[Message]]:
     return groups
 
 
-def next_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
-    """What to commit after `msgs` (in consumed order): one past the last offset of each partition."""
-    last = {(m.topic(), m.partition()): m.offset() for m in msgs}  # the last one read wins
+def next_offsets(records: Sequence[Inbound]) -> list[TopicPartition]:
+    """What to commit after `records` (in consumed order): one past the last offset of each partition."""
+    last = {(r.topic, r.partition): r.offset for r in records}  # the last one read wins
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def inbound(m: Message) -> Inbound:
+    """A librdkafka message as the agents take it."""
+    _ts_type, ts = m.timestamp()
+    return Inbound(m.topic(), m.partition(), m.offset(), ts, m.key(), m.value())
 
 
 class Assignment:
@@ -90,12 +101,15 @@ class BatchFeed(Service):
     """
 
     def __init__(
-        self, app: faust.App, bootstrap: str, group_id: str, handlers: Mapping[str, Handler], *, follow: str,
-        batch_max: int, assignment: Assignment | None = None, **kwargs: Any,
+        self, app: faust.App, bootstrap: str, group_id: str, handlers: Mapping[str, Agent], *, runtime: AgentRuntime,
+        follow: str, batch_max: int, assignment: Assignment | None = None, on_taken: Taken | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.app = app
+        self.runtime = runtime
         self.assignment = assignment if assignment is not None else Assignment()
+        self.on_taken = on_taken
         self.handlers = dict(handlers)
         self.follow = follow
         self.batch_max = batch_max
@@ -134,8 +148,11 @@ class BatchFeed(Service):
         """Finish the batches in hand, commit, then read `partitions` from their committed offsets."""
         async with self._idle():
             tps = [TopicPartition(topic, p) for topic in self.handlers for p in sorted(partitions)]
+            taken = set(partitions) - self.assignment.partitions
             self.assignment.partitions = frozenset()  # if the reassignment fails: nothing is held
             await self._call(lambda c: self._reassign(c, tps))
+            if taken and self.on_taken is not None:
+                await self.on_taken(taken)
             self.assignment.partitions = frozenset(partitions)
             log.info("feed reads partitions %s of %s", sorted(partitions), sorted(self.handlers))
 
@@ -221,26 +238,24 @@ class BatchFeed(Service):
                 await self._handle_batch(topic, generation, msgs)
 
     async def _handle_batch(self, topic: str, generation: int, msgs: list[Message]) -> None:
-        events = [self._event(m) for m in msgs]
-        while generation == self._generation:
-            try:
-                await self.handlers[topic](events)
-                break
-            except Exception:  # Kafka hiccup: state and outputs are replay-safe, so try the batch again
-                log.exception("feed: %s handler failed on %d records", topic, len(events))
-                await asyncio.sleep(RETRY_S)
-        if generation == self._generation:
-            offsets = next_offsets(msgs)
-            self._commands.put((lambda c: c.store_offsets(offsets=offsets), None))
+        """Run the batch through its agent; store the offsets of what it committed."""
+        if generation != self._generation:
+            return  # read before a reassignment: whoever owns these partitions now reads them again
+        try:
+            done = await self.runtime.run(self.handlers[topic], [inbound(m) for m in msgs], self._store)
+        except Exception as exc:  # the runtime itself failed: stop the worker, loudly
+            log.critical("feed: the %s batch could not be run", topic, exc_info=exc)
+            await self.crash(exc)
+            return
+        stopped = [TopicPartition(t, p) for t, p in self.runtime.stopped if t == topic]
+        if stopped and len(done) < len(msgs):
+            self._commands.put((lambda c: c.pause(stopped), None))
 
-    def _event(self, m: Message) -> faust.EventT:
-        """A Faust event for the agents' code (table writes are routed by the event's partition)."""
-        ts_type, ts = m.timestamp()
-        message = FaustMessage(
-            m.topic(), m.partition(), m.offset(), ts / 1000, ts_type, m.headers(), m.key(), m.value(), None,
-            tp=TP(m.topic(), m.partition()),
-        )
-        return faust.Event(self.app, m.key(), m.value(), m.headers(), message)
+    def _store(self, records: Sequence[Inbound]) -> None:
+        """Store the committed records' offsets (librdkafka commits them within COMMIT_EVERY_MS)."""
+        if records:
+            offsets = next_offsets(records)
+            self._commands.put((lambda c: c.store_offsets(offsets=offsets), None))
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def on_start(self) -> None:

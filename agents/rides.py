@@ -1,624 +1,176 @@
-"""Rides agent (topic `ride-commands`, partitioned by ride): a ride's life, decided in one place.
+"""Rides agent (topic `ride-commands`, partitioned by ride): each command decided by agents.trips.
 
-`apply_command` is pure: the ride as it stands + one command -> the ride after it, the RideEvents
-for the `rides` audit log, the OfferCommands for the driver-keyed offers agent and the pushes to
-`ride:{id}` (whose seq this ride record owns). Candidates come from a query function (the
-worker's replica of `cell_to_drivers`, agents.candidates), so tests pass their own.
+State first (STATE_FIRST): a ride's new state is written, with the records it decided (its outbox)
+and the offset of the command, and acked before any of those records is produced. A crash before
+the ack replays the commands against the old state (nothing was sent); a crash after it replays
+them against the new state, which re-sends the outbox instead of deciding again. So no event,
+offer or push is ever seen that the ride's durable state does not reflect, and a version is never
+logged as two different events (readers keep the first copy of a version; the gateway drops a
+seq it has).
 
-Exactly-once assignment: a driver is offered a ride only once the offers agent has reserved the
-driver (check-and-set where the driver's state lives), and a ride becomes ACCEPTED only when the
-offers agent has turned that same reservation into an assignment (ASSIGNED) *and* the ride still
-has that offer open (attempt and driver match): a compare-and-set on the ride, in the one
-partition that orders all of its commands. Every answer that arrives too late is compensated
-(RELEASE or FREE back to the driver), so no driver stays held by a ride that moved on.
+Offer commands go to the driver desk (`DriverDesk.submit`): decided in this same transaction
+when this worker holds the driver's partition, sent to `offers` otherwise. Read through agents.feed.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import faust
 
-from agents.batching import DeadLetters, bind_event, decode_records
 from agents.candidates import CellDriversView
-from agents.errors import AgentError, Rejected
-from agents.estimates import (
-    PRODUCTS, AcceptanceScore, Candidate, SpeedLookup, SurgeLookup, any_acceptance, constant_speed, fare_estimate,
-    no_surge, rank_candidates, travel_time_s,
-)
-from agents.geo import cell_of, haversine_m
-from agents.offers import OffersAgent
+from agents.desk import DriverDesk
+from agents.estimates import Candidate
+from agents.runtime import DeadLetters, decode
+from agents.trips import FINAL, ME, DispatchPolicy, Step, apply_command, held_until
+from infra.inbound import Inbound
 from infra.producer import AsyncProducer
-from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.records import OfferCommand, PushMessage, RideCommand, RideEvent
 from schemas.topics import OFFERS, PUSH, RIDE_COMMANDS, RIDES
-from tables.writer import TableWriter
+from tables.table import Table
+from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
 
-__all__ = [
-    "ACTIVE", "FINAL", "TRANSITIONS", "DispatchPolicy", "IllegalTransition", "RidesAgent", "Step",
-    "apply_command", "held_until", "next_state", "may_cancel", "ride_channel", "register",
-]
+__all__ = ["RidesAgent", "register"]
 
 log = logging.getLogger(__name__)
 
 Ride = dict[str, Any]  # a decoded Ride (table ride_to_state)
-Command = Mapping[str, Any]  # a decoded RideCommand
 Message = dict[str, Any]
-CandidateQuery = Callable[[str, int, Collection[str]], list[Candidate]]  # (cell, k, exclude) -> candidates
-
-# (state, event) -> the state after it; anything else is refused.
-TRANSITIONS: dict[tuple[str | None, str], str] = {
-    (None, "REQUESTED"): "REQUESTED",
-    ("REQUESTED", "OFFERED"): "OFFERED",
-    ("REQUESTED", "CANCELLED"): "CANCELLED",
-    ("REQUESTED", "NO_DRIVERS"): "NO_DRIVERS",
-    ("OFFERED", "DECLINED"): "REQUESTED",
-    ("OFFERED", "EXPIRED"): "REQUESTED",
-    ("OFFERED", "ACCEPTED"): "ACCEPTED",
-    ("OFFERED", "CANCELLED"): "CANCELLED",
-    ("ACCEPTED", "STARTED"): "ONGOING",
-    ("ACCEPTED", "CANCELLED"): "CANCELLED",
-    ("ONGOING", "COMPLETED"): "COMPLETED",
-    ("ONGOING", "CANCELLED"): "CANCELLED",
-}
-FINAL = frozenset({"COMPLETED", "CANCELLED", "NO_DRIVERS"})
-ACTIVE = frozenset({"ACCEPTED", "ONGOING"})
-STATE_PRIORITY = 8  # ride state changes: above location moves (3), below offers (9)
-DRIVER_PRIORITY = 5
-RIDE_PUSH_TTL_MS = 60_000
-ME = "dispatch"  # actor_id of what the rides agent asks for itself
-
-
-class IllegalTransition(AgentError):
-    """An event the ride's state does not allow."""
-
-
-def next_state(state: str | None, event: str) -> str:
-    """The state a ride in `state` is in after `event`; IllegalTransition if it cannot happen."""
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise IllegalTransition(f"{event} is not allowed in state {state}") from None
-
-
-def may_cancel(ride: Mapping[str, Any], actor: str, actor_id: str) -> bool:
-    """Ops may cancel any unfinished ride; the rider until the trip starts; the assigned driver before it starts."""
-    state = ride["state"]
-    if state in FINAL:
-        return False
-    if actor == "ops":
-        return True
-    if actor == "rider":
-        return actor_id == ride["rider_id"] and state != "ONGOING"
-    return actor == "driver" and actor_id == ride.get("driver_id") and state == "ACCEPTED"
-
-
-def ride_channel(ride_id: str) -> str:
-    return f"ride:{ride_id}"
-
-
-@dataclass(frozen=True)
-class DispatchPolicy:
-    """Matching and pricing knobs, from settings once; lookups plug in features (surge, speeds)."""
-
-    h3_resolution: int = 9
-    k_min: int = 1
-    k_max: int = 3
-    min_candidates: int = 3
-    candidate_max_age_ms: int = 60_000
-    offer_ttl_ms: int = 10_000
-    offer_grace_ms: int = 500
-    reserve_timeout_ms: int = 3_000
-    retry_ms: int = 1_000
-    max_wait_ms: int = 30_000
-    eta_push_threshold_s: float = 30.0
-    push_min_distance_m: float = 50.0
-    speed: SpeedLookup = field(default=constant_speed(8.0))
-    surge: SurgeLookup = no_surge
-    acceptance: AcceptanceScore = any_acceptance
-
-    @classmethod
-    def from_settings(cls, s: Settings, **lookups: Any) -> "DispatchPolicy":
-        return cls(
-            h3_resolution=s.h3_resolution, k_min=s.dispatch_k_min, k_max=max(s.dispatch_k_min, s.dispatch_k_max),
-            min_candidates=s.dispatch_min_candidates, candidate_max_age_ms=s.dispatch_candidate_max_age_ms,
-            offer_ttl_ms=s.offer_ttl_ms, offer_grace_ms=s.offer_grace_ms, reserve_timeout_ms=s.reserve_timeout_ms,
-            retry_ms=s.dispatch_retry_ms, max_wait_ms=s.dispatch_max_wait_ms,
-            eta_push_threshold_s=s.eta_push_threshold_s, push_min_distance_m=s.ride_push_min_distance_m,
-            **{"speed": constant_speed(s.dispatch_speed_mps), **lookups},
-        )
-
-    def eta_s(self, lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-        return round(travel_time_s(lat1, lng1, lat2, lng2, speed=self.speed, resolution=self.h3_resolution), 1)
-
-
-@dataclass
-class Step:
-    """What one command does to one ride: the ride after it (None: unchanged) and what to send."""
-
-    ride: Ride | None
-    events: list[Message] = field(default_factory=list)
-    offers: list[Message] = field(default_factory=list)
-    pushes: list[Message] = field(default_factory=list)
-    refusal: str | None = None  # why the command changed nothing, when it was not simply stale
-
-
-class _Apply:
-    """One command applied to a copy of the ride; collects the step's outputs."""
-
-    def __init__(self, ride: Ride | None, cmd: Command, policy: DispatchPolicy, query: CandidateQuery,
-                 now_ms: int) -> None:
-        self.r: Ride = dict(ride) if ride is not None else {}
-        self.cmd = cmd
-        self.p = policy
-        self.query = query
-        self.now = now_ms
-        self.step = Step(self.r)
-
-    # --- outputs -----------------------------------------------------------
-    def emit(self, event: str, actor: str, *, driver_id: str | None = None, reason: str | None = None,
-             extra: Mapping[str, Any] | None = None) -> None:
-        """Apply `event` (refused if illegal), log it to `rides` and push it to `ride:{id}`."""
-        r = self.r
-        r["state"] = next_state(r.get("state"), event)
-        r["version"] = r.get("version", 0) + 1
-        r["updated_ts"] = self.now
-        r["reason"] = reason
-        logged_driver = driver_id if driver_id is not None else r.get("driver_id")
-        self.step.events.append({
-            "ride_id": r["ride_id"], "version": r["version"], "event": event, "state": r["state"], "ts": self.now,
-            "actor": actor, "rider_id": r["rider_id"], "product": r["product"], "pickup_lat": r["pickup_lat"],
-            "pickup_lng": r["pickup_lng"], "dest_lat": r["dest_lat"], "dest_lng": r["dest_lng"],
-            "pickup_cell": r["pickup_cell"], "driver_id": logged_driver, "fare_estimate": r.get("fare_estimate"),
-            "pickup_eta_s": r.get("pickup_eta_s"), "reason": reason,
-        })
-        data = {
-            "ride_id": r["ride_id"], "state": r["state"], "event": event, "version": r["version"],
-            "rider_id": r["rider_id"], "product": r["product"], "fare_estimate": r.get("fare_estimate"),
-            "pickup_eta_s": r.get("pickup_eta_s"), "reason": reason,
-            "pickup": {"lat": r["pickup_lat"], "lng": r["pickup_lng"]},
-            "destination": {"lat": r["dest_lat"], "lng": r["dest_lng"]},
-            "driver_id": r.get("driver_id"), **(extra or {}),  # the rider learns who once assigned
-        }
-        self.push("ride.state", data, STATE_PRIORITY)
-
-    def push(self, kind: str, data: Mapping[str, Any], priority: int) -> None:
-        r = self.r
-        r["push_seq"] = r.get("push_seq", 0) + 1
-        self.step.pushes.append({
-            "channel": ride_channel(r["ride_id"]), "seq": r["push_seq"], "type": kind, "priority": priority,
-            "ttl_ms": RIDE_PUSH_TTL_MS, "sent_ts": self.now, "event_ts": self.cmd["ts"],
-            "data": json.dumps(data, separators=(",", ":")),
-        })
-
-    def offer(self, op: str, driver_id: str, *, attempt: int, reason: str | None = None, **extra: Any) -> None:
-        self.step.offers.append({
-            "driver_id": driver_id, "op": op, "ride_id": self.cmd["ride_id"], "ts": self.now, "actor": "system",
-            "attempt": attempt, "ttl_ms": 0, "pickup_lat": None, "pickup_lng": None, "dest_lat": None,
-            "dest_lng": None, "fare_estimate": None, "reason": reason, **extra,
-        })
-
-    def unchanged(self, refusal: str | None = None) -> Step:
-        return Step(None, refusal=refusal)
-
-    # --- matching ----------------------------------------------------------
-    def candidates(self) -> list[Candidate]:
-        """Ranked untried candidates, widening the k-ring until there are enough (or k_max)."""
-        r, p = self.r, self.p
-        exclude = set(r.get("tried", ())) | set(r.get("busy", ()))
-        k = max(r.get("ring", 0), p.k_min)
-        found = self.query(r["pickup_cell"], k, exclude)
-        while len(found) < p.min_candidates and k < p.k_max:
-            k += 1
-            found = self.query(r["pickup_cell"], k, exclude)
-        r["ring"] = k
-        return rank_candidates(found, r["pickup_lat"], r["pickup_lng"], speed=p.speed, acceptance=p.acceptance,
-                               resolution=p.h3_resolution)
-
-    def offer_next(self, ranked: Sequence[Candidate] | None = None) -> None:
-        """Ask the best untried candidate's partition for a reservation; or wait and look again;
-        or give up once the ride has waited max_wait_ms."""
-        r, p = self.r, self.p
-        r["offer_driver"] = None
-        if self.now - r["requested_ts"] >= p.max_wait_ms:
-            r["deadline_ms"] = 0
-            self.emit("NO_DRIVERS", "system", reason=f"no driver accepted within {p.max_wait_ms} ms")
-            return
-        ranked = self.candidates() if ranked is None else ranked
-        if not ranked:
-            log.debug("ride %s: no candidate within k=%d; looking again in %d ms", r["ride_id"], r["ring"], p.retry_ms)
-            r["deadline_ms"] = self.now + p.retry_ms  # everyone near is busy or tried: look again soon
-            return
-        best = ranked[0]
-        r["attempt"] = r.get("attempt", 0) + 1
-        r["offer_driver"] = best.driver_id
-        r["deadline_ms"] = self.now + p.reserve_timeout_ms
-        self.offer("RESERVE", best.driver_id, attempt=r["attempt"], ttl_ms=p.offer_ttl_ms,
-                   pickup_lat=r["pickup_lat"], pickup_lng=r["pickup_lng"], dest_lat=r["dest_lat"],
-                   dest_lng=r["dest_lng"], fare_estimate=r.get("fare_estimate"))
-
-    def drop_offer(self, *, busy: bool = False) -> None:
-        """The open offer (or reservation asked for) is over: never ask that driver again (busy: not now)."""
-        r = self.r
-        key = "busy" if busy else "tried"
-        r[key] = [*r.get(key, []), r["offer_driver"]]
-        r["offer_driver"] = None
-
-    def answers_open_offer(self, state: str) -> bool:
-        """The command is the driver's answer to the offer this ride has open in `state`."""
-        r, c = self.r, self.cmd
-        return r.get("state") == state and r.get("offer_driver") == c["driver_id"] and r.get("attempt") == c["attempt"]
-
-    # --- commands ----------------------------------------------------------
-    def request(self) -> Step:
-        c, p = self.cmd, self.p
-        if self.r:
-            return self.unchanged("ride exists (request replayed)")
-        if c["product"] not in PRODUCTS:
-            raise Rejected(f"unknown product {c['product']!r}")
-        for f in ("rider_id", "pickup_lat", "pickup_lng", "dest_lat", "dest_lng"):
-            if c.get(f) is None:
-                raise Rejected(f"REQUEST without {f}")
-        pickup_cell = cell_of(c["pickup_lat"], c["pickup_lng"], p.h3_resolution)
-        distance = haversine_m(c["pickup_lat"], c["pickup_lng"], c["dest_lat"], c["dest_lng"])
-        duration = p.eta_s(c["pickup_lat"], c["pickup_lng"], c["dest_lat"], c["dest_lng"])
-        self.r.update({
-            "ride_id": c["ride_id"], "rider_id": c["rider_id"], "product": c["product"],
-            "pickup_lat": c["pickup_lat"], "pickup_lng": c["pickup_lng"], "dest_lat": c["dest_lat"],
-            "dest_lng": c["dest_lng"], "pickup_cell": pickup_cell, "requested_ts": self.now,
-            "fare_estimate": fare_estimate(distance, duration, c["product"], surge=p.surge(pickup_cell)),
-            "tried": [], "busy": [], "attempt": 0, "ring": 0, "push_seq": 0,
-        })
-        ranked = self.candidates()
-        self.r["pickup_eta_s"] = ranked[0].eta_s if ranked else None
-        self.emit("REQUESTED", c["actor"])
-        self.offer_next(ranked)
-        return self.step
-
-    def timeout(self) -> Step:
-        r = self.r
-        if not r or r.get("deadline_ms") != self.cmd["expires_at"] or r["state"] in FINAL:
-            return self.unchanged()  # a deadline the ride has already moved past
-        if r["state"] == "OFFERED":
-            driver = r["offer_driver"]
-            self.offer("RELEASE", driver, attempt=r["attempt"], reason="expired")
-            self.drop_offer()
-            self.emit("EXPIRED", "system", driver_id=driver, reason="offer not answered in time")
-        elif r.get("offer_driver"):
-            self.offer("RELEASE", r["offer_driver"], attempt=r["attempt"], reason="no answer to the reservation")
-            self.drop_offer()
-        elif r["state"] == "REQUESTED":
-            r["busy"] = []  # after the wait, drivers that were held elsewhere may be free
-        else:
-            return self.unchanged()
-        self.offer_next()
-        return self.step
-
-    def reserved(self) -> Step:
-        r, c = self.r, self.cmd
-        if not self.answers_open_offer("REQUESTED"):
-            if self.answers_open_offer("OFFERED"):
-                return self.unchanged()  # the same answer again (replayed)
-            self.offer("RELEASE", c["driver_id"], attempt=c["attempt"], reason="ride moved on")
-            return Step(None, offers=self.step.offers)
-        r["driver_lat"], r["driver_lng"] = c["lat"], c["lng"]
-        r["pickup_eta_s"] = self.p.eta_s(c["lat"], c["lng"], r["pickup_lat"], r["pickup_lng"])
-        r["deadline_ms"] = c["expires_at"] + self.p.offer_grace_ms
-        self.emit("OFFERED", "system", driver_id=c["driver_id"])
-        return self.step
-
-    def refused(self) -> Step:
-        if not self.answers_open_offer("REQUESTED"):
-            return self.unchanged()
-        log.debug("ride %s: driver %s refused the reservation: %s", self.r["ride_id"], self.cmd["driver_id"],
-                 self.cmd.get("reason"))
-        self.drop_offer(busy=self.cmd.get("reason") == "reserved")
-        self.offer_next()
-        return self.step
-
-    def declined(self) -> Step:
-        if not self.answers_open_offer("OFFERED"):
-            return self.unchanged()  # the offers agent already released the driver
-        driver = self.r["offer_driver"]
-        self.drop_offer()
-        self.emit("DECLINED", "driver", driver_id=driver, reason=self.cmd.get("reason") or "declined by driver")
-        self.offer_next()
-        return self.step
-
-    def assigned(self) -> Step:
-        r, c = self.r, self.cmd
-        if not self.answers_open_offer("OFFERED"):
-            if r.get("state") in ACTIVE and r.get("driver_id") == c["driver_id"]:
-                return self.unchanged()  # the same answer again (replayed)
-            # The driver took an offer this ride no longer has open: give the driver back.
-            self.offer("FREE", c["driver_id"], attempt=c["attempt"], reason="offer no longer open")
-            return Step(None, offers=self.step.offers)
-        r.update(driver_id=c["driver_id"], offer_driver=None, deadline_ms=0, driver_lat=c["lat"], driver_lng=c["lng"])
-        r["pickup_eta_s"] = self.p.eta_s(c["lat"], c["lng"], r["pickup_lat"], r["pickup_lng"])
-        r.update(pushed_lat=c["lat"], pushed_lng=c["lng"], pushed_eta_s=r["pickup_eta_s"])
-        self.emit("ACCEPTED", "driver", extra={"driver": _driver_view(c["driver_id"], c["lat"], c["lng"],
-                                                                       r["pickup_eta_s"], "pickup")})
-        return self.step
-
-    def cancel(self) -> Step:
-        r, c = self.r, self.cmd
-        if not r:
-            return self.unchanged("unknown ride")
-        if not may_cancel(r, c["actor"], c["actor_id"]):
-            return self.unchanged(f"{c['actor']} {c['actor_id']} may not cancel a ride in state {r['state']}")
-        if r.get("offer_driver"):
-            self.offer("RELEASE", r["offer_driver"], attempt=r["attempt"], reason="ride cancelled")
-            r["offer_driver"] = None
-        if r.get("driver_id"):
-            self.offer("FREE", r["driver_id"], attempt=r["attempt"], reason="ride cancelled")
-        r["deadline_ms"] = 0
-        self.emit("CANCELLED", c["actor"], reason=c.get("reason") or f"cancelled by {c['actor']}")
-        return self.step
-
-    def by_assigned_driver(self, state: str, event: str) -> Step:
-        r, c = self.r, self.cmd
-        if not r:
-            return self.unchanged("unknown ride")
-        if c["actor"] != "ops" and (c["actor"] != "driver" or c["actor_id"] != r.get("driver_id")):
-            return self.unchanged(f"{c['actor']} {c['actor_id']} is not the ride's driver")
-        if r["state"] != state:
-            return self.unchanged(f"{event} needs state {state}, ride is {r['state']}")
-        if event == "STARTED":
-            self.offer("START", r["driver_id"], attempt=r["attempt"])
-            eta = self.p.eta_s(r["pickup_lat"], r["pickup_lng"], r["dest_lat"], r["dest_lng"])
-            r.update(pushed_eta_s=eta, pushed_lat=r["pickup_lat"], pushed_lng=r["pickup_lng"])
-            self.emit(event, c["actor"], extra={"driver": _driver_view(r["driver_id"], r.get("driver_lat"),
-                                                                      r.get("driver_lng"), eta, "destination")})
-        else:
-            self.offer("FREE", r["driver_id"], attempt=r["attempt"], reason="completed")
-            self.emit(event, c["actor"])
-        return self.step
-
-    def driver_moved(self) -> Step:
-        """The assigned driver moved: recompute the ETA; push when it moved far or the ETA changed enough."""
-        r, c, p = self.r, self.cmd, self.p
-        if r.get("state") not in ACTIVE or r.get("driver_id") != c["driver_id"]:
-            return self.unchanged()
-        to_pickup = r["state"] == "ACCEPTED"
-        target = (r["pickup_lat"], r["pickup_lng"]) if to_pickup else (r["dest_lat"], r["dest_lng"])
-        eta = p.eta_s(c["lat"], c["lng"], *target)
-        last = r.get("pushed_eta_s")
-        moved = (r.get("pushed_lat") is None
-                 or haversine_m(r["pushed_lat"], r["pushed_lng"], c["lat"], c["lng"]) >= p.push_min_distance_m)
-        eta_changed = last is None or abs(eta - last) >= p.eta_push_threshold_s
-        if not (moved or eta_changed):
-            return self.unchanged()
-        if eta_changed:
-            r["pushed_eta_s"] = eta
-        r.update(driver_lat=c["lat"], driver_lng=c["lng"], pushed_lat=c["lat"], pushed_lng=c["lng"])
-        self.push("ride.driver", {"ride_id": r["ride_id"], "state": r["state"], **_driver_view(
-            c["driver_id"], c["lat"], c["lng"], r["pushed_eta_s"], "pickup" if to_pickup else "destination")},
-            DRIVER_PRIORITY)
-        return self.step
-
-
-def _driver_view(driver_id: str, lat: float | None, lng: float | None, eta_s: float | None, to: str) -> dict:
-    return {"driver_id": driver_id, "lat": lat, "lng": lng, "eta_s": eta_s, "eta_to": to}
-
-
-_HANDLERS: dict[str, Callable[[_Apply], Step]] = {
-    "REQUEST": _Apply.request,
-    "TIMEOUT": _Apply.timeout,
-    "RESERVED": _Apply.reserved,
-    "REFUSED": _Apply.refused,
-    "DECLINED": _Apply.declined,
-    "ASSIGNED": _Apply.assigned,
-    "CANCEL": _Apply.cancel,
-    "START": lambda a: a.by_assigned_driver("ACCEPTED", "STARTED"),
-    "COMPLETE": lambda a: a.by_assigned_driver("ONGOING", "COMPLETED"),
-    "DRIVER_MOVED": _Apply.driver_moved,
-}
-
-
-def apply_command(ride: Ride | None, cmd: Command, policy: DispatchPolicy, query: CandidateQuery,
-                  now_ms: int) -> Step:
-    """Decide one command against the ride as it stands (pure; `query` only reads)."""
-    if ride is None and cmd["command"] not in ("REQUEST", "RESERVED", "ASSIGNED"):
-        return Step(None, refusal="unknown ride" if cmd["actor"] != "system" else None)
-    return _HANDLERS[cmd["command"]](_Apply(ride, cmd, policy, query, now_ms))
-
-
+OUTGOING = "rides.outgoing"  # what the batch's commands decided, in order, until the batch ends
 HELD_MAX = 50_000
 
 
-def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int | None:
-    """Until when an answer of the offers agent says its driver is not free (0: free now; None: it does not say)."""
-    command, reason = cmd["command"], cmd.get("reason")
-    if command == "RESERVED" or (command == "REFUSED" and reason == "reserved"):
-        return int(cmd.get("expires_at") or 0)
-    if command in ("ASSIGNED", "REFUSED"):
-        return now_ms + busy_ms  # busy, offline or unknown: by then the replica shows it
-    if command == "DECLINED":
-        return 0
-    return None
-
-
 class RidesAgent:
-    """Applies RideCommand records: events, offer commands and pushes out, then `ride_to_state`.
+    """Applies RideCommand records: `ride_to_state` (with its outbox) first, then the records."""
 
-    A ride's new state is written, with the records it decided (its outbox) and the offset of the
-    command, and acked before any of those records is produced. A crash before the ack replays the
-    commands against the old state (nothing was sent); a crash after it replays them against the
-    new state, which re-sends the outbox instead of deciding again. So no event, offer or push is
-    ever seen that the ride's durable state does not reflect, and a version is never logged as two
-    different events (readers keep the first copy of a version; the gateway drops a seq it has).
-    """
+    name = "rides"
+    order = STATE_FIRST
 
-    def __init__(self, *, rides: TableWriter, producer: AsyncProducer, dead_letters: DeadLetters,
-                 view: CellDriversView, policy: DispatchPolicy, candidate_max_age_ms: int,
-                 clock_ms: Callable[[], int], offers: OffersAgent) -> None:
+    def __init__(self, *, rides: Table[Ride], desk: DriverDesk, dead_letters: DeadLetters, view: CellDriversView,
+                 policy: DispatchPolicy, candidate_max_age_ms: int, clock_ms: Callable[[], int]) -> None:
         self.rides = rides
-        self.offers = offers  # decides offer commands for drivers held here (agents.offers)
-        self.producer = producer
+        self.desk = desk
         self.dead_letters = dead_letters
         self.view = view
         self.policy = policy
         self.max_age_ms = candidate_max_age_ms
         self.clock_ms = clock_ms
-        self.event_codec = codec_for(RideEvent)
-        self.offer_codec = codec_for(OfferCommand)
-        self.push_codec = codec_for(PushMessage)
-        self.command_codec = codec_for(RideCommand)
+        self.codecs = {name: codec_for(r) for name, r in (
+            ("command", RideCommand), ("event", RideEvent), ("offer", OfferCommand), ("push", PushMessage))}
         self.deadlines: dict[str, int] = {}  # ride id -> when its timer acts (ms)
-        self.held: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
+        self.busy_until: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
         self.busy_hint_ms = policy.candidate_max_age_ms // 4
         self.outcomes: Counter[str] = Counter()
-        self.let_go: set[str] = set()  # drivers this batch released or freed
 
+    # --- matching -----------------------------------------------------------------------------------
     def query(self, cell: str, k: int, exclude: Collection[str]) -> list[Candidate]:
         now = self.clock_ms()
         found = self.view.candidates(cell, k, now_ms=now, max_age_ms=self.max_age_ms, exclude=exclude)
-        return [c for c in found if self.held.get(c.driver_id, 0) <= now and c.driver_id not in self.let_go]
+        return [c for c in found if self.busy_until.get(c.driver_id, 0) <= now]
 
-    def note_held(self, cmd: Command) -> None:
-        """Remember drivers the offers agent said are held, until when: the replica learns it later,
-        and asking a held driver for every other ride costs a round trip each (a hint, not a rule)."""
+    def note_held(self, cmd: Any) -> None:
+        """Remember drivers the desk said are held, until when: the replica learns it later, and asking
+        a held driver for every other ride costs a round trip each (a hint, not a rule)."""
         until = held_until(cmd, self.clock_ms(), self.busy_hint_ms)
         if until is not None and cmd.get("driver_id"):
             self._hold(cmd["driver_id"], until)
 
     def note_asked(self, offers: Sequence[Message]) -> None:
-        """Drivers this worker just asked to reserve are held for its other rides until answered;
-        the ones it let go are free again from the next batch on (asked again in this one, the
-        driver would change twice in one step: see `_split`)."""
+        """Drivers just asked to reserve are held for other rides until answered; released ones are not."""
         now = self.clock_ms()
         for o in offers:
             if o["op"] in ("RESERVE", "RELEASE", "FREE"):
                 self._hold(o["driver_id"], now + self.policy.reserve_timeout_ms if o["op"] == "RESERVE" else 0)
-            if o["op"] in ("RELEASE", "FREE"):
-                self.let_go.add(o["driver_id"])
 
     def _hold(self, driver_id: str, until: int) -> None:
         if until:
-            self.held[driver_id] = until
+            self.busy_until[driver_id] = until
         else:
-            self.held.pop(driver_id, None)
-        if len(self.held) > HELD_MAX:
+            self.busy_until.pop(driver_id, None)
+        if len(self.busy_until) > HELD_MAX:
             now = self.clock_ms()
-            self.held = {d: t for d, t in self.held.items() if t > now}
+            self.busy_until = {d: t for d, t in self.busy_until.items() if t > now}
 
-    async def process(self, events: Sequence[faust.EventT]) -> None:
-        """Apply a batch of commands: the rides' new state (with its outbox) acked first, then the outputs.
-
-        Offer commands for drivers this worker holds are applied in place (OffersAgent.apply_in_place):
-        the drivers' new state goes in the same group as the rides', and what they decided goes out
-        with the rest once that group is acked.
-        """
+    # --- the agent ------------------------------------------------------------------------------------
+    async def prepare(self, records: Sequence[Inbound]) -> None:
         await self.view.ready.wait()  # no matching against an empty replica after a restart
-        self.let_go.clear()
-        group = self.producer.group()
-        changed: dict[str, tuple[Ride, faust.EventT]] = {}
-        # In the order decided (a driver's RELEASE before its next RESERVE), each with its command.
-        outgoing: list[tuple[Message, faust.EventT]] = []
-        for event, cmd in decode_records(events, RideCommand, self.dead_letters, group):
-            bind_event(event)
-            with self.dead_letters.guard(group, event, f"bad {cmd.get('command')} command"):
-                self.note_held(cmd)
-                self._apply(cmd, event, changed, outgoing)
-        bind_event(None)
-        for ride_id, (ride, event) in changed.items():
-            self.rides.set(ride_id, ride, event)
-        here, there = self._split(outgoing)
-        results = self.offers.apply_in_place(here, group)
-        self.rides.flush(group)
-        self.offers.states.flush(group)  # no await since apply_in_place: nothing else wrote in between
-        # Until sent, the drivers decided here took push seqs that are not out yet: the drivers and
-        # offers agents leave their channels alone meanwhile (OffersAgent.unsent).
-        with self.offers.unsent_until_done([d.driver_id for d in results if d.changed]):
-            await group.wait()
-            self.rides.persist_offsets(group)
-            self.offers.states.persist_offsets(group)
-            for ride, _event in changed.values():
-                self._track_deadline(ride)
-            out = self.producer.group()
-            self.offers.send_results(out, results)  # first: a later command for one of these drivers is in `there`
-            for m in there:
-                self.producer.send(out, m["topic"], m["value"], key=m["key"].encode())
-            await out.wait()
 
-    def _split(self, outgoing: Sequence[tuple[Message, faust.EventT]]
-               ) -> tuple[list[tuple[bytes, faust.EventT]], list[Message]]:
-        """Offer commands this worker applies in place (value, origin), and what goes to Kafka.
-
-        At most one command per driver in place (the driver's outbox holds one decision): a second
-        one (a RESERVE, then the RELEASE of a ride cancelled in the same batch) goes through
-        `offers`, which the offers agent applies as a step of its own (see OffersAgent.process).
-        """
-        here: list[tuple[bytes, faust.EventT]] = []
-        there: list[Message] = []
-        taken: set[str] = set()
-        for m, event in outgoing:
-            if m["key"] not in taken and self.offers.takes_in_place(m["topic"], m["key"]):
-                here.append((m["value"], event))
-                taken.add(m["key"])
-            else:
-                there.append(m)
-        return here, there
-
-    def _apply(self, cmd: Command, event: faust.EventT, changed: dict[str, tuple[Ride, faust.EventT]],
-               outgoing: list[tuple[Message, faust.EventT]]) -> None:
-        ride_id, offset = cmd["ride_id"], event.message.offset
-        pending = changed.get(ride_id)
-        ride = pending[0] if pending else self.rides.get(ride_id)
+    def step(self, tx: Transaction, record: Inbound) -> None:
+        cmd = decode(self.codecs["command"], record)
+        self.note_held(cmd)
+        ride_id, offset = cmd["ride_id"], record.offset
+        ride = tx.get(self.rides, ride_id, record.partition)
         if ride is not None and offset <= ride["applied_offset"]:
             # Applied before a crash, maybe not sent: send what it decided then, never decide again
             # (the replica and the clock have moved; a second decision could differ from the first).
             if offset == ride["applied_offset"]:
-                outgoing.extend((m, event) for m in ride["outbox"])
+                for m in ride["outbox"]:
+                    tx.collect(OUTGOING, m)
             return
         step = apply_command(ride, cmd, self.policy, self.query, self.clock_ms())
         self._count(cmd, step)
         self.note_asked(step.offers)
         messages = self._encode(step)
-        outgoing.extend((m, event) for m in messages)
+        for m in messages:
+            tx.collect(OUTGOING, m)
         if step.ride is not None:
-            earlier = pending[0]["outbox"] if pending else []  # this batch's, not sent yet either
+            # The outbox holds every record this batch decided for the ride: none is sent before the
+            # batch's state is acked, so a replay from the last command must re-send them all.
+            earlier = ride["outbox"] if ride is not None and tx.wrote(self.rides, ride_id) else []
             step.ride.update(applied_offset=offset, outbox=[*earlier, *messages])
-            changed[ride_id] = (step.ride, event)
+            tx.put(self.rides, ride_id, step.ride, record.partition)
+            tx.committed.append(lambda r=step.ride: self._track_deadline(r))
+
+    def end(self, tx: Transaction) -> None:
+        """The batch's records, in the order decided: offer commands through the desk, the rest out."""
+        for m in tx.collected(OUTGOING):
+            if m["topic"] == OFFERS.name:
+                self.desk.submit(tx, m["value"])
+            else:
+                tx.send(m["topic"], m["value"], key=m["key"].encode())
+        self.desk.end(tx)
+
+    def aborted(self) -> None:
+        return None
 
     def _encode(self, step: Step) -> list[Message]:
         """The step's records as Outgoing dicts (topic, key, Avro value)."""
+        c = self.codecs
         return [
-            *({"topic": RIDES.name, "key": e["ride_id"], "value": self.event_codec.dumps(e)} for e in step.events),
-            *({"topic": OFFERS.name, "key": o["driver_id"], "value": self.offer_codec.dumps(o)} for o in step.offers),
-            *({"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in step.pushes),
+            *({"topic": RIDES.name, "key": e["ride_id"], "value": c["event"].dumps(e)} for e in step.events),
+            *({"topic": OFFERS.name, "key": o["driver_id"], "value": c["offer"].dumps(o)} for o in step.offers),
+            *({"topic": PUSH.name, "key": p["channel"], "value": c["push"].dumps(p)} for p in step.pushes),
         ]
 
-    def _count(self, cmd: Command, step: Step) -> None:
+    def _count(self, cmd: Any, step: Step) -> None:
         self.outcomes[cmd["command"]] += 1
         if step.refusal:
             self.outcomes["refused"] += 1
             log.info("ride %s: %s refused: %s", cmd["ride_id"], cmd["command"], step.refusal)
 
+    # --- deadlines ------------------------------------------------------------------------------------
     def _track_deadline(self, ride: Ride) -> None:
         if ride.get("deadline_ms") and ride["state"] not in FINAL:
             self.deadlines[ride["ride_id"]] = ride["deadline_ms"]
         else:
             self.deadlines.pop(ride["ride_id"], None)
 
-    async def fire_deadlines(self) -> int:
+    async def fire_deadlines(self, producer: AsyncProducer) -> int:
         """Send TIMEOUT for every deadline that has passed (the timer); how many."""
         now = self.clock_ms()
         due = [(ride_id, at) for ride_id, at in self.deadlines.items() if at <= now]
         if not due:
             return 0
-        group = self.producer.group()
+        tx = Transaction(TOGETHER, "ride-deadlines")
         for ride_id, at in due:
             del self.deadlines[ride_id]  # the TIMEOUT carries it; the ride sets the next one
             cmd = {"ride_id": ride_id, "command": "TIMEOUT", "ts": now, "actor": "system", "actor_id": ME,
                    "expires_at": at}
-            self.producer.send(group, RIDE_COMMANDS.name, self.command_codec.dumps(cmd), key=ride_id.encode())
+            tx.send(RIDE_COMMANDS.name, self.codecs["command"].dumps(cmd), key=ride_id.encode())
         try:
-            await group.wait()
+            await commit(tx, producer)
         except Exception:
             for ride_id, at in due:  # not sent: keep them for the next tick (a duplicate TIMEOUT is stale)
                 self.deadlines.setdefault(ride_id, at)
@@ -628,11 +180,11 @@ class RidesAgent:
     def rebuild_deadlines(self) -> None:
         """After recovery or a rebalance: the deadlines of the rides this worker now owns, from the table."""
         self.deadlines.clear()
-        for _key, raw in self.rides.table.data.items():
-            self._track_deadline(self.rides.codec.loads(raw))
+        for _key, ride in self.rides.stored():
+            self._track_deadline(ride)
 
 
-def register(app: faust.App, agent: RidesAgent, *, tick_s: float) -> None:
+def register(app: faust.App, agent: RidesAgent, producer: AsyncProducer, *, tick_s: float) -> None:
     """Attach the rides agent's deadline timer and its table-recovery hook to `app`.
 
     Its commands come through `agents.feed.BatchFeed`, not a Faust agent (see there why)."""
@@ -640,11 +192,11 @@ def register(app: faust.App, agent: RidesAgent, *, tick_s: float) -> None:
     @app.timer(interval=tick_s, name="ride_deadlines")
     async def ride_deadlines() -> None:
         try:
-            await agent.fire_deadlines()
+            await agent.fire_deadlines(producer)
         except Exception:  # Kafka hiccup: the deadlines stay, the next tick tries again
             log.exception("firing ride deadlines")
 
     async def on_recover() -> None:
         agent.rebuild_deadlines()
 
-    agent.rides.table.on_recover(on_recover)
+    agent.rides.faust.on_recover(on_recover)

@@ -9,7 +9,7 @@ riders' LiveClient subscribes to `ride:{id}` as soon as the request is answered.
 - assign: the POST is sent -> the rider's client sees ride.state ACCEPTED.
 - match_requests_per_s: burst requests assigned per second, first POST to last assignment.
 - offers_over_1s: measured requests whose offer came more than a second late, or never; the
-  phones' and riders' client `gaps` and `resets` (a reset can lose an update: stop 14's lost offers).
+  phones' and riders' client `gaps` and `resets` (a reset can lose an update, as offers were once lost).
 - <process>_cpu_pct, machine_cpu_pct: CPU over the measured phase, in % of one core (the machine
   has `os.cpu_count()` of them; the load generator is this process).
 

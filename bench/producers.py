@@ -34,7 +34,7 @@ Send = Callable[[list[tuple[str, int]]], Awaitable[None]]
 
 
 class Librdkafka:
-    """The producer infra.producer wrapped before (stop 10): librdkafka, delivery reports polled
+    """The producer infra.producer wrapped before aiokafka: librdkafka, delivery reports polled
     every 0.5 ms on the loop while any are outstanding."""
 
     def __init__(self, bootstrap: str) -> None:

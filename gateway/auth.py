@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 ROLES = ("driver", "rider", "ops")
-PRINCIPAL = "livetrack.principal"  # request key
 MIN_SECRET_BYTES = 32
 # Verified tokens remembered (a device posts with the same token for its whole lifetime): HMAC and
 # claim checks were a quarter of the gateway's CPU under ride load (py-spy, bench-dispatch).
@@ -40,6 +39,9 @@ class Principal:
 
     role: str
     sub: str
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by auth_middleware on every /v1/ request
 
 
 def _dev_key(state_dir: Path) -> bytes:

@@ -15,21 +15,48 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import h3
+import socketio
 from engineio import packet as eio_packet
 
-from gateway.direct import text_frame
+from gateway.direct import event_prefix, text_frame
 from schemas.records import ID_PATTERN
 
 __all__ = [
-    "CHANNEL_RE", "FLEET", "NAMESPACE", "ChannelHistory", "ChannelStore", "Resume", "Update", "update_from_push",
+    "CHANNEL_RE", "FLEET", "NAMESPACE", "UPDATE_EVENT", "ChannelHistory", "ChannelStore", "Resume", "Update",
+    "channel_problem", "update_from_push",
 ]
 
-# driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet`.
+# driver:{id}, ride:{id}, cell:{h3}, or the ops firehose `fleet` (the syntax; channel_problem says the rest).
 CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|cell):{ID_PATTERN}|fleet)\Z")
 FLEET = "fleet"
 NAMESPACE = "/live"
-# A Socket.IO EVENT packet on /live (type 2, then the namespace), as python-socketio encodes one.
-_EVENT_PREFIX = f'2{NAMESPACE},["update",'
+UPDATE_EVENT = "update"
+
+
+def channel_problem(channel: object, h3_resolution: int) -> str | None:
+    """Why `channel` cannot be subscribed to, or None. A cell must be an H3 cell of the resolution the
+    agents push (`Settings.h3_resolution`), spelt as H3 spells it: any other would never get an update."""
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
+        return "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"
+    if channel.startswith("cell:"):
+        cell = channel[5:]
+        if not h3.is_valid_cell(cell) or h3.int_to_str(h3.str_to_int(cell)) != cell:
+            return f"{cell!r} is not an H3 cell index (lower-case hex, as H3 writes it)"
+        if h3.get_resolution(cell) != h3_resolution:
+            return f"cells are of H3 resolution {h3_resolution}, {cell!r} is of {h3.get_resolution(cell)}"
+    return None
+
+
+def _event_text(payload_json: str) -> str:
+    """The Socket.IO EVENT packet `update` on /live carrying `payload_json` (already JSON text)."""
+    prefix = event_prefix(NAMESPACE, UPDATE_EVENT)
+    if prefix is not None:
+        return prefix + payload_json + "]"
+    # python-socketio's encoder no longer reads back as the shared prefix (gateway.direct reports it):
+    # let it encode the whole packet.
+    return str(socketio.packet.Packet(socketio.packet.EVENT, data=[UPDATE_EVENT, json.loads(payload_json)],
+                                      namespace=NAMESPACE).encode())  # a str: JSON has no binary parts
 
 
 @dataclass(slots=True, eq=True)
@@ -85,9 +112,9 @@ class Update:
     def packet(self, skipped: int = 0) -> eio_packet.Packet:
         """The Engine.IO frame of the `update` event, built once and shared by every recipient."""
         if skipped:
-            return eio_packet.Packet(eio_packet.MESSAGE, _EVENT_PREFIX + self.payload_json(skipped) + "]")
+            return eio_packet.Packet(eio_packet.MESSAGE, _event_text(self.payload_json(skipped)))
         if self._packet is None:
-            self._packet = eio_packet.Packet(eio_packet.MESSAGE, _EVENT_PREFIX + self.text + "]")
+            self._packet = eio_packet.Packet(eio_packet.MESSAGE, _event_text(self.text))
         return self._packet
 
     def frame(self) -> bytes:

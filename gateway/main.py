@@ -11,10 +11,9 @@ from aiohttp import web
 from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
-from gateway.channels import NAMESPACE, ChannelStore
-from gateway.delivery import Fanout
-from gateway.direct import enable_direct_frames
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
+from gateway.channels import ChannelStore
+from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
+from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
 from gateway.rides import RideDesk, RideView
@@ -26,7 +25,7 @@ from infra.settings import Settings
 from infra.topics import partition_count
 from schemas.topics import LOCATIONS
 
-__all__ = ["create_app", "run"]
+__all__ = ["create_app", "run", "setup_live"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     live = app[LIVE]
     # The replay window is the resume history: a restarted gateway resumes clients as before.
-    app[BRIDGE] = bridge = PushBridge(settings, live.publish, replay_ms=settings.push_history_age_ms)
+    app[BRIDGE] = bridge = PushBridge(settings, live.publish, app[METRICS], replay_ms=settings.push_history_age_ms)
     live.ready = bridge.ready  # subscribes are answered once the history window is replayed
     await bridge.start()
     await app[RIDES].start(producer)
@@ -57,6 +56,30 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     await producer.close()
 
 
+def _no_ride(ride_id: str) -> str | None:
+    return None
+
+
+def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = None) -> LiveNamespace:
+    """Socket.IO on the app: the server, its client manager (the fan-out) and the /live namespace.
+
+    Needs SETTINGS, METRICS and STORE in the app; the namespace's `ready` is set by the push bridge."""
+    settings, metrics = app[SETTINGS], app[METRICS]
+    manager = LiveManager(metrics, backlog=settings.push_send_backlog, pending_max=settings.push_pending_max,
+                          retry_ms=settings.push_retry_ms)
+    origins = [o for o in settings.cors_origins.split(",") if o]
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins=origins or None,
+                               max_http_buffer_size=64 * 1024)
+    live = LiveNamespace(app[STORE], manager, metrics, tokens, ack_priority=settings.push_ack_priority,
+                         h3_resolution=settings.h3_resolution,
+                         ride_rider=rides.view.rider_of if rides else _no_ride,
+                         decide=rides.decide if rides else None)
+    sio.register_namespace(live)
+    sio.attach(app)
+    app[SIO], app[MANAGER], app[LIVE] = sio, manager, live
+    return live
+
+
 def create_app(settings: Settings) -> web.Application:
     """A gateway bound to `settings`: routes, Socket.IO /live, Kafka producer and bridge."""
     tokens = Tokens(settings)
@@ -64,20 +87,10 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.ingest_max_body_bytes,
                           middlewares=[error_middleware, auth_middleware(tokens)])
     app[SETTINGS] = settings
-    app[METRICS] = metrics = Metrics()
-    app[STORE] = store = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
-    origins = [o for o in settings.cors_origins.split(",") if o]
-    sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=origins or None,
-                               max_http_buffer_size=64 * 1024)
-    enable_direct_frames(sio.eio)
-    app[SIO] = sio
-    fanout = Fanout(sio.eio, metrics, backlog=settings.push_send_backlog, pending_max=settings.push_pending_max,
-                    retry_ms=settings.push_retry_ms, drop=lambda sid: sio.disconnect(sid, namespace=NAMESPACE))
+    app[METRICS] = Metrics()
+    app[STORE] = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
     app[RIDES] = rides = RideDesk(settings, RideView())
-    app[LIVE] = live = LiveNamespace(store, fanout, metrics, tokens, ack_priority=settings.push_ack_priority,
-                                     ride_rider=rides.view.rider_of, decide=rides.decide)
-    sio.register_namespace(live)
-    sio.attach(app)
+    setup_live(app, tokens, rides)
     setup_routes(app)
     app.cleanup_ctx.append(_kafka_ctx)
     return app

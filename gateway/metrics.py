@@ -18,8 +18,23 @@ class Metrics:
         self.emitted = Counter("livetrack_push_emits", "Update frames sent to /live connections", registry=r)
         self.direct = Counter("livetrack_push_direct_emits",
                               "Update frames written straight to a socket that keeps up (of the emits)", registry=r)
+        # direct: the shared frame on the transport; queued: Engine.IO's queue (the socket was busy, slow,
+        # polling, or the frame tells a skip); fallback: Engine.IO's queue because something gateway.direct
+        # reaches below the libraries' APIs is missing (never, with the pinned versions).
+        self.frames = Counter("livetrack_push_frames", "Update frames sent to /live connections, by path", ["path"],
+                              registry=r)
+        self.internals_missing = Gauge(
+            "livetrack_push_internals_missing", "1 for each library internal gateway.direct found missing", ["name"],
+            registry=r,
+        )
+        self.delivery_errors = Counter(
+            "livetrack_push_delivery_errors", "Bugs caught in the fan-out, by where (the rest went on)", ["where"],
+            registry=r,
+        )
         self.expired = Counter("livetrack_push_expired", "Push messages whose TTL ended before delivery", registry=r)
-        self.bad_pushes = Counter("livetrack_push_bad", "Push messages skipped: data not a JSON object", registry=r)
+        self.bad_pushes = Counter("livetrack_push_bad", "Push messages skipped: malformed (a field missing or mistyped, data not a JSON object)", registry=r)
+        self.undecodable = Counter("livetrack_push_undecodable", "Records of `push` skipped: not a PushMessage",
+                                   registry=r)
         self.retried = Counter("livetrack_push_retries", "Unacked events sent again", registry=r)
         self.slow_dropped = Counter("livetrack_push_slow_dropped", "Connections dropped for falling too far behind",
                                     registry=r)

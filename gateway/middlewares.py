@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -15,7 +16,7 @@ __all__ = ["error_middleware"]
 log = logging.getLogger(__name__)
 
 
-def _refuse(request: web.Request, status: int, body: dict) -> web.Response:
+def _refuse(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
     request.app[METRICS].rejected.labels(str(status)).inc()
     return web.json_response(body, status=status)
 

@@ -17,7 +17,7 @@ import uuid
 from typing import Any, Callable
 
 from agents.estimates import PRODUCTS
-from agents.rides import FINAL
+from agents.trips import FINAL
 from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from infra.clock import now_ms

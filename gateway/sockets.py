@@ -1,4 +1,12 @@
-"""Socket.IO namespace /live: authenticated connections, subscribe with resume, acks, and the push fan-out."""
+"""Socket.IO namespace /live: authenticated connections, subscribe with resume, acks, and the push side.
+
+The fan-out itself is the server's client manager (gateway.manager.LiveManager).
+Every client event gets an answer it can read: an event without exactly one
+payload, with a malformed one, or of a name the namespace does not serve
+(`connect` and `disconnect` among them: those are python-socketio's own) gets
+`{"ok": false, "error": ...}` back, never a traceback and a client left to
+its timeout.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +17,10 @@ import socketio
 from socketio.exceptions import ConnectionRefusedError
 
 from gateway.auth import Principal, Tokens, may_subscribe
-from gateway.channels import CHANNEL_RE, FLEET, NAMESPACE, ChannelStore, update_from_push
-from gateway.delivery import Connection, Fanout
+from gateway.channels import FLEET, NAMESPACE, ChannelStore, channel_problem, update_from_push
+from gateway.delivery import Connection
 from gateway.errors import GatewayError, Unauthorized
+from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 from infra.clock import now_ms
 from infra.producer import ProduceError
@@ -20,21 +29,23 @@ __all__ = ["LiveNamespace"]
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_MS = 60_000
-CHANNEL_ERROR = "channel must be driver:{id}, ride:{id}, cell:{h3} or fleet"
+Ack = dict[str, Any]
+Handler = Callable[[str, Any], Awaitable[Ack | None]]
 
 
-class LiveNamespace(socketio.AsyncNamespace):
+class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     """Clients subscribe to channels (resuming with `since`) and ack events; the bridge's updates fan out."""
 
-    def __init__(self, store: ChannelStore, fanout: Fanout, metrics: Metrics, tokens: Tokens, *,
-                 ack_priority: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
+    def __init__(self, store: ChannelStore, manager: LiveManager, metrics: Metrics, tokens: Tokens, *,
+                 ack_priority: int, h3_resolution: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
                  decide: Callable[[Principal, str, str], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
-        self.fanout = fanout
+        self.manager = manager  # also the server's client manager: AsyncServer(client_manager=manager)
         self.metrics = metrics
         self.tokens = tokens
         self.ack_priority = ack_priority
+        self.h3_resolution = h3_resolution
         # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
         self.ride_rider = ride_rider
         # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
@@ -42,6 +53,30 @@ class LiveNamespace(socketio.AsyncNamespace):
         # Set once the bridge has replayed the history window: resumes before that would miss it
         # (the app shares the bridge's own event here).
         self.ready = asyncio.Event()
+        self._events: dict[str, Handler] = {
+            "subscribe": self.on_subscribe, "unsubscribe": self.on_unsubscribe, "ack": self.on_ack,
+            "accept": self.on_accept, "decline": self.on_decline,
+        }
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """python-socketio's dispatch: its own `connect` and `disconnect`, and the client's events, each
+        with exactly one payload (python-socketio would call a handler with what the client sent)."""
+        sid = args[0]
+        if event == "connect" and self.manager.is_pre_connected(sid, self.namespace):
+            return await self.on_connect(*args)
+        if event == "disconnect" and not self.manager.is_connected(sid, self.namespace):
+            return None  # python-socketio's own (it marks the client as leaving first): LiveManager forgets it
+        handler = self._events.get(event) if isinstance(event, str) else None
+        if handler is None:
+            # A client's `connect` or `disconnect` event lands here too: the namespace was already joined
+            # (python-socketio would run the connect handler again, and it would refuse in a traceback).
+            self.metrics.refused.labels("event").inc()
+            return {"ok": False, "error": f"no event {event!r} on {NAMESPACE}: subscribe, unsubscribe, ack, "
+                                          "accept or decline"}
+        if len(args) != 2:
+            self.metrics.refused.labels("event").inc()
+            return {"ok": False, "error": f"{event} takes one payload object, got {len(args) - 1}"}
+        return await handler(sid, args[1])
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -52,36 +87,29 @@ class LiveNamespace(socketio.AsyncNamespace):
         except Unauthorized as exc:
             self.metrics.refused.labels("connect").inc()
             raise ConnectionRefusedError(str(exc)) from None
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
-        self.fanout.add(Connection(sid, eio_sid, principal))
-        self.metrics.connected.inc()
-
-    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        if sid in self.fanout.conns:
-            self.fanout.remove(sid)
-            self.metrics.connected.dec()
+        self.manager.add(sid, principal)
 
     # --- subscriptions ----------------------------------------------------------------------------
 
-    async def on_subscribe(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_subscribe(self, sid: str, data: Any) -> Ack:
         """`{channel, since?}` -> the ack: missed updates (or the snapshot), then live updates follow."""
-        channel = _channel_of(data)
-        since = data.get("since") if isinstance(data, dict) else None
+        channel, problem = self._channel_of(data)
         if channel is None:
-            return {"ok": False, "error": CHANNEL_ERROR}
+            return {"ok": False, "error": problem}
+        since = data.get("since")
         if since is not None and (type(since) is not int or since < 0):
             return {"ok": False, "error": "since must be a seq (integer >= 0)"}
-        conn = self.fanout.conns.get(sid)
+        conn = self.manager.connection(sid)
         if conn is None or not may_subscribe(conn.principal, channel, self.ride_rider):
             self.metrics.refused.labels("subscribe").inc()
             return {"ok": False, "error": f"not allowed: {channel}"}
         await self.ready.wait()
         # No await from here on: nothing of the channel can be fanned out between the history
         # read and the subscription, and python-socketio queues the ack before any later update.
-        if self.fanout.conns.get(sid) is not conn:
+        if self.manager.connection(sid) is not conn:
             return {"ok": False, "error": "disconnected"}
         now = now_ms()
-        self.fanout.subscribe(conn, channel)
+        self.manager.subscribe(conn, channel)
         if channel == FLEET:
             return {"ok": True, "channel": channel, "seq": 0, "snapshot": None,
                     "drivers": [u.payload() for u in self.store.drivers(now)]}
@@ -91,44 +119,50 @@ class LiveNamespace(socketio.AsyncNamespace):
                     "snapshot": snapshot.payload() if snapshot else None}
         return self._resume_ack(conn, channel, since, now)
 
-    def _resume_ack(self, conn: Connection, channel: str, since: int, now: float) -> dict[str, Any]:
+    def _resume_ack(self, conn: Connection, channel: str, since: int, now: float) -> Ack:
         resume = self.store.resume(channel, since, now)
         self.metrics.resumed.labels("true" if resume.recovered else "false").inc()
-        ack: dict[str, Any] = {"ok": True, "channel": channel, "seq": resume.head, "recovered": resume.recovered}
+        ack: Ack = {"ok": True, "channel": channel, "seq": resume.head, "recovered": resume.recovered}
         if not resume.recovered:
             ack["snapshot"] = resume.snapshot.payload() if resume.snapshot else None
             return ack
         ack["updates"] = [u.payload(skipped) for u, skipped in resume.updates]
-        self.fanout.sent_in_ack(conn, [u for u, _ in resume.updates], now)
+        self.manager.sent_in_ack(conn, [u for u, _ in resume.updates], now)
         return ack
 
-    async def on_unsubscribe(self, sid: str, data: Any) -> dict[str, Any]:
-        channel = _channel_of(data)
+    async def on_unsubscribe(self, sid: str, data: Any) -> Ack:
+        channel, problem = self._channel_of(data)
         if channel is None:
-            return {"ok": False, "error": CHANNEL_ERROR}
-        conn = self.fanout.conns.get(sid)
+            return {"ok": False, "error": problem}
+        conn = self.manager.connection(sid)
         if conn is not None:
-            self.fanout.unsubscribe(conn, channel)
+            self.manager.unsubscribe(conn, channel)
         return {"ok": True, "channel": channel}
 
-    async def on_ack(self, sid: str, data: Any) -> None:
-        """`{channel, seq}`: the client has every update of the channel up to seq (cumulative)."""
-        channel = _channel_of(data)
-        seq = data.get("seq") if isinstance(data, dict) else None
-        conn = self.fanout.conns.get(sid)
-        if conn is not None and channel is not None and type(seq) is int:
-            self.fanout.ack(conn, channel, seq)
+    async def on_ack(self, sid: str, data: Any) -> Ack | None:
+        """`{channel, seq}`: the client has every update of the channel up to seq (cumulative).
+        Clients send it without asking for an answer; a malformed one is answered to those that ask."""
+        channel, problem = self._channel_of(data)
+        if channel is None:
+            return {"ok": False, "error": problem}
+        seq = data.get("seq")
+        if type(seq) is not int:
+            return {"ok": False, "error": "seq must be an integer"}
+        conn = self.manager.connection(sid)
+        if conn is not None:
+            self.manager.ack(conn, channel, seq)
+        return None
 
-    async def on_accept(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_accept(self, sid: str, data: Any) -> Ack:
         """A driver accepts an offer: `{"ride_id": ...}`; the outcome comes on its `driver:{id}` channel."""
         return await self._answer(sid, data, "ACCEPT")
 
-    async def on_decline(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_decline(self, sid: str, data: Any) -> Ack:
         return await self._answer(sid, data, "DECLINE")
 
-    async def _answer(self, sid: str, data: Any, op: str) -> dict[str, Any]:
+    async def _answer(self, sid: str, data: Any, op: str) -> Ack:
         ride_id = data.get("ride_id") if isinstance(data, dict) else None
-        conn = self.fanout.conns.get(sid)
+        conn = self.manager.connection(sid)
         if conn is None or self.decide is None or not isinstance(ride_id, str):
             return {"ok": False, "error": "send {\"ride_id\": ...} on a driver's connection"}
         try:
@@ -139,22 +173,41 @@ class LiveNamespace(socketio.AsyncNamespace):
             return {"ok": False, "error": "event log unavailable, retry", "retry": True}
         return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
 
+    def _channel_of(self, data: Any) -> tuple[str, None] | tuple[None, str]:
+        """The request's channel, or None and why it cannot be subscribed to."""
+        if not isinstance(data, dict):
+            return None, "send an object: {\"channel\": ...}"
+        channel = data.get("channel")
+        problem = channel_problem(channel, self.h3_resolution)
+        if problem is not None or not isinstance(channel, str):
+            return None, problem or "channel must be a string"
+        return channel, None
+
     # --- the push side ----------------------------------------------------------------------------
 
     async def publish(self, batch: list[dict[str, Any]]) -> None:
-        """Keep each decoded push message in its channel's history and fan it out (the bridge's handler)."""
+        """Keep each decoded push message in its channel's history, then fan it out (the bridge's handler).
+
+        Neither a malformed message nor a bug in the fan-out stops the batch: each is counted and logged,
+        and the next message goes on (a failed fan-out's update is in the history: clients resume it)."""
         now = now_ms()
         for msg in batch:
             self.metrics.pushed.inc()
             try:
                 update = update_from_push(msg, self.ack_priority)
-            except (ValueError, KeyError) as exc:  # one producer's bad record must not stop the others
+            except Exception as exc:  # one producer's bad record must not stop the others
                 self.metrics.bad_pushes.inc()
-                log.warning("push message on %s skipped: %s", msg.get("channel"), type(exc).__name__)
+                channel = msg.get("channel") if isinstance(msg, dict) else None
+                log.warning("push message on %r skipped: %s: %s", channel, type(exc).__name__, exc)
                 continue
             if not self.store.offer(update):
                 continue  # replayed or redelivered: subscribers already have it
-            await self.fanout.deliver(update, now)
+            try:
+                await self.manager.deliver(update, now)
+            except Exception:
+                self.metrics.delivery_errors.labels("update").inc()
+                log.exception("fan-out of %s seq %d failed; the batch goes on", update.channel, update.seq)
+                continue
             self.metrics.event_to_emit.observe(max(0.0, (now - update.ts) / 1000))
 
     async def run_ticker(self, tick_s: float) -> None:
@@ -164,14 +217,10 @@ class LiveNamespace(socketio.AsyncNamespace):
             await asyncio.sleep(tick_s)
             now = now_ms()
             try:
-                await self.fanout.tick(now)
+                await self.manager.tick(now)
                 if now - last_sweep >= SWEEP_EVERY_MS:
                     self.store.sweep(now)
                     last_sweep = now
             except Exception:  # a bug here must not end deliveries for good
+                self.metrics.delivery_errors.labels("ticker").inc()
                 log.exception("push ticker")
-
-
-def _channel_of(data: Any) -> str | None:
-    channel = data.get("channel") if isinstance(data, dict) else None
-    return channel if isinstance(channel, str) and CHANNEL_RE.fullmatch(channel) else None

@@ -12,6 +12,7 @@ from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
 from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, RIDES, SETTINGS, STORE
 from infra.clock import now_ms
+from schemas.records import LocationEvent
 
 __all__ = ["post_locations", "get_driver", "post_ride", "get_ride", "ride_action", "healthz", "metrics", "index"]
 
@@ -39,7 +40,7 @@ async def post_locations(request: web.Request) -> web.Response:
     return web.json_response({"accepted": len(events)}, status=202)
 
 
-def _check_publisher(request: web.Request, events: list) -> None:
+def _check_publisher(request: web.Request, events: list[LocationEvent]) -> None:
     """All-or-nothing: one ping for a driver the caller may not speak for refuses the request."""
     principal = principal_of(request)
     problems = [

@@ -41,7 +41,7 @@ def set_switch_interval(settings: Settings) -> None:
 
     The worker's and gateway's librdkafka reader threads hand records to a busy event loop; each
     hand-over waited up to a whole interval for the GIL. 1 ms: offers at 50 requests/s came ~15%
-    sooner at p50 (README, stop 11)."""
+    sooner at p50 (docs/benchmarks.md)."""
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
 
 

@@ -13,19 +13,31 @@ the client's and the group latency fell too.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from aiokafka.structs import RecordMetadata
 
-__all__ = ["AsyncProducer", "DeliveryGroup", "ProduceError"]
+__all__ = ["AsyncProducer", "DeliveryGroup", "Outgoing", "ProduceError", "is_transient"]
 
 DELIVERY_TIMEOUT_MS = 15_000  # a record not acked by then fails its group
+Outgoing = tuple[str, bytes | None, bytes | None, int | None]  # topic, value, key, partition
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A broker that was unavailable (retrying may succeed), not a record Kafka refuses for good."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, (KafkaTimeoutError, KafkaConnectionError))
 
 
 class ProduceError(RuntimeError):
-    """Kafka did not take every record of a group."""
+    """Kafka did not take every record of a group; `transient` when every cause may pass."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class DeliveryGroup:
@@ -35,21 +47,24 @@ class DeliveryGroup:
         self._pending = 0
         self._done: asyncio.Future[None] | None = None
         self.errors: list[BaseException] = []
+        self.failed: list[Outgoing] = []  # the records not acked, in the order sent (to send again)
         # (topic, partition) -> highest acked offset: where a changelog stands.
         self.offsets: dict[tuple[str, int], int] = {}
 
-    def _delivered(self, fut: asyncio.Future[RecordMetadata]) -> None:
+    def _delivered(self, record: Outgoing, fut: asyncio.Future[RecordMetadata]) -> None:
         exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         if exc is None:
             meta = fut.result()
             key = (meta.topic, meta.partition)
             if meta.offset > self.offsets.get(key, -1):
                 self.offsets[key] = meta.offset
-        self._settle(exc)
+        self._settle(exc, record)
 
-    def _settle(self, exc: BaseException | None) -> None:
+    def _settle(self, exc: BaseException | None, record: Outgoing | None = None) -> None:
         if exc is not None:
             self.errors.append(exc)
+            if record is not None:
+                self.failed.append(record)
         self._pending -= 1
         if self._pending == 0 and self._done is not None and not self._done.done():
             self._done.set_result(None)
@@ -61,7 +76,8 @@ class DeliveryGroup:
             await self._done
         if self.errors:
             first = self.errors[0]
-            raise ProduceError(f"{len(self.errors)} record(s) not accepted: {type(first).__name__}: {first}")
+            raise ProduceError(f"{len(self.errors)} record(s) not accepted: {type(first).__name__}: {first}",
+                               transient=all(is_transient(e) for e in self.errors))
 
 
 Record = tuple[DeliveryGroup, str, bytes | None, bytes | None, int | None]
@@ -98,12 +114,13 @@ class AsyncProducer:
                 self._wake.clear()
                 await self._wake.wait()
             group, topic, value, key, partition = self._queue.popleft()
+            record = (topic, value, key, partition)
             try:
                 fut = await self._producer.send(topic, value, key=key, partition=partition)
             except Exception as exc:  # noqa: BLE001 - too large, unknown topic: that record's group fails
-                group._settle(exc)
+                group._settle(exc, record)
             else:
-                fut.add_done_callback(group._delivered)
+                fut.add_done_callback(functools.partial(group._delivered, record))
 
     def group(self) -> DeliveryGroup:
         return DeliveryGroup()
@@ -132,7 +149,8 @@ class AsyncProducer:
         await asyncio.gather(self._sender, return_exceptions=True)
         self._sender = None
         while self._queue:  # never handed over: their groups fail rather than wait forever
-            group, topic, *_ = self._queue.popleft()
-            group._settle(ProduceError(f"producer closed before a record for {topic} was sent"))
+            group, topic, value, key, partition = self._queue.popleft()
+            group._settle(ProduceError(f"producer closed before a record for {topic} was sent"),
+                          (topic, value, key, partition))
         if self._producer is not None:
             await self._producer.stop()

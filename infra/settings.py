@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(500, description="Max events an agent takes per batch.")
     worker_batch_within_s: float = Field(0.005, description="Max wait to fill an agent batch.")
     table_cache_max: int = Field(200_000, description="Decoded table values cached per table (write-through).")
+    fault_at: str = Field(
+        "", description="Testing only: kill the worker at a commit step, `agent:point[:n]` (agents.runtime.Faults)."
+    )
     switch_interval_ms: float = Field(
         1.0, gt=0, description="Python's GIL switch interval in the worker and gateway (Python's default: 5 ms)."
     )

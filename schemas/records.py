@@ -21,6 +21,8 @@ __all__ = [
     "DriverStatusChanged",
     "PushMessage",
     "DriverState",
+    "Decision",
+    "DriverOutbox",
     "CellMembership",
     "CellMembershipBatch",
     "CellDrivers",
@@ -184,10 +186,24 @@ class DriverState(_Record, namespace="livetrack.DriverState"):  # type: ignore[c
     offer_attempt: int = IntegerField(min_value=0, required=False, default=0)
     reserved_until: int = IntegerField(min_value=0, required=False, default=0)
     offer_seq: int = IntegerField(min_value=0, required=False, default=0)
-    # What the last dispatch command that changed this driver sent ("op ride_id attempt", and the
-    # records): a replay of that command re-sends them as they were, whatever the state shows now.
-    outbox_of: Optional[str] = StringField(required=False, default=None)
-    outbox: List[Outgoing] = []
+
+
+class Decision(_Record, namespace="livetrack.Decision"):  # type: ignore[call-arg]
+    """What one dispatch command decided for a driver: the command ("op ride_id attempt"), when, and
+    the records it sent."""
+
+    key: str
+    ts: int = _epoch_ms()
+    records: List[Outgoing] = []
+
+
+class DriverOutbox(_Record, namespace="livetrack.DriverOutbox"):  # type: ignore[call-arg]
+    """A driver's recent dispatch decisions (table `driver_to_outbox`): a command replayed after a
+    crash re-sends what it sent the first time, whatever the driver's state shows now; a worker
+    taking the driver's partition re-sends the recent ones before any later push of the driver."""
+
+    driver_id: str = _id()
+    decisions: List[Decision] = []
 
 
 class CellMembership(_Record, namespace="livetrack.CellMembership"):  # type: ignore[call-arg]

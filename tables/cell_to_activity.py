@@ -22,24 +22,23 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import faust
 
-from agents.features_math import FeaturePolicy
-
-__all__ = ["NAME", "MIN_RETENTION_S", "PaneKeys", "cell_to_activity", "stored_panes"]
+__all__ = ["NAME", "MIN_RETENTION_S", "PaneKeys", "cell_to_activity", "decode_key"]
 
 NAME = "cell_to_activity"
 MIN_RETENTION_S = 3600  # changelog retention floor: a replay or catch-up may lag the wall clock
 
 
-def cell_to_activity(app: faust.App, partitions: int, policy: FeaturePolicy) -> faust.Table:
-    """Declare the table (tumbling by the policy's pane, co-partitioned with `cell-activity`)."""
-    retention_s = max(MIN_RETENTION_S, 2 * (policy.max_window_ms + policy.grace_ms) // 1000)
+def cell_to_activity(app: faust.App, partitions: int, *, pane_ms: int, reach_ms: int) -> faust.Table:
+    """Declare the table (tumbling by `pane_ms`, co-partitioned with `cell-activity`); `reach_ms`: how
+    long a pane is needed (the longest window plus its grace)."""
+    retention_s = max(MIN_RETENTION_S, 2 * reach_ms // 1000)
     windowed = app.Table(NAME, value_type=bytes, partitions=partitions,
                          help="activity per (cell, partition) and pane (CellPane, Avro)").tumbling(
-        timedelta(milliseconds=policy.pane_ms), expires=timedelta(seconds=retention_s))
+        timedelta(milliseconds=pane_ms), expires=timedelta(seconds=retention_s))
     return windowed.table  # type: ignore[no-any-return]
 
 
@@ -59,15 +58,9 @@ class PaneKeys:
         return json.dumps([[cell, partition], [start, end]], separators=(",", ":"))
 
 
-def _decode(key: Any) -> tuple[str, int, int]:
+def decode_key(key: Any) -> tuple[str, int, int]:
+    """(cell, partition, pane start ms) of a stored pane key."""
     if isinstance(key, (bytes, str)):
         key = json.loads(key)
     (cell, partition), (start_s, _) = key
     return cell, int(partition), round(start_s * 1000)
-
-
-def stored_panes(table: faust.Table) -> Iterator[tuple[str, int, int, bytes]]:
-    """(cell, partition, pane start ms, CellPane bytes) of every pane this worker's store holds."""
-    for key, raw in table.data.items():
-        cell, partition, start_ms = _decode(key)
-        yield cell, partition, start_ms, raw

@@ -10,6 +10,6 @@ NAME = "driver_to_state"
 
 def driver_to_state(app: faust.App, partitions: int) -> faust.Table:
     """Declare the table; co-partitioned with `locations`. Values are DriverState Avro bytes
-    (tables.writer encodes once for store and changelog); keys are driver ids as UTF-8."""
+    (written by the driver desk through tables.table); keys are driver ids as UTF-8."""
     return app.Table(NAME, key_type=bytes, value_type=bytes, partitions=partitions,
                      help="latest accepted state per driver (DriverState, Avro)")

@@ -5,7 +5,7 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable
 
-from agents.rides import ACTIVE, FINAL, IllegalTransition, next_state
+from agents.trips import ACTIVE, FINAL, IllegalTransition, next_state
 
 __all__ = ["audit_rides", "audit_offers", "audit_reservations"]
 

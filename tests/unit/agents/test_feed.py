@@ -9,8 +9,14 @@ from confluent_kafka import Message, TopicPartition
 from faust.types import TP
 
 from agents.app import create_app
-from agents.feed import BatchFeed, by_topic, next_offsets, partitions_of
+from agents.errors import Rejected
+from agents.feed import BatchFeed, by_topic, inbound, next_offsets, partitions_of
+from agents.metrics import WorkerMetrics
+from agents.runtime import AgentRuntime, DeadLetters
+from infra.inbound import Inbound
 from infra.settings import Settings
+from tables.transaction import TOGETHER, Transaction
+from tests.unit.agents.harness import FakeKafka
 
 
 def _msg(topic: str, partition: int, offset: int, value: bytes = b"v") -> Message:
@@ -30,20 +36,36 @@ def test_records_are_grouped_by_topic_in_the_order_read() -> None:
 
 
 def test_the_commit_is_one_past_the_last_offset_of_each_partition() -> None:
-    offsets = next_offsets([_msg("a", 0, 1), _msg("a", 0, 5), _msg("a", 1, 9), _msg("b", 0, 2)])
+    offsets = next_offsets([inbound(m) for m in (_msg("a", 0, 1), _msg("a", 0, 5), _msg("a", 1, 9), _msg("b", 0, 2))])
     assert sorted((tp.topic, tp.partition, tp.offset) for tp in offsets) == [("a", 0, 6), ("a", 1, 10), ("b", 0, 3)]
 
 
 class _Handler:
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.calls: list[list[tuple[str, int, int, bytes]]] = []
+    """An agent that records what it was handed; a value of b"bug" raises, b"bad" is rejected."""
 
-    async def __call__(self, events: Sequence[faust.EventT]) -> None:
-        self.calls.append([(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events])
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("Kafka unavailable")
+    name = "handler"
+    order = TOGETHER
+
+    def __init__(self) -> None:
+        self.dead_letters = DeadLetters("dispatch-dlq", lambda: 0)
+        self.calls: list[list[tuple[str, int, int, bytes | None]]] = []
+        self.batch: list[tuple[str, int, int, bytes | None]] = []
+
+    async def prepare(self, records: Sequence[Inbound]) -> None:
+        self.batch = []
+
+    def step(self, tx: Transaction, record: Inbound) -> None:
+        if record.value == b"bug":
+            raise KeyError("a bug")
+        if record.value == b"bad":
+            raise Rejected("bad input")
+        self.batch.append((record.topic, record.partition, record.offset, record.value))
+
+    def end(self, tx: Transaction) -> None:
+        self.calls.append(self.batch)
+
+    def aborted(self) -> None:
+        return None
 
 
 class _Consumer:
@@ -52,6 +74,7 @@ class _Consumer:
     def __init__(self) -> None:
         self.stored: list[TopicPartition] = []
         self.assigned: list[TopicPartition] | None = None
+        self.paused: list[TopicPartition] = []
 
     def store_offsets(self, offsets: list[TopicPartition]) -> None:
         self.stored.extend(offsets)
@@ -62,22 +85,26 @@ class _Consumer:
     def assign(self, tps: list[TopicPartition]) -> None:
         self.assigned = tps
 
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self.paused.extend(tps)
+
 
 def _feed(handler: _Handler) -> BatchFeed:
     app = faust.App("test-feed", broker="memory://", store="memory://")
-    return BatchFeed(app, "127.0.0.1:1", "test-feed-dispatch", {"ride-commands": handler}, follow="locations",
-                     batch_max=10)
+    runtime = AgentRuntime(FakeKafka(), WorkerMetrics(), lambda: 0)  # type: ignore[arg-type]
+    return BatchFeed(app, "127.0.0.1:1", "test-feed-dispatch", {"ride-commands": handler}, runtime=runtime,
+                     follow="locations", batch_max=10)
 
 
-def _commits(feed: BatchFeed) -> list[tuple[str, int, int]]:
-    consumer = _Consumer()
+def _commits(feed: BatchFeed, consumer: "_Consumer | None" = None) -> list[tuple[str, int, int]]:
+    consumer = consumer or _Consumer()
     while not feed._commands.empty():
         fn, _reply = feed._commands.get_nowait()
         fn(consumer)  # type: ignore[arg-type]
     return [(tp.topic, tp.partition, tp.offset) for tp in consumer.stored]
 
 
-async def test_a_batch_reaches_its_handler_as_faust_events_and_is_committed_after_it() -> None:
+async def test_a_batch_reaches_its_agent_and_is_committed_after_it() -> None:
     handler = _Handler()
     feed = _feed(handler)
     await feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 2, 40, b"x"),
@@ -86,13 +113,34 @@ async def test_a_batch_reaches_its_handler_as_faust_events_and_is_committed_afte
     assert _commits(feed) == [("ride-commands", 2, 42)]
 
 
-async def test_a_failed_batch_is_tried_again_and_committed_only_once_handled(monkeypatch: Any) -> None:
-    monkeypatch.setattr("agents.feed.RETRY_S", 0.0)
-    handler = _Handler(failures=2)
+async def test_rejected_input_is_dead_lettered_and_committed() -> None:
+    handler = _Handler()
     feed = _feed(handler)
-    await feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 0, 7)])
-    assert len(handler.calls) == 3
-    assert _commits(feed) == [("ride-commands", 0, 8)]
+    await feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 0, 7, b"bad"),
+                                                                 _msg("ride-commands", 0, 8, b"x")])
+    assert handler.calls == [[("ride-commands", 0, 8, b"x")]]
+    assert _commits(feed) == [("ride-commands", 0, 9)]
+    kafka = feed.runtime.producer
+    assert [t for t, *_ in kafka.order] == ["dispatch-dlq"]  # type: ignore[attr-defined]
+
+
+async def test_a_bug_stops_its_partition_uncommitted_and_paused_while_the_others_go_on() -> None:
+    handler = _Handler()
+    feed = _feed(handler)
+    await feed._handle_batch("ride-commands", feed._generation, [
+        _msg("ride-commands", 0, 7, b"x"), _msg("ride-commands", 1, 3, b"bug"), _msg("ride-commands", 1, 4, b"y"),
+        _msg("ride-commands", 2, 5, b"z")])
+    assert handler.calls == [[("ride-commands", 0, 7, b"x"), ("ride-commands", 2, 5, b"z")]]  # decided again without 1
+    consumer = _Consumer()
+    assert sorted(_commits(feed, consumer)) == [("ride-commands", 0, 8), ("ride-commands", 2, 6)]
+    assert [(tp.topic, tp.partition) for tp in consumer.paused] == [("ride-commands", 1)]
+    stopped = feed.runtime.stopped[("ride-commands", 1)]
+    assert (stopped.offset, stopped.error) == (3, "KeyError: 'a bug'")
+    assert not [t for t, *_ in feed.runtime.producer.order]  # type: ignore[attr-defined]  # nothing dead-lettered
+    await feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 1, 5, b"w"),
+                                                                 _msg("ride-commands", 0, 8, b"v")])
+    assert handler.calls[-1] == [("ride-commands", 0, 8, b"v")]  # the stopped partition stays stopped
+    assert _commits(feed) == [("ride-commands", 0, 9)]
 
 
 async def test_a_batch_read_before_a_reassignment_is_dropped_and_not_committed() -> None:
@@ -102,17 +150,6 @@ async def test_a_batch_read_before_a_reassignment_is_dropped_and_not_committed()
     feed._reassign(_Consumer(), [])  # type: ignore[arg-type]
     await feed._handle_batch("ride-commands", stale, [_msg("ride-commands", 0, 7)])
     assert handler.calls == [] and _commits(feed) == []
-
-
-async def test_a_reassignment_during_retries_stops_them_uncommitted(monkeypatch: Any) -> None:
-    monkeypatch.setattr("agents.feed.RETRY_S", 0.01)
-    handler = _Handler(failures=1_000)
-    feed = _feed(handler)
-    task = asyncio.ensure_future(feed._handle_batch("ride-commands", feed._generation, [_msg("ride-commands", 0, 7)]))
-    await asyncio.sleep(0.05)
-    feed._reassign(_Consumer(), [])  # type: ignore[arg-type]
-    await asyncio.wait_for(task, 1.0)
-    assert handler.calls and _commits(feed) == []
 
 
 async def test_the_assignment_it_shares_changes_only_once_its_consumer_reads_the_new_partitions() -> None:
@@ -142,11 +179,4 @@ def test_the_worker_reads_pings_and_dispatch_through_the_feed_not_faust(tmp_path
     assert not faust_topics & set(feed.handlers)  # read once, by the feed: Faust would hand them over record by record
     # ...on the partitions Faust assigns it of a topic Faust does read, with the same partition count.
     assert feed.follow == "driver-cells" and feed.follow in faust_topics
-
-
-def test_the_drivers_agent_leaves_pushes_to_drivers_with_an_unsent_dispatch_change(tmp_path: Any) -> None:
-    app = create_app(Settings(state_dir=tmp_path), store="memory://")
-    parts = app.livetrack  # type: ignore[attr-defined]
-    with parts.offer_agent.unsent_until_done(["d-1"]):
-        assert parts.drivers.dispatching("d-1") and not parts.drivers.dispatching("d-2")
-    assert not parts.drivers.dispatching("d-1")
+    assert feed.on_taken is not None  # partitions taken over: the desk re-sends recent decisions first

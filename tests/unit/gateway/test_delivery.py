@@ -1,13 +1,17 @@
-"""gateway.delivery: a slow connection's queue (order, priority, coalescing, TTL), acks and retries, fan-out."""
+"""gateway.delivery: a slow connection's queue (order, priority, coalescing, TTL), acks and retries;
+and the fan-out over them (gateway.manager.LiveManager) to stand-in Engine.IO sockets."""
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Any
 
+import socketio
+
 from gateway.auth import Principal
-from gateway.channels import Update
-from gateway.delivery import Connection, Fanout, SendQueue, Unacked
+from gateway.channels import NAMESPACE, Update
+from gateway.delivery import Connection, SendQueue, Unacked
+from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 
 T0 = 1_732_170_000_000
@@ -118,11 +122,11 @@ def test_retries_end_with_the_ttl() -> None:
     assert u.due(T0 + 3000, 1000) == [] and len(u) == 0
 
 
-# --- Fanout over stand-in sockets ------------------------------------------------------------------
+# --- the fan-out (LiveManager) over stand-in sockets ----------------------------------------------
 
 
 class _Socket:
-    """What Fanout uses of an Engine.IO socket: its queue and send."""
+    """What the fan-out uses of an Engine.IO socket that is not a websocket: its queue (through send)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -139,24 +143,35 @@ class _Socket:
 
 
 class _Eio:
-    def __init__(self) -> None:
-        self.sockets: dict[str, _Socket] = {}
+    """The stand-in sockets of one real python-socketio server, by the name a test gives each."""
+
+    def __init__(self, server: socketio.AsyncServer) -> None:
+        self.server = server
+        self.names: dict[str, str] = {}  # socket.io sid -> the test's name
+
+    def __getitem__(self, name: str) -> _Socket:
+        return self.server.eio.sockets[f"e-{name}"]  # type: ignore[no-any-return]
 
 
-def _fanout(backlog: int = 3, pending_max: int = 100) -> tuple[Fanout, _Eio, list[str]]:
+def _fanout(backlog: int = 3, pending_max: int = 100) -> tuple[LiveManager, _Eio, list[str]]:
+    manager = LiveManager(Metrics(), backlog=backlog, pending_max=pending_max, retry_ms=1000)
+    server = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager)
+    eio = _Eio(server)
     dropped: list[str] = []
 
-    async def drop(sid: str) -> None:
-        dropped.append(sid)
+    async def disconnect(sid: str, namespace: str | None = None) -> None:
+        dropped.append(eio.names[sid])
 
-    eio = _Eio()
-    return Fanout(eio, Metrics(), backlog=backlog, pending_max=pending_max, retry_ms=1000, drop=drop), eio, dropped
+    server.disconnect = disconnect  # type: ignore[method-assign]
+    return manager, eio, dropped
 
 
-def _connect(fanout: Fanout, eio: _Eio, sid: str, *channels: str) -> Connection:
-    eio.sockets[f"e-{sid}"] = _Socket()
-    conn = Connection(sid, f"e-{sid}", Principal("ops", sid))
-    fanout.add(conn)
+async def _connect(fanout: LiveManager, eio: _Eio, name: str, *channels: str) -> Connection:
+    eio.server.eio.sockets[f"e-{name}"] = _Socket()
+    sid = await fanout.pre_connect(f"e-{name}", NAMESPACE)
+    conn = fanout.add(sid, Principal("ops", name))  # as the namespace's connect handler does
+    await fanout.connect(sid, NAMESPACE)
+    eio.names[sid] = name
     for channel in channels:
         fanout.subscribe(conn, channel)
     return conn
@@ -164,20 +179,20 @@ def _connect(fanout: Fanout, eio: _Eio, sid: str, *channels: str) -> Connection:
 
 async def test_a_client_that_keeps_up_gets_the_shared_frame() -> None:
     fanout, eio, _ = _fanout()
-    _connect(fanout, eio, "a", "driver:x")
-    _connect(fanout, eio, "b", "driver:x")
-    _connect(fanout, eio, "ops", "fleet")
-    _connect(fanout, eio, "other", "driver:y")
+    await _connect(fanout, eio, "a", "driver:x")
+    await _connect(fanout, eio, "b", "driver:x")
+    await _connect(fanout, eio, "ops", "fleet")
+    await _connect(fanout, eio, "other", "driver:y")
     update = _u(1, "driver:x")
     await fanout.deliver(update, T0)
-    sent = {sid: [p for p in list(eio.sockets[f"e-{sid}"].queue._queue)] for sid in ("a", "b", "ops", "other")}
+    sent = {sid: [p for p in list(eio[sid].queue._queue)] for sid in ("a", "b", "ops", "other")}
     assert sent["a"] == sent["b"] == sent["ops"] == [update.packet()] and sent["other"] == []
 
 
 async def test_a_slow_client_gets_coalesced_updates_events_first() -> None:
     fanout, eio, _ = _fanout(backlog=2)
-    conn = _connect(fanout, eio, "slow", "driver:x", "ride:r")
-    socket = eio.sockets["e-slow"]
+    conn = await _connect(fanout, eio, "slow", "driver:x", "ride:r")
+    socket = eio["slow"]
     for seq in range(1, 6):
         await fanout.deliver(_u(seq, "driver:x"), T0)
     await fanout.deliver(_u(1, "ride:r", type="ride.status", event=True), T0)
@@ -193,16 +208,16 @@ async def test_a_slow_client_gets_coalesced_updates_events_first() -> None:
 
 async def test_an_update_expired_on_arrival_is_not_sent_and_the_next_one_tells() -> None:
     fanout, eio, _ = _fanout()
-    _connect(fanout, eio, "a", "driver:x")
+    await _connect(fanout, eio, "a", "driver:x")
     await fanout.deliver(_u(1, "driver:x", ttl_ms=1000, sent=T0 - 5000), T0)
     await fanout.deliver(_u(2, "driver:x"), T0)
-    assert [(f["seq"], f.get("skipped")) for f in eio.sockets["e-a"].frames()] == [(2, 1)]
+    assert [(f["seq"], f.get("skipped")) for f in eio["a"].frames()] == [(2, 1)]
 
 
 async def test_unacked_events_are_resent_and_acks_stop_them() -> None:
     fanout, eio, _ = _fanout()
-    conn = _connect(fanout, eio, "a", "ride:r")
-    socket = eio.sockets["e-a"]
+    conn = await _connect(fanout, eio, "a", "ride:r")
+    socket = eio["a"]
     await fanout.deliver(_u(1, "ride:r", type="ride.offer", event=True, ttl_ms=10_000), T0)
     await fanout.deliver(_u(2, "ride:r"), T0)  # state: never retried
     assert [f["seq"] for f in socket.frames()] == [1, 2]
@@ -215,7 +230,7 @@ async def test_unacked_events_are_resent_and_acks_stop_them() -> None:
 
 async def test_a_client_too_far_behind_is_dropped_to_resume_later() -> None:
     fanout, eio, dropped = _fanout(backlog=1, pending_max=3)
-    _connect(fanout, eio, "a", *(f"driver:{i}" for i in range(10)))
+    await _connect(fanout, eio, "a", *(f"driver:{i}" for i in range(10)))
     for i in range(10):
         await fanout.deliver(_u(1, f"driver:{i}"), T0)
     await asyncio.sleep(0)
@@ -224,10 +239,10 @@ async def test_a_client_too_far_behind_is_dropped_to_resume_later() -> None:
 
 async def test_unsubscribe_and_disconnect_stop_deliveries() -> None:
     fanout, eio, _ = _fanout()
-    conn = _connect(fanout, eio, "a", "driver:x", "driver:y")
+    conn = await _connect(fanout, eio, "a", "driver:x", "driver:y")
     fanout.unsubscribe(conn, "driver:x")
     await fanout.deliver(_u(1, "driver:x"), T0)
-    assert eio.sockets["e-a"].frames() == []
-    fanout.remove("a")
+    assert eio["a"].frames() == []
+    await fanout.disconnect(conn.sid, NAMESPACE)
     await fanout.deliver(_u(1, "driver:y"), T0)
-    assert eio.sockets["e-a"].frames() == [] and fanout.subscribers == {}
+    assert eio["a"].frames() == [] and fanout.rooms == {} and fanout.conns == {}

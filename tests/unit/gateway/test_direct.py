@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp._websocket.writer import WebSocketWriter
 
-from gateway.direct import text_frame, write_direct
+from gateway.direct import Link, text_frame
 
 
 class _Transport:
@@ -37,8 +37,18 @@ class _Socket:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.upgraded = True
+        self.closed = False
         self.transport = _Transport()
         self.direct_ws: _Ws | None = _Ws(self.transport)
+
+
+def write_direct(socket: _Socket, frame: bytes) -> bool:
+    """As the fan-out writes: through the socket's Link, which only an open websocket has."""
+    ws = socket.direct_ws
+    if ws is None:
+        return False
+    link = Link("sid", socket, ws, socket.queue, socket.queue._getters, ws._writer.transport)  # type: ignore[arg-type]
+    return link.write(frame)
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])

@@ -81,8 +81,7 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "cell": "8928308280fffff", "status": "EN_ROUTE", "push_seq": 5, "pushed_lat": 37.77,
         "pushed_lng": -122.41, "pushed_ts": T0 - 1000, "membership_ts": T0 - 2000, "speed": 8.0,
         "bearing": None, "accuracy": 3.0, "ride_id": "r-1", "offer_attempt": 2, "reserved_until": T0 + 10_000,
-        "offer_seq": 5, "outbox_of": "RESERVE r-1 2",
-        "outbox": [{"topic": "push", "key": "driver:d-1", "value": b"\xc3\x01offer"}],
+        "offer_seq": 5,
     },
     CellMembership: {"cell": "8928308280fffff", "driver_id": "d-1", "op": "REFRESH", "status": "AVAILABLE", "ts": T0},
     CellMembershipBatch: {"changes": [

@@ -8,7 +8,7 @@ import h3
 import pytest
 
 from agents.estimates import Candidate, constant_speed
-from agents.rides import (
+from agents.trips import (
     FINAL, TRANSITIONS, DispatchPolicy, IllegalTransition, Step, apply_command, held_until, may_cancel, next_state,
 )
 from agents.errors import Rejected

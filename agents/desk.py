@@ -1,0 +1,188 @@
+"""The driver desk: the one owner of every driver's state, and of what may change it when.
+
+Pings (topic `locations`, agents.drivers), dispatch commands (topic `offers`, agents.offers) and
+the commands the rides agent decides for drivers this worker holds (in place, agents.rides) all
+reach a driver through this desk, and only through it: it alone writes `driver_to_state` and
+`driver_to_outbox`, and it alone numbers the `driver:{id}` channel (the state's `push_seq`).
+
+When a driver may change or be pushed is one rule, the commit runtime's: every transaction that
+writes `driver_to_state` (or pushes on a driver's channel: it joins the table) commits after the
+ones that did before it (tables.table). So a driver's pushes reach Kafka in seq order whichever
+agent decided them, and each decision sees the ones before it, with no lock and no set of
+drivers to consult.
+
+Crash safety. A dispatch decision is committed state first (its agents declare STATE_FIRST):
+the driver's new state and the decision's records in `driver_to_outbox` are acked before any of
+those records is sent. A command replayed after a crash finds its decision in the outbox and
+sends exactly that again (same seqs), whatever the state shows by then; and a worker that takes
+a driver partition (after a crash or a rebalance) first re-sends the recent decisions of its
+drivers (`resend`), so no later push of a driver overtakes a decision it has not sent.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterable
+
+from agents.pings import DriverPolicy, PingResult, apply_ping
+from agents.reservations import NOTICE_TTL_MS, OfferPolicy, OfferResult, apply_offer, command_key
+from infra.inbound import Inbound
+from schemas.avro import codec_for
+from schemas.partitioning import partition_for
+from schemas.records import (
+    CellMembershipBatch, DriverStatusChanged, LocationEvent, OfferCommand, PushMessage, RideCommand,
+)
+from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, PUSH, RIDE_COMMANDS
+from tables.table import Table
+from tables.transaction import Transaction
+
+__all__ = ["Decided", "DriverDesk", "OUTBOX_KEEP", "OUTBOX_KEEP_MS"]
+
+State = dict[str, Any]  # a decoded DriverState
+Outbox = dict[str, Any]  # a decoded DriverOutbox
+Message = dict[str, Any]
+OUTBOX_KEEP_MS = NOTICE_TTL_MS  # a decision older than its pushes' TTL is worth nothing re-sent
+OUTBOX_KEEP = 16  # decisions kept per driver at most
+MEMBERSHIPS = "desk.memberships"  # what a transaction collects for driver-cells
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One dispatch command applied to one driver: whether it changed the driver, and what it sent."""
+
+    driver_id: str
+    changed: bool
+    records: list[Message]
+    replayed: bool = False
+
+
+class DriverDesk:
+    """Owns `driver_to_state` and `driver_to_outbox`; every change to a driver goes through here."""
+
+    def __init__(
+        self, *, states: Table[State], outboxes: Table[Outbox], pings: DriverPolicy, offers: OfferPolicy,
+        partitions: int, cell_partitions: int, owned: Callable[[], Collection[int]], clock_ms: Callable[[], int],
+    ) -> None:
+        self.states = states
+        self.outboxes = outboxes
+        self.pings = pings
+        self.offers = offers
+        self.partitions = partitions
+        self.cell_partitions = cell_partitions
+        self.owned = owned  # the driver partitions this worker holds now (agents.feed.Assignment)
+        self.clock_ms = clock_ms
+        self.codecs = {name: codec_for(r) for name, r in (
+            ("push", PushMessage), ("ride", RideCommand), ("status", DriverStatusChanged), ("offer", OfferCommand),
+            ("cells", CellMembershipBatch), ("ping", LocationEvent))}
+        self.ops: Counter[str] = Counter()
+
+    def partition(self, driver_id: str) -> int:
+        """The driver partition of `driver_id` (of `locations`, `offers` and the desk's tables)."""
+        return partition_for(driver_id, self.partitions)
+
+    def cell_partition(self, cell: str) -> int:
+        """The `driver-cells` partition of a membership in `cell` (the cells agent's, by cell)."""
+        return partition_for(cell, self.cell_partitions)
+
+    # --- pings ------------------------------------------------------------------------------------
+    def ping(self, tx: Transaction, ping: Any, partition: int) -> tuple[PingResult, State | None]:
+        """Apply one valid ping of a driver of `partition`; the result and the driver's state after it."""
+        driver = ping["driver_id"]
+        prev = tx.get(self.states, driver, partition)
+        result = apply_ping(prev, ping, self.pings, self.clock_ms())
+        tx.join(self.states)  # a duplicate's push again goes out in seq order too
+        if result.state is not None:
+            tx.put(self.states, driver, result.state, partition)
+        if result.push is not None:
+            push = result.push
+            tx.send(PUSH.name, self.codecs["push"].dumps(push), key=push["channel"].encode())
+        if result.ride_move is not None:
+            move = result.ride_move
+            tx.send(RIDE_COMMANDS.name, self.codecs["ride"].dumps(move), key=move["ride_id"].encode())
+        for m in result.memberships:
+            tx.collect(MEMBERSHIPS, m)
+        return result, result.state or prev
+
+    # --- dispatch -----------------------------------------------------------------------------------
+    def decide(self, tx: Transaction, cmd: Any, partition: int) -> Decided:
+        """Apply one OfferCommand for a driver of `partition`: its decision, or the one it made before."""
+        driver, key, now = cmd["driver_id"], command_key(cmd), self.clock_ms()
+        tx.join(self.states)
+        box = tx.get(self.outboxes, driver, partition)
+        earlier = next((d for d in box["decisions"] if d["key"] == key), None) if box else None
+        if earlier is not None:
+            records = list(earlier["records"])
+            self._send(tx, records)
+            self.ops["replayed"] += 1
+            return Decided(driver, False, records, replayed=True)
+        result = apply_offer(tx.get(self.states, driver, partition), cmd, self.offers, now)
+        records = self._encode(result)
+        if result.state is not None:
+            tx.put(self.states, driver, result.state, partition)
+            kept = [d for d in (box["decisions"] if box else []) if d["ts"] > now - OUTBOX_KEEP_MS]
+            decisions = [*kept[-(OUTBOX_KEEP - 1):], {"key": key, "ts": now, "records": records}]
+            tx.put(self.outboxes, driver, {"driver_id": driver, "decisions": decisions}, partition)
+        self._send(tx, records)
+        self.ops[cmd["op"]] += 1
+        return Decided(driver, result.state is not None, records)
+
+    def submit(self, tx: Transaction, value: bytes) -> bool:
+        """An OfferCommand (Avro) for the driver desk: decided here, in `tx`, when this worker holds the
+        driver's partition; else sent to `offers` for the worker that does. True: decided here."""
+        cmd = self.codecs["offer"].loads(value)
+        partition = self.partition(cmd["driver_id"])
+        if partition not in self.owned():
+            tx.send(OFFERS.name, value, key=cmd["driver_id"].encode())
+            return False
+        self.decide(tx, cmd, partition)
+        self.ops["in_place"] += 1
+        return True
+
+    def resend(self, tx: Transaction, partitions: Iterable[int]) -> int:
+        """Re-send the recent decisions of every driver of `partitions` (a worker taking them over: a
+        decision acked but not sent before a crash must reach its channel before any later push)."""
+        oldest = self.clock_ms() - OUTBOX_KEEP_MS
+        tx.join(self.states)
+        sent = 0
+        for partition in partitions:
+            for _driver, box in self.outboxes.stored([partition]):
+                for decision in box["decisions"]:
+                    if decision["ts"] > oldest:
+                        sent += self._send(tx, decision["records"])
+        return sent
+
+    def end(self, tx: Transaction) -> None:
+        """The batch's cell memberships: one CellMembershipBatch per `driver-cells` partition."""
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for m in tx.collected(MEMBERSHIPS):
+            by_partition[self.cell_partition(m["cell"])].append(m)
+        for partition, changes in by_partition.items():
+            tx.send(DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}), partition=partition)
+
+    def forget(self) -> None:
+        """Partitions moved: drop cached values (recovery may rewrite the stores)."""
+        self.states.forget()
+        self.outboxes.forget()
+
+    # --- records -------------------------------------------------------------------------------------
+    def _send(self, tx: Transaction, records: Iterable[Message]) -> int:
+        sent = 0
+        for r in records:
+            if r["topic"] == DRIVER_CELLS.name:  # by the cell's partition, as every membership
+                tx.send(r["topic"], r["value"], partition=self.cell_partition(r["key"]))
+            else:
+                tx.send(r["topic"], r["value"], key=r["key"].encode())
+            sent += 1
+        return sent
+
+    def _encode(self, result: OfferResult) -> list[Message]:
+        """A decision's records as Outgoing dicts (topic, key, Avro value); a membership keyed by its cell."""
+        c = self.codecs
+        return [
+            *({"topic": PUSH.name, "key": p["channel"], "value": c["push"].dumps(p)} for p in result.pushes),
+            *({"topic": RIDE_COMMANDS.name, "key": r["ride_id"], "value": c["ride"].dumps(r)} for r in result.replies),
+            *({"topic": DRIVER_STATUS.name, "key": st["driver_id"], "value": c["status"].dumps(st)}
+              for st in result.statuses),
+            *({"topic": DRIVER_CELLS.name, "key": m["cell"], "value": c["cells"].dumps({"changes": [m]})}
+              for m in result.memberships),
+        ]

@@ -1,0 +1,150 @@
+"""One table as its owner reads and writes it: decoded values, a cache, the local store by partition.
+
+Writes go through a Transaction (tables.transaction), which commits them in a declared order:
+the changelog record acked first, then the local store. Reads see every value decided so far,
+committed or still on its way (the cache), so two transactions of the same owner never lose
+each other's writes; the store only ever holds acked values, so it is never ahead of its
+changelog and Faust's recovery (from the store's persisted offset) stays exact.
+
+Transactions writing a table commit one after the other, in the order they first wrote it
+(`ticket`/`turn`/`release`): the changelog, the local store and any output a transaction sends
+on a channel this table owns (a driver's push seq) reach Kafka in decision order, and a
+transaction retrying a failed produce holds back the ones after it.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+import faust
+
+from infra.faustcompat import PartitionStore, active_partitions, changelog_topic, store_of
+from schemas.avro import AvroCodec
+
+__all__ = ["Table"]
+
+V = TypeVar("V")
+_MISSING: Any = object()
+
+
+class Table(Generic[V]):
+    """A Faust table with bytes keys and Avro values, written by one owner through transactions."""
+
+    def __init__(self, table: faust.Table, codec: AvroCodec, *, cache_max: int,
+                 actives: Callable[[], Iterable[int]] | None = None) -> None:
+        self.faust = table
+        self.name: str = table.name
+        self.codec = codec
+        self.cache_max = cache_max
+        self._store: PartitionStore | None = None
+        self.changelog = changelog_topic(table)
+        # The partitions this worker holds as active (not standby): Faust's assignment of the changelog.
+        self.actives: Callable[[], Iterable[int]] = actives or (lambda: active_partitions(table.app, self.changelog))
+        self._cache: dict[str, V | None] = {}  # decided values, committed or not; None: absent
+        self._pending: dict[str, int] = {}  # keys with decided writes not in the store yet
+        self._queue: deque[object] = deque()  # transactions in the order they first wrote here
+        self._turns: dict[object, asyncio.Future[None]] = {}
+
+    @property
+    def store(self) -> PartitionStore:
+        """The local store (Faust makes it on first use, once the app is configured)."""
+        if self._store is None:
+            self._store = store_of(self.faust)
+        return self._store
+
+    # --- reads ----------------------------------------------------------------------------------
+    def get(self, key: str, partition: int) -> V | None:
+        """The latest decided value of `key` (in `partition`, where the store holds it)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        raw = self.store.get(key.encode(), partition)
+        value: V | None = self.codec.loads(raw) if raw is not None else None
+        self._cache[key] = value
+        return value
+
+    def get_any(self, key: str) -> V | None:
+        """The stored value of `key` in whichever partition this worker holds it (a lookup across
+        partitions, for readers that are not the owner)."""
+        raw = self.store.get_any(key.encode())
+        value: V | None = self.codec.loads(raw) if raw is not None else None
+        return value
+
+    def stored(self, partitions: Iterable[int] | None = None) -> Iterator[tuple[str, V]]:
+        """Every (key, value) the store holds for `partitions` (None: every active partition)."""
+        loads: Callable[[bytes], V] = self.codec.loads
+        for partition in sorted(self.actives() if partitions is None else partitions):
+            for key, raw in self.store.items(partition):
+                yield key.decode(), loads(raw)
+
+    # --- what transactions do ---------------------------------------------------------------------
+    def _decide(self, key: str, value: V | None, *, first: bool) -> Any:
+        """Make `value` the latest (`first`: the transaction's first write of `key`, which its store
+        write settles); returns what was there, for an undo."""
+        previous = self._cache.get(key, _MISSING)
+        self._cache[key] = value
+        if first:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        return previous
+
+    def _undo(self, key: str, previous: Any, *, first: bool) -> None:
+        if previous is _MISSING:
+            self._cache.pop(key, None)
+        else:
+            self._cache[key] = previous
+        if first:
+            self._settle(key)
+
+    def _settle(self, key: str) -> None:
+        left = self._pending.get(key, 0) - 1
+        if left > 0:
+            self._pending[key] = left
+        else:
+            self._pending.pop(key, None)
+
+    def _write(self, partition: int, items: list[tuple[str, bytes | None]], offset: int | None) -> None:
+        """Acked changelog values into the local store, with the offset they reach."""
+        self.store.write(partition, [(k.encode(), v) for k, v in items], offset)
+        for key, _ in items:
+            self._settle(key)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep the cache near `cache_max`, never dropping a value the store does not have yet."""
+        if len(self._cache) <= self.cache_max:
+            return
+        excess = len(self._cache) - self.cache_max * 3 // 4
+        for key in [k for k in self._cache if k not in self._pending][:excess]:
+            del self._cache[key]
+
+    # --- commit order -------------------------------------------------------------------------------
+    def ticket(self, tx: object) -> None:
+        """`tx` writes this table: it commits after every transaction that wrote it before."""
+        self._queue.append(tx)
+
+    async def turn(self, tx: object) -> None:
+        """Wait until every transaction ahead of `tx` has committed or given up."""
+        if self._queue and self._queue[0] is not tx:
+            fut = self._turns[tx] = asyncio.get_running_loop().create_future()
+            try:
+                await fut
+            finally:
+                self._turns.pop(tx, None)
+
+    def release(self, tx: object) -> None:
+        """`tx` is done with this table (committed, or abandoned): the next one may commit."""
+        try:
+            self._queue.remove(tx)
+        except ValueError:
+            return
+        if self._queue:
+            fut = self._turns.get(self._queue[0])
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def forget(self) -> None:
+        """Drop cached values (partitions moved; recovery may have rewritten the store)."""
+        self._cache.clear()
+        self._pending.clear()
