@@ -13,6 +13,8 @@ __all__ = [
     "DriverStatusChanged",
     "PushMessage",
     "DriverState",
+    "Decision",
+    "DriverOutbox",
     "CellMembership",
     "CellMembershipBatch",
     "CellDrivers",
@@ -97,8 +99,21 @@ class DriverState(TypedDict):
     offer_attempt: int
     reserved_until: int
     offer_seq: int
-    outbox_of: str | None
-    outbox: list[Outgoing]
+
+
+class Decision(TypedDict):
+    """A decoded `schemas.records.Decision`."""
+
+    key: str
+    ts: int
+    records: list[Outgoing]
+
+
+class DriverOutbox(TypedDict):
+    """A decoded `schemas.records.DriverOutbox`."""
+
+    driver_id: str
+    decisions: list[Decision]
 
 
 class CellMembership(TypedDict):

@@ -30,6 +30,8 @@ from schemas.records import (
     CellSighting,
     ChoiceField,
     DeadLetter,
+    Decision,
+    DriverOutbox,
     DriverState,
     DriverStatusChanged,
     LocationBatch,
@@ -138,6 +140,11 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     CellLatest: {"features": _FEATURES, "push_seq": 12},
     Watermark: {"ts": T0},
 }
+SAMPLES[Decision] = {"key": "RESERVE r-1 2", "ts": T0, "records": [
+    {"topic": "push", "key": "driver:d-1", "value": b"\xc3\x01offer"},
+    {"topic": "ride-commands", "key": "r-1", "value": b"\xc3\x01reserved"},
+]}
+SAMPLES[DriverOutbox] = {"driver_id": "d-1", "decisions": [SAMPLES[Decision], {"key": "FREE r-0 1", "ts": T0 - 5, "records": []}]}
 SAMPLES[CellSighting] = SAMPLES[CellActivityBatch]["sightings"][0]
 SAMPLES[CellRequest] = SAMPLES[CellActivityBatch]["requests"][0]
 SAMPLES[PaneTrace] = SAMPLES[CellPane]["drivers"]["d-1"]
