@@ -41,11 +41,11 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from schemas.avro import write_avsc
-    from schemas.records import PUBLISHED_RECORDS
+    """Write the current .avsc, keep each changed record's new version in history, regenerate typed.py."""
+    from schemas.registry import export
 
-    for record in PUBLISHED_RECORDS:
-        print(write_avsc(record))
+    for path in export():
+        print(path)
     return 0
 
 
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("action", choices=["fetch", "start", "stop", "status"])
     t = sub.add_parser("topics", help="create the declared topics (idempotent)")
     t.add_argument("action", choices=["create"])
-    s = sub.add_parser("schemas", help="write schemas/avsc/*.avsc from the Records")
+    s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) and schemas/typed.py from the Records")
     s.add_argument("action", choices=["export"])
     sub.add_parser("settings", help="print every LIVETRACK_* setting with its default and meaning")
     sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")

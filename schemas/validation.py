@@ -109,7 +109,8 @@ def field_errors(
     """Every problem with `data` as a `record`; `names` maps record fields to the caller's names."""
     if not isinstance(data, dict):
         return [FieldError("", "must be a JSON object")]
-    plans = _plan(record, skip, tuple(sorted((names or {}).items())))
+    # mypy checks type[Record] against Hashable through Record.__hash__ (an instance method).
+    plans = _plan(record, skip, tuple(sorted((names or {}).items())))  # type: ignore[arg-type]
     known = _known(plans)
     errors = [FieldError(k, "unknown field") for k in data if k not in known]
     for plan in plans:
@@ -129,7 +130,7 @@ def field_errors(
 def range_errors(record: Type[faust.Record], data: Mapping[str, Any]) -> list[FieldError]:
     """Constraint problems of `data` whose types its Avro decoding already guarantees."""
     errors = []
-    for plan in _plan(record, frozenset(), ()):
+    for plan in _plan(record, frozenset(), ()):  # type: ignore[arg-type]  # as in field_errors
         value = data.get(plan.name)
         if value is None:
             if plan.required:

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Iterator, Type
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Type
 
 import faust
 import pytest
-from fastavro import parse_schema, schemaless_reader
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.avro import AVSC_DIR, AvroCodec, SchemaMismatch, avro_schema, codec_for, write_avsc
+from schemas import typed
+from schemas.avro import (
+    AVSC_DIR, HISTORY_DIR, AvroCodec, SchemaMismatch, avro_schema, codec_for, read_history, schema_fingerprint,
+    typed_codec, write_avsc,
+)
 from schemas.records import (
     DRIVER_STATUSES,
     PUBLISHED_RECORDS,
@@ -21,14 +26,19 @@ from schemas.records import (
     CellMembership,
     CellMembershipBatch,
     CellPane,
+    CellRequest,
+    CellSighting,
     ChoiceField,
     DeadLetter,
+    Decision,
+    DriverOutbox,
     DriverState,
     DriverStatusChanged,
     LocationBatch,
     LocationEvent,
     OfferCommand,
     Outgoing,
+    PaneTrace,
     PushMessage,
     Ride,
     RideCommand,
@@ -130,6 +140,14 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
     CellLatest: {"features": _FEATURES, "push_seq": 12},
     Watermark: {"ts": T0},
 }
+SAMPLES[Decision] = {"key": "RESERVE r-1 2", "ts": T0, "records": [
+    {"topic": "push", "key": "driver:d-1", "value": b"\xc3\x01offer"},
+    {"topic": "ride-commands", "key": "r-1", "value": b"\xc3\x01reserved"},
+]}
+SAMPLES[DriverOutbox] = {"driver_id": "d-1", "decisions": [SAMPLES[Decision], {"key": "FREE r-0 1", "ts": T0 - 5, "records": []}]}
+SAMPLES[CellSighting] = SAMPLES[CellActivityBatch]["sightings"][0]
+SAMPLES[CellRequest] = SAMPLES[CellActivityBatch]["requests"][0]
+SAMPLES[PaneTrace] = SAMPLES[CellPane]["drivers"]["d-1"]
 ALL_RECORDS = tuple(SAMPLES)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795  # the Avro specification's "Schema Fingerprints" algorithm
@@ -372,6 +390,118 @@ def test_clone_keeps_the_record() -> None:
     clone = codec_for(PushMessage).clone()
     assert isinstance(clone, AvroCodec) and clone.record is PushMessage
     assert clone.loads(codec_for(PushMessage).dumps(SAMPLES[PushMessage])) == SAMPLES[PushMessage]
+
+
+def test_clone_keeps_the_history(tmp_path: Path) -> None:
+    assert AvroCodec(DriverState, tmp_path).clone().history == tmp_path
+
+
+def test_typed_codec_is_the_record_codec() -> None:
+    assert typed_codec(DriverState, typed.DriverState) is codec_for(DriverState)
+    assert typed_codec(LocationBatch, typed.LocationBatch).loads(codec_for(LocationBatch).dumps(
+        SAMPLES[LocationBatch])) == SAMPLES[LocationBatch]
+
+
+@pytest.mark.parametrize("shape", [typed.Ride, typed.LocationEvent, dict])
+def test_typed_codec_refuses_another_records_typed_dict(shape: Any) -> None:
+    with pytest.raises(TypeError, match="DriverState"):
+        typed_codec(DriverState, shape)
+
+
+# --- older versions, kept in history ---------------------------------------------------------------
+
+
+class Versioned(faust.Record, namespace="livetrack.tests.Versioned", include_metadata=False):
+    """Test-only: the current version of a record that had an older one (`_OLD`)."""
+
+    id: str
+    seq: int
+    status: str = ChoiceField(choices=DRIVER_STATUSES, enum_name="DriverStatus")
+    note: Optional[str] = None  # added since, with defaults
+    attempt: int = 0
+    tags: List[str] = []
+
+
+# The older version: no note, attempt or tags yet, and a `zone` since dropped.
+_OLD: dict[str, Any] = {"type": "record", "name": "Versioned", "namespace": "livetrack.tests", "fields": [
+    {"name": "id", "type": "string"}, {"name": "seq", "type": "long"}, {"name": "zone", "type": "string"},
+    {"name": "status", "type": {"type": "enum", "name": "DriverStatus", "namespace": "livetrack",
+                                "symbols": list(DRIVER_STATUSES)}},
+]}
+_OLD_VALUE = {"id": "v-1", "seq": 4, "zone": "north", "status": "ON_TRIP"}
+_NOW_VALUE = {"id": "v-1", "seq": 4, "status": "ON_TRIP", "note": None, "attempt": 0, "tags": []}
+
+
+def _keep(history: Path, schema: dict[str, Any]) -> bytes:
+    """Keep `schema` as a version of Versioned in `history`, as `export` would; its single-object header."""
+    fp = schema_fingerprint(schema)
+    (history / "Versioned").mkdir(parents=True, exist_ok=True)
+    (history / "Versioned" / f"{fp.hex()}.avsc").write_text(json.dumps(schema))
+    return b"\xc3\x01" + fp
+
+
+def _written(history: Path, schema: dict[str, Any] = _OLD, value: dict[str, Any] = _OLD_VALUE) -> bytes:
+    """A record as `schema` (kept in `history`) wrote it."""
+    buf = io.BytesIO()
+    buf.write(_keep(history, schema))
+    schemaless_writer(buf, parse_schema(schema), value)
+    return buf.getvalue()
+
+
+def test_a_kept_older_version_reads_as_the_current_schema(tmp_path: Path) -> None:
+    assert AvroCodec(Versioned, tmp_path).loads(_written(tmp_path)) == _NOW_VALUE
+
+
+def test_the_writer_writes_the_current_version_after_reading_an_old_one(tmp_path: Path) -> None:
+    codec = AvroCodec(Versioned, tmp_path)
+    again = codec.dumps(codec.loads(_written(tmp_path)))
+    assert again[:10] == codec.header != _written(tmp_path)[:10]
+    assert codec.loads(again) == _NOW_VALUE
+
+
+def test_defaults_filled_in_are_fresh_objects_for_every_record(tmp_path: Path) -> None:
+    # fastavro hands out the reader schema's own default list; a caller appending to it must not
+    # change what the next old record decodes to.
+    codec = AvroCodec(Versioned, tmp_path)
+    data = _written(tmp_path)
+    codec.loads(data)["tags"].append("changed")
+    assert codec.loads(data)["tags"] == []
+
+
+def test_an_unknown_fingerprint_names_the_record_and_the_fingerprint(tmp_path: Path) -> None:
+    data = _written(tmp_path)
+    for path in (tmp_path / "Versioned").iterdir():
+        path.unlink()
+    with pytest.raises(SchemaMismatch, match=f"Versioned.*{data[2:10].hex()}"):
+        AvroCodec(Versioned, tmp_path).loads(data)
+
+
+def test_a_kept_version_the_current_schema_cannot_read_raises_schema_mismatch(tmp_path: Path) -> None:
+    # One the unit tests refuse (the current `seq` has no default): SchemaMismatch, as for any bytes it cannot read.
+    no_seq = {**_OLD, "fields": [f for f in _OLD["fields"] if f["name"] != "seq"]}
+    data = _written(tmp_path, no_seq, {k: v for k, v in _OLD_VALUE.items() if k != "seq"})
+    with pytest.raises(SchemaMismatch, match="Versioned cannot read its version .*field seq"):
+        AvroCodec(Versioned, tmp_path).loads(data)
+
+
+def test_history_is_read_only_when_an_older_version_arrives(tmp_path: Path) -> None:
+    codec = AvroCodec(Versioned, tmp_path)
+    assert codec.loads(codec.dumps(_NOW_VALUE)) == _NOW_VALUE  # the current version needs no history
+    assert codec._writers is None
+    old = _written(tmp_path)  # kept after the codec was made: read on the first old record
+    assert codec.loads(old) == _NOW_VALUE
+    assert codec._writers is not None and list(codec._writers) == [old[2:10]]
+
+
+def test_read_history_keys_versions_by_fingerprint(tmp_path: Path) -> None:
+    header = _keep(tmp_path, _OLD)
+    assert read_history("Versioned", tmp_path) == {header[2:]: _OLD}
+    assert read_history("Nothing", tmp_path) == {}
+
+
+def test_codecs_read_the_checked_in_history() -> None:
+    assert HISTORY_DIR == AVSC_DIR / "history"
+    assert codec_for(DriverState).history == HISTORY_DIR
 
 
 # --- the checked-in .avsc files --------------------------------------------------------------------
