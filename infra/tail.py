@@ -79,12 +79,16 @@ class TopicTail(Generic[T]):
         if meta.error is not None:
             raise KafkaException(meta.error)
         since = int(time.time() * 1000) - self.replay_ms
+        # The ends first: a record written while the start offsets are looked up is then read, not
+        # skipped (looked up after, the end would already be past it).
+        highs = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                 for p in meta.partitions}
         wanted = [TopicPartition(self.topic, p, since) for p in meta.partitions]
         starts = self._consumer.offsets_for_times(wanted, timeout=10)
         for tp in starts:
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            if tp.offset < 0:  # nothing that recent: start at the end as it is now (OFFSET_END would
-                tp.offset = high  # be resolved at the first fetch, skipping what arrives until then)
+            high = highs[tp.partition]
+            if tp.offset < 0 or tp.offset > high:  # nothing that recent: start at the end as it was
+                tp.offset = high  # (OFFSET_END would be resolved at the first fetch, skipping what arrives)
             elif tp.offset < high:
                 self._catch_up[tp.partition] = high - 1
         self._consumer.assign(starts)

@@ -18,7 +18,7 @@ from infra.processes import scrape
 from infra.settings import Settings
 from schemas.partitioning import partition_for
 from tests.conftest import _free_port
-from tests.integration.fixtures import Pipeline, Subscriber, end_offsets, ping
+from tests.integration.fixtures import Pipeline, Subscriber, end_offsets, ping, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def own_broker(state_dir: Path, **overrides: Any) -> Iterator[Settings]:
         pytest.skip("needs its own embedded broker (LIVETRACK_KAFKA_BOOTSTRAP names a shared cluster)")
     settings = Settings(
         kafka_port=_free_port(pairs=True), state_dir=state_dir, partitions=4, app_id=f"rt-{uuid.uuid4().hex[:6]}",
-        gateway_port=_free_port(), worker_web_port=_free_port(), offer_ttl_ms=5_000, reserve_timeout_ms=3_000,
+        gateway_port=_free_port(), worker_web_port=_free_port(), offer_ttl_ms=30_000, reserve_timeout_ms=20_000,
         dispatch_retry_ms=500, ride_reply_timeout_s=5.0, **overrides,
     )
     with kafka_running(settings):
@@ -62,8 +62,7 @@ async def test_a_bug_stops_its_partition_with_an_error_and_a_metric_and_dead_let
                     await client.subscribe(f"driver:{d}")
                 async with http.post(f"{p.url}/v1/locations", json=ping(victim, 1)) as resp:
                     assert resp.status == 202  # the record of the bug
-                for status, _ in [await _health(settings)]:
-                    pass
+                await _health(settings)
                 deadline = time.monotonic() + 20
                 while (await worker_json(settings, "/healthz"))[0] != 503:
                     assert time.monotonic() < deadline, "the worker never reported the stopped partition"
@@ -103,10 +102,11 @@ async def _health(settings: Settings) -> tuple[int, Any]:
     raise AssertionError("the worker's web server never answered")
 
 
-@pytest.mark.parametrize("fault", ["drivers:acked0:2", "rides:acked0:1", "rides:acked1:1", "nobody:acked0:1"])
+@pytest.mark.parametrize("fault", ["drivers:acked0:2", "rides:acked0:1", "rides:acked1:1"])
 async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tmp_path: Path, fault: str) -> None:
     """SIGKILL right after a commit step; restarted without the fault, the worker replays to the same
-    pushes: every driver channel seq once and in order, the offer delivered, the ride offered."""
+    pushes: every driver channel seq once and in order, the offer delivered, the ride offered (offers
+    live 30 s here: longer than a restart, which an offer must outlive to be seen)."""
     with own_broker(tmp_path, fault_at=fault) as settings:
         p = Pipeline(settings)
         p.start_worker()
@@ -123,6 +123,7 @@ async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tm
                         assert resp.status == 202
                     if seq == 1:
                         updates.append(await client.next())
+                        await _in_its_cell(settings, d)  # a candidate: the kill is this test's only fault
                 if fault.startswith("drivers"):
                     assert _wait_dead(p, 30), "the fault never fired"
                     p.start_worker()
@@ -141,14 +142,10 @@ async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tm
                     except asyncio.TimeoutError:
                         async with http.get(f"{p.url}/v1/rides/{ride}") as resp:
                             state = await resp.json()
-                        from schemas.avro import codec_for
-                        from schemas.records import RideCommand
-                        from tests.integration.fixtures import read_topic
-                        cmds = [(c["command"], c["expires_at"], c["ts"]) for c in (codec_for(RideCommand).loads(m.value()) for m in read_topic(settings, "ride-commands"))]
-                        raise AssertionError(f"no offer reached driver:{d}: {updates}; the ride: {state}; {cmds}; {[(m.partition(), m.offset()) for m in read_topic(settings, 'driver-cells')]}, {len(read_topic(settings, settings.app_id + '-cell_to_drivers-changelog'))}") from None
+                        raise AssertionError(f"no offer reached driver:{d}: {updates}; the ride: {state}") from None
                 while True:  # the gateway's view of `rides` follows
                     async with http.get(f"{p.url}/v1/rides/{ride}") as resp:
-                        if (await resp.json())["state"] == "OFFERED":
+                        if (await resp.json()).get("state") == "OFFERED":
                             break
                     assert time.monotonic() < deadline, "the ride was never OFFERED"
                     await asyncio.sleep(0.1)
@@ -160,11 +157,22 @@ async def test_a_worker_killed_after_a_commit_step_resumes_to_the_same_pushes(tm
             p.stop()
 
 
+async def _in_its_cell(settings: Settings, driver: str) -> None:
+    """Wait until the cells agent has the driver in `cell_to_drivers` (its changelog says so)."""
+    changelog = f"{settings.app_id}-cell_to_drivers-changelog"
+    deadline = time.monotonic() + 20
+    while not any(driver.encode() in (m.value() or b"") for m in read_topic(settings, changelog)):
+        assert time.monotonic() < deadline, f"{driver} never reached cell_to_drivers"
+        await asyncio.sleep(0.2)
+
+
 def _wait_dead(p: Pipeline, timeout_s: float) -> bool:
+    """Wait for the fault to kill the worker; the next one starts without it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if p.worker is not None and not p.worker.alive():
             p.worker = None
+            p.settings = p.settings.model_copy(update={"fault_at": ""})
             return True
         time.sleep(0.1)
     return False
