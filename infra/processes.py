@@ -105,15 +105,19 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(args: Sequence[str], settings: Settings, name: str) -> Proc:
+def spawn(args: Sequence[str], settings: Settings, name: str, *, tree: Path | None = None) -> Proc:
     """Start `args` with `settings`, output to state_dir/logs/<name>.log, in its own session
-    (so a terminal's Ctrl-C reaches only us, and we stop children in order)."""
+    (so a terminal's Ctrl-C reaches only us, and we stop children in order); `tree`: run the code
+    of that checkout instead of this one (an upgrade test)."""
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
     log_start = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as out:
-        popen = subprocess.Popen(list(args), env=env_for(settings), stdout=out, stderr=subprocess.STDOUT,
+        env = env_for(settings)
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        popen = subprocess.Popen(list(args), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tree,
                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     return Proc(popen, name, log, log_start)
