@@ -20,9 +20,9 @@ from agents.errors import Rejected
 from agents.features_math import kring
 from agents.geo import cell_of
 from agents.panes import pane_start
-from schemas.avro import codec_for
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.records import CellActivityBatch, RideEvent
 from schemas.topics import CELL_ACTIVITY
 from schemas.validation import range_errors
 from tables.transaction import Transaction
@@ -38,7 +38,7 @@ def target_partitions(cell: str, k: int, partitions: int) -> tuple[int, ...]:
     return tuple(sorted({partition_for(n, partitions) for n in kring(cell, k)}))
 
 
-def ride_request(ride: Mapping[str, Any], resolution: int) -> dict[str, Any] | None:
+def ride_request(ride: typed.RideEvent, resolution: int) -> typed.CellRequest | None:
     """The demand a RideEvent stands for: a CellRequest when it is a request, else None (pure);
     Rejected when the request is out of range.
 
@@ -47,7 +47,7 @@ def ride_request(ride: Mapping[str, Any], resolution: int) -> dict[str, Any] | N
     """
     if ride["event"] != "REQUESTED":
         return None
-    problems = range_errors(RideEvent, ride)
+    problems = range_errors(records.RideEvent, ride)
     if problems:
         raise Rejected("; ".join(f"{e.field} {e.reason}" for e in problems))
     return {"cell": cell_of(ride["pickup_lat"], ride["pickup_lng"], resolution), "ride_id": ride["ride_id"],
@@ -62,14 +62,14 @@ class ActivityFanout:
         self.resolution = resolution
         self.k = k
         self.pane_ms = pane_ms
-        self.codec = codec_for(CellActivityBatch)
+        self.codec = typed_codec(records.CellActivityBatch, typed.CellActivityBatch)
         self._copied: dict[str, tuple[str, int, bool]] = {}  # driver -> (cell, pane, available) neighbours know
 
-    def send(self, tx: Transaction, *, sightings: Iterable[tuple[Mapping[str, Any], str]] = (),
-             requests: Iterable[dict[str, Any]] = ()) -> int:
+    def send(self, tx: Transaction, *, sightings: Iterable[tuple[typed.LocationEvent, str]] = (),
+             requests: Iterable[typed.CellRequest] = ()) -> int:
         """Send the sightings (a decoded LocationEvent with the driver's status then) and the
         requests (CellRequests, see `ride_request`) in `tx`; how many records."""
-        pending: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"sightings": [], "requests": []})
+        pending: dict[int, typed.CellActivityBatch] = defaultdict(lambda: {"sightings": [], "requests": []})
         copying: dict[str, tuple[str, int, bool]] = {}
         for ping, status in sightings:
             self._sighting(pending, copying, ping, status)
@@ -82,12 +82,12 @@ class ActivityFanout:
             tx.committed.append(lambda: self._delivered(copying))  # a failed batch's copies are never remembered
         return len(pending)
 
-    def _sighting(self, pending: dict[int, dict[str, list[dict[str, Any]]]],
-                  copying: dict[str, tuple[str, int, bool]], ping: Mapping[str, Any], status: str) -> None:
+    def _sighting(self, pending: dict[int, typed.CellActivityBatch],
+                  copying: dict[str, tuple[str, int, bool]], ping: typed.LocationEvent, status: str) -> None:
         cell = cell_of(ping["lat"], ping["lng"], self.resolution)
         available = status == "AVAILABLE"
-        item = {"cell": cell, "driver_id": ping["driver_id"], "seq": ping["seq"], "ts": ping["fix_ts"],
-                "lat": ping["lat"], "lng": ping["lng"], "available": available}
+        item: typed.CellSighting = {"cell": cell, "driver_id": ping["driver_id"], "seq": ping["seq"],
+                                     "ts": ping["fix_ts"], "lat": ping["lat"], "lng": ping["lng"], "available": available}
         own = partition_for(cell, self.partitions)
         pending[own]["sightings"].append(item)
         pane = pane_start(ping["fix_ts"], self.pane_ms)

@@ -25,8 +25,8 @@ from infra.clock import now_ms
 from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
-from schemas.avro import codec_for
-from schemas.records import CellDrivers, CellLatest, CellPane, DriverOutbox, DriverState, Ride, Watermark
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.topics import (
     CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, RIDES,
     TopicSpec,
@@ -123,21 +123,25 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         raise ValueError("locations, ride-commands, offers and driver-cells must have as many partitions "
                          "(agents.feed reads the first three where Faust assigned this worker driver-cells)")
 
-    def table(declared: faust.Table, record: type) -> Table[Any]:
-        return Table(declared, codec_for(record), cache_max=settings.table_cache_max)
-
+    cache_max = settings.table_cache_max
     policy = FeaturePolicy.from_settings(settings)
     activity_partitions = CELL_ACTIVITY.partition_count(partitions)
-    tables = {t.name: t for t in (
-        table(driver_to_state(app, partitions), DriverState),
-        table(driver_to_outbox(app, partitions), DriverOutbox),
-        table(cell_to_drivers(app, partitions), CellDrivers),
-        table(ride_to_state(app, partitions), Ride),
-        table(cell_to_activity(app, activity_partitions, pane_ms=policy.pane_ms,
-                               reach_ms=policy.max_window_ms + policy.grace_ms), CellPane),
-        table(partition_to_watermark(app, activity_partitions), Watermark),
-        table(cell_to_features(app, activity_partitions), CellLatest),
-    )}
+    states = Table(driver_to_state(app, partitions), typed_codec(records.DriverState, typed.DriverState),
+                   cache_max=cache_max)
+    outboxes = Table(driver_to_outbox(app, partitions), typed_codec(records.DriverOutbox, typed.DriverOutbox),
+                     cache_max=cache_max)
+    cell_drivers = Table(cell_to_drivers(app, partitions), typed_codec(records.CellDrivers, typed.CellDrivers),
+                         cache_max=cache_max)
+    ride_states = Table(ride_to_state(app, partitions), typed_codec(records.Ride, typed.Ride), cache_max=cache_max)
+    panes = Table(cell_to_activity(app, activity_partitions, pane_ms=policy.pane_ms,
+                                   reach_ms=policy.max_window_ms + policy.grace_ms),
+                  typed_codec(records.CellPane, typed.CellPane), cache_max=cache_max)
+    watermarks = Table(partition_to_watermark(app, activity_partitions),
+                       typed_codec(records.Watermark, typed.Watermark), cache_max=cache_max)
+    latest = Table(cell_to_features(app, activity_partitions), typed_codec(records.CellLatest, typed.CellLatest),
+                   cache_max=cache_max)
+    tables: dict[str, Table[Any]] = {t.name: t for t in (
+        states, outboxes, cell_drivers, ride_states, panes, watermarks, latest)}
 
     def fanout() -> ActivityFanout:
         return ActivityFanout(partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
@@ -145,14 +149,14 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
 
     assignment = Assignment()  # the feed's partitions: the drivers whose commands are decided in place
     desk = DriverDesk(
-        states=tables["driver_to_state"], outboxes=tables["driver_to_outbox"],
+        states=states, outboxes=outboxes,
         pings=DriverPolicy.from_settings(settings), offers=OfferPolicy.from_settings(settings),
         partitions=LOCATIONS.partition_count(partitions), cell_partitions=DRIVER_CELLS.partition_count(partitions),
         owned=assignment, clock_ms=clock_ms,
     )
-    lookup = FeatureLookup(tables["cell_to_features"], policy, clock_ms)
+    lookup = FeatureLookup(latest, policy, clock_ms)
     view = CellDriversView()
-    app.add_dependency(ViewService(view, settings, tables["cell_to_drivers"].changelog))
+    app.add_dependency(ViewService(view, settings, cell_drivers.changelog))
     dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, clock_ms)
     features_dlq = DeadLetters(FEATURES_DLQ.name, clock_ms)
     components = Components(
@@ -161,17 +165,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                                      activity=fanout()),
         offers=offers.OffersAgent(desk=desk, dead_letters=dispatch_dlq),
         rides=rides.RidesAgent(
-            rides=tables["ride_to_state"], desk=desk, dead_letters=dispatch_dlq, view=view,
+            rides=ride_states, desk=desk, dead_letters=dispatch_dlq, view=view,
             # Fares use the pickup cell's surge; ETAs each cell's travel speed (features).
             policy=DispatchPolicy.from_settings(settings, surge=lookup.surge, speed=lookup.travel_speed_mps),
             candidate_max_age_ms=settings.dispatch_candidate_max_age_ms, clock_ms=clock_ms,
         ),
-        cells=cells.CellsAgent(cells=tables["cell_to_drivers"], dead_letters=DeadLetters(LOCATIONS_DLQ.name, clock_ms),
+        cells=cells.CellsAgent(cells=cell_drivers, dead_letters=DeadLetters(LOCATIONS_DLQ.name, clock_ms),
                                ttl_ms=settings.membership_ttl_ms),
         demand=demand.DemandAgent(fanout=fanout(), dead_letters=features_dlq, resolution=policy.resolution),
         features=features.FeaturesAgent(
-            panes=tables["cell_to_activity"], watermarks=tables["partition_to_watermark"],
-            latest=tables["cell_to_features"], dead_letters=features_dlq, policy=policy,
+            panes=panes, watermarks=watermarks, latest=latest, dead_letters=features_dlq, policy=policy,
             partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
         ),
         view=view, feature_lookup=lookup, metrics=metrics, tables=tables,
@@ -193,9 +196,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         desk.resend(tx, taken)
         await commit(tx, producer)
 
-    batch = {"batch_max": settings.worker_batch_max, "batch_within_s": settings.worker_batch_within_s}
+    batch_max, within_s = settings.worker_batch_max, settings.worker_batch_within_s
     register_batched(app, bind_topic(app, DRIVER_CELLS, settings), components.cells, runtime,
-                     name="track_cell_drivers", **batch)
+                     name="track_cell_drivers", batch_max=batch_max, batch_within_s=within_s)
     rides.register(app, components.rides, producer, tick_s=settings.dispatch_tick_ms / 1000)
     # The pings and dispatch are read in whole batches, outside Faust's per-record path (agents.feed).
     app.add_dependency(BatchFeed(
@@ -205,7 +208,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         on_taken=resend,
     ))
     register_batched(app, bind_topic(app, RIDES, settings), components.demand, runtime,
-                     name="count_ride_requests", **batch)
+                     name="count_ride_requests", batch_max=batch_max, batch_within_s=within_s)
     register_batched(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, runtime,
-                     name="compute_cell_features", **batch)
+                     name="compute_cell_features", batch_max=batch_max, batch_within_s=within_s)
     return app

@@ -6,7 +6,11 @@ a bug stopped are held, so Faust never commits past them, and the partition is p
 """
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+import faust.types
+from faust.streams import Stream
 from faust.types import TP
 
 from agents.runtime import Agent, AgentRuntime
@@ -16,17 +20,18 @@ from infra.inbound import Inbound
 __all__ = ["inbound_of", "register_batched"]
 
 
-def inbound_of(event: faust.EventT) -> Inbound:
+def inbound_of(event: faust.EventT[Any]) -> Inbound:
     """A Faust event as the agents take it."""
     m = event.message
     return Inbound(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value, event)
 
 
 def register_batched(app: faust.App, topic: faust.TopicT, agent: Agent, runtime: AgentRuntime, *,
-                     name: str, batch_max: int, batch_within_s: float) -> faust.types.AgentT:
+                     name: str, batch_max: int, batch_within_s: float) -> faust.types.AgentT[Any]:
     """A Faust agent named `name` on `topic` running `agent` through `runtime`, batch by batch."""
 
-    async def consume(stream: faust.StreamT) -> None:
+    async def consume(stream: faust.types.StreamT[Any]) -> None:
+        assert isinstance(stream, Stream)  # take_events is Stream's, not in StreamT's interface
         async for events in stream.take_events(batch_max, within=batch_within_s):
             await runtime.run(agent, [inbound_of(e) for e in events])
             stopped = [e for e in events if runtime.is_stopped(inbound_of(e))]

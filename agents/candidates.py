@@ -22,8 +22,8 @@ from mode import Service
 from agents.estimates import Candidate
 from infra.settings import Settings
 from infra.tail import TopicTail
-from schemas.avro import codec_for
-from schemas.records import CellDrivers
+from schemas import records, typed
+from schemas.avro import typed_codec
 
 __all__ = ["CellDriversView", "ViewService", "candidates_in", "ring_cells"]
 
@@ -69,7 +69,7 @@ class CellDriversView:
         self.available: dict[str, dict[str, int]] = {}
         self.ready = asyncio.Event()
 
-    async def apply(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    async def apply(self, batch: list[tuple[str, typed.CellDrivers]]) -> None:
         """Take the latest value of each cell (the tail's handler)."""
         for cell, value in batch:
             if value["available"]:
@@ -91,16 +91,21 @@ class ViewService(Service):
         self.view = view
         self.settings = settings
         self.changelog = changelog
-        self.tail: TopicTail[tuple[str, dict[str, Any]]] | None = None
+        self.tail: TopicTail[tuple[str, typed.CellDrivers]] | None = None
 
     async def on_started(self) -> None:
         self.add_future(self._follow())
 
     async def _follow(self) -> None:
-        codec = codec_for(CellDrivers)
+        codec = typed_codec(records.CellDrivers, typed.CellDrivers)
+
+        def decode(key: bytes | None, value: bytes) -> tuple[str, typed.CellDrivers]:
+            assert key is not None, "a changelog record has its key"
+            return key.decode(), codec.loads(value)
+
         while not self.should_stop:
             tail = TopicTail(
-                self.settings.bootstrap, self.changelog, lambda k, v: (k.decode(), codec.loads(v)),
+                self.settings.bootstrap, self.changelog, decode,
                 self.view.apply, replay_ms=self.settings.membership_ttl_ms + self.settings.membership_refresh_ms,
                 client_id=f"{self.settings.app_id}-cells-view",
             )

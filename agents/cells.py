@@ -4,25 +4,25 @@ Values are decoded Avro dicts: CellMembership in, CellDrivers in the table.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
-from schemas.avro import codec_for
-from schemas.records import CellMembershipBatch
+from schemas import records, typed
+from schemas.avro import typed_codec
 from tables.table import Table
 from tables.transaction import TOGETHER, Transaction
 
 __all__ = ["CellsAgent", "apply_membership"]
 
-Cell = dict[str, Any]  # a decoded CellDrivers
+Cell = typed.CellDrivers
 
 
 def _fresh(entries: Mapping[str, int], now_ms: int, ttl_ms: int) -> dict[str, int]:
     return {d: ts for d, ts in entries.items() if now_ms - ts < ttl_ms}
 
 
-def apply_membership(prev: Cell | None, m: Mapping[str, Any], ttl_ms: int) -> Cell:
+def apply_membership(prev: Cell | None, m: typed.CellMembership, ttl_ms: int) -> Cell:
     """The cell after one membership message; silent drivers (older than ttl) drop out (pure)."""
     now, driver = m["ts"], m["driver_id"]
     drivers = _fresh(prev["drivers"] if prev else {}, now, ttl_ms)
@@ -51,16 +51,17 @@ class CellsAgent:
         self.cells = cells
         self.dead_letters = dead_letters
         self.ttl_ms = ttl_ms
-        self.codec = codec_for(CellMembershipBatch)
+        self.codec = typed_codec(records.CellMembershipBatch, typed.CellMembershipBatch)
 
-    async def prepare(self, records: Any) -> None:
+    async def prepare(self, batch: Sequence[Inbound]) -> None:
         return None
 
     def step(self, tx: Transaction, record: Inbound) -> None:
         # A batch often moves several drivers in and out of one cell: each cell is written once a batch.
-        for m in decode(self.codec, record)["changes"]:
+        batch: typed.CellMembershipBatch = decode(self.codec, record)
+        for m in batch["changes"]:
             cell = m["cell"]
-            tx.put(self.cells, cell, apply_membership(tx.get(self.cells, cell, record.partition), m, self.ttl_ms),
+            tx.put(self.cells, cell, apply_membership(self.cells.get(cell, record.partition), m, self.ttl_ms),
                    record.partition)
 
     def end(self, tx: Transaction) -> None:

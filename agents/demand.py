@@ -6,13 +6,13 @@ requests, which the features agent holds as a set of ride ids per cell and pane.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Sequence
 
 from agents.activity import ActivityFanout, ride_request
 from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
-from schemas.avro import codec_for
-from schemas.records import RideEvent
+from schemas import records, typed
+from schemas.avro import typed_codec
 from tables.transaction import TOGETHER, Transaction
 
 __all__ = ["DemandAgent"]
@@ -30,14 +30,15 @@ class DemandAgent:
         self.fanout = fanout
         self.dead_letters = dead_letters
         self.resolution = resolution
-        self.codec = codec_for(RideEvent)
+        self.codec = typed_codec(records.RideEvent, typed.RideEvent)
         self.requests = 0
 
-    async def prepare(self, records: Any) -> None:
+    async def prepare(self, batch: Sequence[Inbound]) -> None:
         return None
 
     def step(self, tx: Transaction, record: Inbound) -> None:
-        request = ride_request(decode(self.codec, record), self.resolution)  # Rejected: out of range
+        ride: typed.RideEvent = decode(self.codec, record)
+        request = ride_request(ride, self.resolution)  # Rejected: out of range
         if request is not None:
             tx.collect(REQUESTS, request)
             self.requests += 1

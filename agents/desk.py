@@ -22,25 +22,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable
 
 from agents.pings import DriverPolicy, PingResult, apply_ping
 from agents.reservations import NOTICE_TTL_MS, OfferPolicy, OfferResult, apply_offer, command_key
-from infra.inbound import Inbound
-from schemas.avro import codec_for
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.records import (
-    CellMembershipBatch, DriverStatusChanged, LocationEvent, OfferCommand, PushMessage, RideCommand,
-)
 from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, PUSH, RIDE_COMMANDS
 from tables.table import Table
 from tables.transaction import Transaction
 
 __all__ = ["Decided", "DriverDesk", "OUTBOX_KEEP", "OUTBOX_KEEP_MS"]
 
-State = dict[str, Any]  # a decoded DriverState
-Outbox = dict[str, Any]  # a decoded DriverOutbox
-Message = dict[str, Any]
+State = typed.DriverState
+Outbox = typed.DriverOutbox
 OUTBOX_KEEP_MS = NOTICE_TTL_MS  # a decision older than its pushes' TTL is worth nothing re-sent
 OUTBOX_KEEP = 16  # decisions kept per driver at most
 MEMBERSHIPS = "desk.memberships"  # what a transaction collects for driver-cells
@@ -52,7 +48,7 @@ class Decided:
 
     driver_id: str
     changed: bool
-    records: list[Message]
+    records: list[typed.Outgoing]
     replayed: bool = False
 
 
@@ -71,9 +67,11 @@ class DriverDesk:
         self.cell_partitions = cell_partitions
         self.owned = owned  # the driver partitions this worker holds now (agents.feed.Assignment)
         self.clock_ms = clock_ms
-        self.codecs = {name: codec_for(r) for name, r in (
-            ("push", PushMessage), ("ride", RideCommand), ("status", DriverStatusChanged), ("offer", OfferCommand),
-            ("cells", CellMembershipBatch), ("ping", LocationEvent))}
+        self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
+        self.ride_codec = typed_codec(records.RideCommand, typed.RideCommand)
+        self.status_codec = typed_codec(records.DriverStatusChanged, typed.DriverStatusChanged)
+        self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
+        self.cells_codec = typed_codec(records.CellMembershipBatch, typed.CellMembershipBatch)
         self.ops: Counter[str] = Counter()
 
     def partition(self, driver_id: str) -> int:
@@ -85,43 +83,45 @@ class DriverDesk:
         return partition_for(cell, self.cell_partitions)
 
     # --- pings ------------------------------------------------------------------------------------
-    def ping(self, tx: Transaction, ping: Any, partition: int) -> tuple[PingResult, State | None]:
+    def ping(self, tx: Transaction, ping: typed.LocationEvent, partition: int) -> tuple[PingResult, State | None]:
         """Apply one valid ping of a driver of `partition`; the result and the driver's state after it."""
         driver = ping["driver_id"]
-        prev = tx.get(self.states, driver, partition)
+        prev = self.states.get(driver, partition)
         result = apply_ping(prev, ping, self.pings, self.clock_ms())
         tx.join(self.states)  # a duplicate's push again goes out in seq order too
         if result.state is not None:
             tx.put(self.states, driver, result.state, partition)
         if result.push is not None:
             push = result.push
-            tx.send(PUSH.name, self.codecs["push"].dumps(push), key=push["channel"].encode())
+            tx.send(PUSH.name, self.push_codec.dumps(push), key=push["channel"].encode())
         if result.ride_move is not None:
             move = result.ride_move
-            tx.send(RIDE_COMMANDS.name, self.codecs["ride"].dumps(move), key=move["ride_id"].encode())
+            tx.send(RIDE_COMMANDS.name, self.ride_codec.dumps(move), key=move["ride_id"].encode())
         for m in result.memberships:
             tx.collect(MEMBERSHIPS, m)
         return result, result.state or prev
 
     # --- dispatch -----------------------------------------------------------------------------------
-    def decide(self, tx: Transaction, cmd: Any, partition: int) -> Decided:
+    def decide(self, tx: Transaction, cmd: typed.OfferCommand, partition: int) -> Decided:
         """Apply one OfferCommand for a driver of `partition`: its decision, or the one it made before."""
         driver, key, now = cmd["driver_id"], command_key(cmd), self.clock_ms()
         tx.join(self.states)
-        box = tx.get(self.outboxes, driver, partition)
+        box = self.outboxes.get(driver, partition)
         earlier = next((d for d in box["decisions"] if d["key"] == key), None) if box else None
         if earlier is not None:
             records = list(earlier["records"])
             self._send(tx, records)
             self.ops["replayed"] += 1
             return Decided(driver, False, records, replayed=True)
-        result = apply_offer(tx.get(self.states, driver, partition), cmd, self.offers, now)
+        result = apply_offer(self.states.get(driver, partition), cmd, self.offers, now)
         records = self._encode(result)
         if result.state is not None:
             tx.put(self.states, driver, result.state, partition)
             kept = [d for d in (box["decisions"] if box else []) if d["ts"] > now - OUTBOX_KEEP_MS]
-            decisions = [*kept[-(OUTBOX_KEEP - 1):], {"key": key, "ts": now, "records": records}]
-            tx.put(self.outboxes, driver, {"driver_id": driver, "decisions": decisions}, partition)
+            decision: typed.Decision = {"key": key, "ts": now, "records": records}
+            decisions = [*kept[-(OUTBOX_KEEP - 1):], decision]
+            outbox: Outbox = {"driver_id": driver, "decisions": decisions}
+            tx.put(self.outboxes, driver, outbox, partition)
         self._send(tx, records)
         self.ops[cmd["op"]] += 1
         return Decided(driver, result.state is not None, records)
@@ -129,7 +129,7 @@ class DriverDesk:
     def submit(self, tx: Transaction, value: bytes) -> bool:
         """An OfferCommand (Avro) for the driver desk: decided here, in `tx`, when this worker holds the
         driver's partition; else sent to `offers` for the worker that does. True: decided here."""
-        cmd = self.codecs["offer"].loads(value)
+        cmd = self.offer_codec.loads(value)
         partition = self.partition(cmd["driver_id"])
         if partition not in self.owned():
             tx.send(OFFERS.name, value, key=cmd["driver_id"].encode())
@@ -153,11 +153,11 @@ class DriverDesk:
 
     def end(self, tx: Transaction) -> None:
         """The batch's cell memberships: one CellMembershipBatch per `driver-cells` partition."""
-        by_partition: dict[int, list[Message]] = defaultdict(list)
+        by_partition: dict[int, list[typed.CellMembership]] = defaultdict(list)
         for m in tx.collected(MEMBERSHIPS):
             by_partition[self.cell_partition(m["cell"])].append(m)
         for partition, changes in by_partition.items():
-            tx.send(DRIVER_CELLS.name, self.codecs["cells"].dumps({"changes": changes}), partition=partition)
+            tx.send(DRIVER_CELLS.name, self.cells_codec.dumps({"changes": changes}), partition=partition)
 
     def forget(self) -> None:
         """Partitions moved: drop cached values (recovery may rewrite the stores)."""
@@ -165,7 +165,7 @@ class DriverDesk:
         self.outboxes.forget()
 
     # --- records -------------------------------------------------------------------------------------
-    def _send(self, tx: Transaction, records: Iterable[Message]) -> int:
+    def _send(self, tx: Transaction, records: Iterable[typed.Outgoing]) -> int:
         sent = 0
         for r in records:
             if r["topic"] == DRIVER_CELLS.name:  # by the cell's partition, as every membership
@@ -175,14 +175,14 @@ class DriverDesk:
             sent += 1
         return sent
 
-    def _encode(self, result: OfferResult) -> list[Message]:
-        """A decision's records as Outgoing dicts (topic, key, Avro value); a membership keyed by its cell."""
-        c = self.codecs
-        return [
-            *({"topic": PUSH.name, "key": p["channel"], "value": c["push"].dumps(p)} for p in result.pushes),
-            *({"topic": RIDE_COMMANDS.name, "key": r["ride_id"], "value": c["ride"].dumps(r)} for r in result.replies),
-            *({"topic": DRIVER_STATUS.name, "key": st["driver_id"], "value": c["status"].dumps(st)}
-              for st in result.statuses),
-            *({"topic": DRIVER_CELLS.name, "key": m["cell"], "value": c["cells"].dumps({"changes": [m]})}
-              for m in result.memberships),
-        ]
+    def _encode(self, result: OfferResult) -> list[typed.Outgoing]:
+        """A decision's records as Outgoing (topic, key, Avro value); a membership keyed by its cell."""
+        out: list[typed.Outgoing] = [
+            {"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in result.pushes]
+        out += [{"topic": RIDE_COMMANDS.name, "key": r["ride_id"], "value": self.ride_codec.dumps(r)}
+                for r in result.replies]
+        out += [{"topic": DRIVER_STATUS.name, "key": st["driver_id"], "value": self.status_codec.dumps(st)}
+                for st in result.statuses]
+        out += [{"topic": DRIVER_CELLS.name, "key": m["cell"], "value": self.cells_codec.dumps({"changes": [m]})}
+                for m in result.memberships]
+        return out

@@ -8,16 +8,16 @@ to the features agent's input (agents.activity). Read through agents.feed, in wh
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Sequence
 
 from agents.activity import ActivityFanout
 from agents.desk import DriverDesk
 from agents.pings import INVALID, JUMP, SIGHTED
 from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
-from schemas.avro import codec_for
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.records import LocationBatch, LocationEvent
 from schemas.validation import range_errors
 from tables.transaction import TOGETHER, Transaction
 
@@ -36,15 +36,16 @@ class DriversAgent:
         self.desk = desk
         self.dead_letters = dead_letters
         self.activity = activity  # sightings for the features agent
-        self.batch_codec = codec_for(LocationBatch)
-        self.ping_codec = codec_for(LocationEvent)
+        self.batch_codec = typed_codec(records.LocationBatch, typed.LocationBatch)
+        self.ping_codec = typed_codec(records.LocationEvent, typed.LocationEvent)
         self.verdicts: Counter[str] = Counter()
 
-    async def prepare(self, records: Any) -> None:
+    async def prepare(self, batch: Sequence[Inbound]) -> None:
         return None
 
     def step(self, tx: Transaction, record: Inbound) -> None:
-        for ping in decode(self.batch_codec, record)["events"]:
+        batch: typed.LocationBatch = decode(self.batch_codec, record)
+        for ping in batch["events"]:
             refusal = self._refusal(record, ping)
             if refusal:
                 self.verdicts[INVALID] += 1
@@ -66,9 +67,9 @@ class DriversAgent:
     def aborted(self) -> None:
         return None
 
-    def _refusal(self, record: Inbound, ping: Any) -> str | None:
+    def _refusal(self, record: Inbound, ping: typed.LocationEvent) -> str | None:
         """Why a ping cannot be applied here, if it cannot (a producer that skipped the gateway)."""
         if partition_for(ping["driver_id"], self.desk.partitions) != record.partition:
             return "driver hashes to another partition"
-        errors = range_errors(LocationEvent, ping)
+        errors = range_errors(records.LocationEvent, ping)
         return "; ".join(f"{e.field} {e.reason}" for e in errors) or None

@@ -73,7 +73,7 @@ def any_acceptance(_driver_id: str) -> float:
 
 def _path_cells(a: str, b: str) -> list[str]:
     try:
-        cells = h3.grid_path_cells(a, b)
+        cells: list[str] = list(h3.grid_path_cells(a, b))
     except Exception:  # pentagons, faces apart: H3 has no path; treat as the two ends
         return [a, b]
     if len(cells) > PATH_CELLS_MAX:

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import groupby
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import h3
 
@@ -51,9 +51,9 @@ from agents.panes import (
     summarize,
 )
 from infra.inbound import Inbound
-from schemas.avro import codec_for
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.records import CellActivityBatch, CellFeatures, PushMessage
 from schemas.topics import CELL_FEATURES, PUSH
 from tables.cell_to_activity import PaneKeys, decode_key
 from tables.table import Table
@@ -76,7 +76,6 @@ ORDER = Order("features", (
     frozenset({OUTPUTS}), frozenset({"cell_to_activity", "cell_to_features"}), frozenset({"partition_to_watermark"}),
     frozenset({removals("cell_to_activity")}),
 ))
-Pane = dict[str, Any]
 
 
 def cell_channel(cell: str) -> str:
@@ -137,7 +136,7 @@ class FeaturesAgent:
     order = ORDER
 
     def __init__(
-        self, *, panes: Table[Pane], watermarks: Table[dict[str, Any]], latest: Table[dict[str, Any]],
+        self, *, panes: Table[Pane], watermarks: Table[typed.Watermark], latest: Table[typed.CellLatest],
         dead_letters: DeadLetters, policy: FeaturePolicy, partitions: int, metrics: WorkerMetrics,
         clock_ms: Callable[[], int],
     ) -> None:
@@ -150,9 +149,9 @@ class FeaturesAgent:
         self.partitions = partitions
         self.metrics = metrics
         self.clock_ms = clock_ms
-        self.activity_codec = codec_for(CellActivityBatch)
-        self.features_codec = codec_for(CellFeatures)
-        self.push_codec = codec_for(PushMessage)
+        self.activity_codec = typed_codec(records.CellActivityBatch, typed.CellActivityBatch)
+        self.features_codec = typed_codec(records.CellFeatures, typed.CellFeatures)
+        self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
         self._clocks: dict[int, Clock] | None = None  # loaded from the store on first use
         self._running_at: dict[str, int] = {}
         self._summaries: dict[tuple[int, int], dict[str, PaneSummary]] = {}  # (partition, pane start) ->
@@ -177,7 +176,7 @@ class FeaturesAgent:
 
     def step(self, tx: Transaction, record: Inbound) -> None:
         self._tx = tx
-        batch = decode(self.activity_codec, record)
+        batch: typed.CellActivityBatch = decode(self.activity_codec, record)
         partition = record.partition
         clock = self.clock(partition)
         for s in batch["sightings"]:
@@ -190,7 +189,8 @@ class FeaturesAgent:
             self._first_close = now
         self.records += 1
 
-    def _guarded(self, tx: Transaction, record: Inbound, clock: "Clock", item: Mapping[str, Any], kind: str) -> None:
+    def _guarded(self, tx: Transaction, record: Inbound, clock: "Clock",
+                 item: typed.CellSighting | typed.CellRequest, kind: str) -> None:
         try:
             self._apply(clock, record.partition, item, kind)
         except Rejected as exc:  # one bad item: dead-lettered, the rest of the record goes on
@@ -236,10 +236,10 @@ class FeaturesAgent:
         return clocks
 
     def _pane(self, cell: str, partition: int, start: int) -> Pane | None:
-        value: Pane | None = self.tx.get(self.panes, self.keys.encode(cell, partition, start), partition)
+        value: Pane | None = self.panes.get(self.keys.encode(cell, partition, start), partition)
         return value
 
-    def _apply(self, clock: Clock, partition: int, item: Mapping[str, Any], kind: str) -> None:
+    def _apply(self, clock: Clock, partition: int, item: typed.CellSighting | typed.CellRequest, kind: str) -> None:
         cell, ts = item["cell"], item["ts"]
         problem = _refusal(cell, partition, self.policy.resolution, self.policy.k, self.partitions)
         if problem:
@@ -254,11 +254,11 @@ class FeaturesAgent:
         start = pane_start(ts, self.policy.pane_ms)
         pane = self._pane(cell, partition, start) or new_pane()
         if kind == "request":
-            changed = apply_request(pane, item)
+            changed = apply_request(pane, cast(typed.CellRequest, item))
         elif copy == "own":
-            changed = apply_sighting(pane, item, self.policy)
+            changed = apply_sighting(pane, cast(typed.CellSighting, item), self.policy)
         else:  # a neighbour's cell: only who was there counts here (smoothing), not how they moved
-            changed = apply_presence(pane, item)
+            changed = apply_presence(pane, cast(typed.CellSighting, item))
         clock.note(start, cell, ts)
         if changed:
             self.tx.put(self.panes, self.keys.encode(cell, partition, start), pane, partition)
@@ -277,7 +277,8 @@ class FeaturesAgent:
             return 0
         tx = self.tx
         self.metrics.watermark.labels(str(partition)).set(clock.wm)
-        tx.put(self.watermarks, str(partition), {"ts": clock.wm}, partition)
+        watermark: typed.Watermark = {"ts": clock.wm}
+        tx.put(self.watermarks, str(partition), watermark, partition)
         p = self.policy
         first, last = min(clock.panes), max(clock.panes)
         # Windows ending by the first pane hold nothing; none after the last pane's reach either.
@@ -387,17 +388,19 @@ class FeaturesAgent:
         end = (clock.wm // spec.step_ms + 1) * spec.step_ms
         return self._emit_end(partition, clock, end, [spec], now, final=False, only=due)
 
-    def _publish(self, partition: int, features: dict[str, Any], now: int) -> None:
+    def _publish(self, partition: int, features: typed.CellFeatures, now: int) -> None:
         """Push to `cell:{h3}` with the next seq; final features also become the cell's latest."""
         cell = features["cell"]
-        held = self.tx.get(self.latest, cell, partition) or {"features": None, "push_seq": 0}
-        if features["final"] and held["features"] and features["end_ts"] <= held["features"]["end_ts"]:
+        held: typed.CellLatest = self.latest.get(cell, partition) or {"features": None, "push_seq": 0}
+        last = held["features"]
+        if features["final"] and last and features["end_ts"] <= last["end_ts"]:
             return  # a replay after a crash closing this window again: it was pushed, under its seq
-        latest = {"features": features if features["final"] else held["features"], "push_seq": held["push_seq"] + 1}
+        latest: typed.CellLatest = {"features": features if features["final"] else last,
+                                    "push_seq": held["push_seq"] + 1}
         self.tx.put(self.latest, cell, latest, partition)
         data = {**features, "window": f"{features['kind'].lower()}-{features['size_s']}s",
                 "boundary": _boundary(cell)}
-        push = {
+        push: typed.PushMessage = {
             "channel": cell_channel(cell), "seq": latest["push_seq"], "type": "cell.features",
             "priority": CELL_PRIORITY, "ttl_ms": CELL_PUSH_TTL_MS, "sent_ts": now, "event_ts": now,
             "data": json.dumps(data, separators=(",", ":")),

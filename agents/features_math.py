@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, Iterable, Mapping, Optional
+from typing import Iterable, Mapping, Optional, cast
 
 import h3
 
 from agents.geo import haversine_m
 from infra.settings import Settings, number_list
+from schemas import typed
 
 __all__ = [
     "TUMBLING", "HOPPING", "CELL", "DEFAULT",
@@ -185,12 +186,12 @@ def travel_speed(dist_m: float, moving_ms: int, policy: FeaturePolicy) -> tuple[
 
 
 def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: WindowSpec, end_ms: int,
-                    policy: FeaturePolicy, *, final: bool, emitted_ts: int) -> list[dict[str, Any]]:
+                    policy: FeaturePolicy, *, final: bool, emitted_ts: int) -> list[typed.CellFeatures]:
     """CellFeatures of `cells` for the window ending at `end_ms`, given every cell's counts
     (cells absent from `counts` saw nothing)."""
     supply = {c: n.supply for c, n in counts.items()}
     demand = {c: n.demand for c, n in counts.items()}
-    out = []
+    out: list[typed.CellFeatures] = []
     for cell in cells:
         own = counts.get(cell, NOTHING)
         speed, source = travel_speed(own.dist_m, own.moving_ms, policy)
@@ -207,23 +208,30 @@ def window_features(cells: Iterable[str], counts: Mapping[str, Counts], spec: Wi
     return out
 
 
-def _fresh(latest: Optional[Mapping[str, Any]], now_ms: int, policy: FeaturePolicy) -> Optional[Mapping[str, Any]]:
+Latest = typed.CellLatest | typed.CellFeatures | None
+
+
+def _fresh(latest: Latest, now_ms: int, policy: FeaturePolicy) -> typed.CellFeatures | None:
     """The features inside a CellLatest (or a CellFeatures dict) when recent enough, else None."""
     if not latest:
         return None
-    features = latest["features"] if "features" in latest else latest
+    features: typed.CellFeatures | None
+    if "push_seq" in latest:  # a CellLatest
+        features = cast("typed.CellLatest", latest)["features"]
+    else:
+        features = latest
     if not features or now_ms - features["end_ts"] > policy.stale_ms:
         return None
     return features
 
 
-def surge_of(latest: Optional[Mapping[str, Any]], now_ms: int, policy: FeaturePolicy) -> float:
+def surge_of(latest: Latest, now_ms: int, policy: FeaturePolicy) -> float:
     """Surge for a fare: the cell's latest features, or the floor when there are none or they are stale."""
     features = _fresh(latest, now_ms, policy)
     return float(features["surge"]) if features else policy.surge_floor
 
 
-def travel_speed_of(latest: Optional[Mapping[str, Any]], now_ms: int, policy: FeaturePolicy) -> float:
+def travel_speed_of(latest: Latest, now_ms: int, policy: FeaturePolicy) -> float:
     """Travel speed (m/s) for an ETA: the cell's latest, or the default when none or stale."""
     features = _fresh(latest, now_ms, policy)
     return float(features["speed_mps"]) if features else policy.default_speed_mps

@@ -64,7 +64,7 @@ def by_topic(msgs: Sequence[Message]) -> dict[str, list[Message]]:
     """Records grouped by topic, each group in consumed order (so in offset order per partition)."""
     groups: dict[str, list[Message]] = {}
     for m in msgs:
-        groups.setdefault(m.topic(), []).append(m)
+        groups.setdefault(m.topic() or "", []).append(m)
     return groups
 
 
@@ -77,7 +77,9 @@ def next_offsets(records: Sequence[Inbound]) -> list[TopicPartition]:
 def inbound(m: Message) -> Inbound:
     """A librdkafka message as the agents take it."""
     _ts_type, ts = m.timestamp()
-    return Inbound(m.topic(), m.partition(), m.offset(), ts, m.key(), m.value())
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    assert topic is not None and partition is not None and offset is not None, "a consumed record has them"
+    return Inbound(topic, partition, offset, ts, m.key(), m.value())
 
 
 class Assignment:
@@ -181,7 +183,10 @@ class BatchFeed(Service):
             if not done.done():
                 done.set_exception(exc) if exc is not None else done.set_result(None)
 
-        self._commands.put((fn, lambda exc: loop.call_soon_threadsafe(settle, exc)))
+        def reply(exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(settle, exc)
+
+        self._commands.put((fn, reply))
         await done
 
     # --- the reader thread --------------------------------------------------------------------

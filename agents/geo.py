@@ -20,4 +20,5 @@ def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 def cell_of(lat: float, lng: float, resolution: int) -> str:
     """The H3 cell (hex string) containing a point."""
-    return h3.latlng_to_cell(lat, lng, resolution)
+    cell: str = h3.latlng_to_cell(lat, lng, resolution)
+    return cell

@@ -1,9 +1,10 @@
 """Surge and travel speed of a cell for dispatch, read from the features agent's `cell_to_features`."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable
 
 from agents.features_math import FeaturePolicy, surge_of, travel_speed_of
+from schemas import typed
 from tables.table import Table
 
 __all__ = ["FeatureLookup"]
@@ -21,15 +22,15 @@ class FeatureLookup:
     the default speed (README "Features": dispatch on several workers).
     """
 
-    def __init__(self, table: Table[dict[str, Any]], policy: FeaturePolicy, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, table: Table[typed.CellLatest], policy: FeaturePolicy, clock_ms: Callable[[], int]) -> None:
         self.table = table
         self.policy = policy
         self.clock_ms = clock_ms
         # cell -> (read at, CellLatest): an ETA walks every cell of a route for each candidate, and
         # features change once per hop (30 s), so a second-old read is as good as a fresh one.
-        self._recent: dict[str, tuple[int, Optional[dict[str, Any]]]] = {}
+        self._recent: dict[str, tuple[int, typed.CellLatest | None]] = {}
 
-    def latest(self, cell: str) -> Optional[dict[str, Any]]:
+    def latest(self, cell: str) -> typed.CellLatest | None:
         """The cell's CellLatest, or None."""
         now = self.clock_ms()
         hit = self._recent.get(cell)

@@ -56,7 +56,8 @@ class WorkerMetrics:
 class Health(Protocol):
     """What /healthz reports: the partitions a bug stopped."""
 
-    stopped: Mapping[tuple[str, int], Any]
+    @property
+    def stopped(self) -> Mapping[tuple[str, int], Any]: ...
 
 
 def serve_metrics(app: faust.App, metrics: WorkerMetrics, health: Health) -> None:

@@ -7,14 +7,14 @@ and outbox are acked before anything the command decided is sent. Read through a
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Sequence
 
 from agents.desk import DriverDesk
 from agents.errors import Rejected
 from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
-from schemas.avro import codec_for
-from schemas.records import OfferCommand
+from schemas import records, typed
+from schemas.avro import typed_codec
 from tables.transaction import STATE_FIRST, Transaction
 
 __all__ = ["OffersAgent"]
@@ -29,13 +29,13 @@ class OffersAgent:
     def __init__(self, *, desk: DriverDesk, dead_letters: DeadLetters) -> None:
         self.desk = desk
         self.dead_letters = dead_letters
-        self.codec = codec_for(OfferCommand)
+        self.codec = typed_codec(records.OfferCommand, typed.OfferCommand)
 
-    async def prepare(self, records: Any) -> None:
+    async def prepare(self, batch: Sequence[Inbound]) -> None:
         return None
 
     def step(self, tx: Transaction, record: Inbound) -> None:
-        cmd = decode(self.codec, record)
+        cmd: typed.OfferCommand = decode(self.codec, record)
         if self.desk.partition(cmd["driver_id"]) != record.partition:
             raise Rejected("driver hashes to another partition")
         self.desk.decide(tx, cmd, record.partition)

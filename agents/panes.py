@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from agents.features_math import Counts, FeaturePolicy, WindowSpec, segment
+from schemas import typed
 
 __all__ = [
     "Pane", "PaneSummary", "new_pane", "pane_start", "apply_sighting", "apply_presence", "apply_request", "summarize",
     "nested_counts", "closing_windows", "closing_windows_near",
 ]
 
-Pane = dict[str, Any]  # a decoded CellPane
-Item = Mapping[str, Any]  # a decoded CellSighting or CellRequest
+Pane = typed.CellPane
 
 
 def new_pane() -> Pane:
@@ -31,7 +31,7 @@ def pane_start(ts: int, pane_ms: int) -> int:
     return ts - ts % pane_ms
 
 
-def _trace(s: Item) -> dict[str, Any]:
+def _trace(s: typed.CellSighting) -> typed.PaneTrace:
     return {
         "first_seq": s["seq"], "first_ts": s["ts"], "first_lat": s["lat"], "first_lng": s["lng"],
         "last_seq": s["seq"], "last_ts": s["ts"], "last_lat": s["lat"], "last_lng": s["lng"],
@@ -39,7 +39,7 @@ def _trace(s: Item) -> dict[str, Any]:
     }
 
 
-def apply_sighting(pane: Pane, s: Item, policy: FeaturePolicy) -> bool:
+def apply_sighting(pane: Pane, s: typed.CellSighting, policy: FeaturePolicy) -> bool:
     """Add a sighting to `pane` in place; False when it is a replay (nothing changed)."""
     trace = pane["drivers"].get(s["driver_id"])
     if trace is None:
@@ -52,12 +52,12 @@ def apply_sighting(pane: Pane, s: Item, policy: FeaturePolicy) -> bool:
         trace["dist_m"] += travel[0]
         trace["moving_ms"] += travel[1]
         trace["segments"] += 1
-    trace.update(last_seq=s["seq"], last_ts=s["ts"], last_lat=s["lat"], last_lng=s["lng"],
-                 available=trace["available"] or s["available"])
+    trace["last_seq"], trace["last_ts"], trace["last_lat"], trace["last_lng"] = s["seq"], s["ts"], s["lat"], s["lng"]
+    trace["available"] = trace["available"] or s["available"]
     return True
 
 
-def apply_presence(pane: Pane, s: Item) -> bool:
+def apply_presence(pane: Pane, s: typed.CellSighting) -> bool:
     """Note that a driver was in a neighbour's cell (available or not) in place; False when known."""
     held = pane["present"].get(s["driver_id"])
     if held is True or held == s["available"]:
@@ -66,7 +66,7 @@ def apply_presence(pane: Pane, s: Item) -> bool:
     return True
 
 
-def apply_request(pane: Pane, r: Item) -> bool:
+def apply_request(pane: Pane, r: typed.CellRequest) -> bool:
     """Add a requested ride to `pane` in place; False when the pane already has it."""
     if r["ride_id"] in pane["rides"]:
         return False
@@ -171,7 +171,7 @@ def closing_windows_near(
 
 def closing_windows(specs: Iterable[WindowSpec], after_ms: int, until_ms: int) -> list[tuple[int, WindowSpec]]:
     """(end, spec) of every window ending in (after_ms, until_ms], by end, then size."""
-    out = []
+    out: list[tuple[int, WindowSpec]] = []
     for spec in specs:
         first = (after_ms // spec.step_ms + 1) * spec.step_ms
         out.extend((end, spec) for end in range(first, until_ms + 1, spec.step_ms))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from agents.commands import ride_command
 from agents.geo import cell_of, haversine_m
 from infra.settings import Settings
+from schemas import typed
 
 __all__ = [
     "ACCEPTED", "DUPLICATE", "STALE", "JUMP", "INVALID", "SIGHTED", "DriverPolicy", "PingResult", "apply_ping",
@@ -25,9 +27,8 @@ ACCEPTED, DUPLICATE, STALE, JUMP, INVALID = "accepted", "duplicate", "stale", "j
 # these again is also what makes a batch replayed after a crash re-send its sightings (features dedup).
 SIGHTED = (ACCEPTED, DUPLICATE, STALE)
 LOCATION_PRIORITY = 3  # 0 = lowest, 9 = highest; offers and status changes rank above moves
-Ping = Mapping[str, Any]  # a decoded LocationEvent
-State = dict[str, Any]  # a decoded DriverState
-Message = dict[str, Any]  # a PushMessage or CellMembership to encode
+Ping = typed.LocationEvent
+State = typed.DriverState
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ class PingResult:
 
     verdict: str
     state: State | None = None
-    push: Message | None = None
-    memberships: tuple[Message, ...] = ()
-    ride_move: Message | None = None  # a RideCommand DRIVER_MOVED: the driver's ride learns of the move
+    push: typed.PushMessage | None = None
+    memberships: tuple[typed.CellMembership, ...] = ()
+    ride_move: typed.RideCommand | None = None  # DRIVER_MOVED: the driver's ride learns of the move
 
 
 def driver_channel(driver_id: str) -> str:
@@ -70,7 +71,7 @@ def driver_channel(driver_id: str) -> str:
 def _is_jump(prev: State, ev: Ping, policy: DriverPolicy) -> bool:
     dt_s = max(0.0, (ev["fix_ts"] - prev["fix_ts"]) / 1000.0)
     allowed = policy.max_speed_mps * dt_s + policy.jump_slack_m
-    return haversine_m(prev["lat"], prev["lng"], ev["lat"], ev["lng"]) > allowed
+    return bool(haversine_m(prev["lat"], prev["lng"], ev["lat"], ev["lng"]) > allowed)
 
 
 def _verdict(prev: State | None, ev: Ping, policy: DriverPolicy) -> str:
@@ -91,7 +92,7 @@ def _significant(prev: State | None, ev: Ping, policy: DriverPolicy) -> bool:
     return haversine_m(prev["pushed_lat"], prev["pushed_lng"], ev["lat"], ev["lng"]) >= policy.push_min_distance_m
 
 
-def location_data(state: Mapping[str, Any]) -> dict[str, Any]:
+def location_data(state: State) -> dict[str, Any]:
     """The public view of a driver: snapshot, GET body and push payload."""
     return {
         "driver_id": state["driver_id"], "lat": state["lat"], "lng": state["lng"], "seq": state["seq"],
@@ -100,7 +101,7 @@ def location_data(state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _location_push(state: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> Message:
+def _location_push(state: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> typed.PushMessage:
     return {
         "channel": driver_channel(state["driver_id"]), "seq": state["push_seq"], "type": "driver.location",
         "priority": LOCATION_PRIORITY, "ttl_ms": policy.push_ttl_ms, "sent_ts": now_ms,
@@ -108,11 +109,12 @@ def _location_push(state: State, ev: Ping, policy: DriverPolicy, now_ms: int) ->
     }
 
 
-def _membership(cell: str, ev: Ping, op: str, status: str) -> Message:
+def _membership(cell: str, ev: Ping, op: str, status: str) -> typed.CellMembership:
     return {"cell": cell, "driver_id": ev["driver_id"], "op": op, "status": status, "ts": ev["fix_ts"]}
 
 
-def _memberships(prev: State | None, cell: str, status: str, ev: Ping, policy: DriverPolicy) -> tuple[Message, ...]:
+def _memberships(prev: State | None, cell: str, status: str, ev: Ping,
+                 policy: DriverPolicy) -> tuple[typed.CellMembership, ...]:
     if prev is None or not prev["cell"]:
         return (_membership(cell, ev, "JOIN", status),)
     if prev["cell"] != cell:
@@ -122,17 +124,13 @@ def _memberships(prev: State | None, cell: str, status: str, ev: Ping, policy: D
     return ()
 
 
-# Decided by dispatch (agents.reservations) on this same record; a ping carries them over.
-DISPATCH_FIELDS = {"ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0}
-
-
-def _ride_move(state: State, ev: Ping) -> Message | None:
+def _ride_move(state: State, ev: Ping) -> typed.RideCommand | None:
     """The assigned driver's significant move, for its ride (ETA and the rider's map)."""
-    if not state["ride_id"] or state["reserved_until"]:
+    ride = state["ride_id"]
+    if not ride or state["reserved_until"]:
         return None
-    return {"ride_id": state["ride_id"], "command": "DRIVER_MOVED", "ts": ev["received_ts"], "actor": "driver",
-            "actor_id": state["driver_id"], "driver_id": state["driver_id"], "lat": state["lat"],
-            "lng": state["lng"]}
+    return ride_command(ride, "DRIVER_MOVED", ev["received_ts"], "driver", state["driver_id"],
+                        driver_id=state["driver_id"], lat=state["lat"], lng=state["lng"])
 
 
 def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
@@ -164,8 +162,10 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) 
         "pushed_lng": base["pushed_lng"] if base else ev["lng"],
         "pushed_ts": base["pushed_ts"] if base else ev["fix_ts"],
         "membership_ts": ev["fix_ts"] if memberships or prev is None else prev["membership_ts"],
-        "speed": ev.get("speed"), "bearing": ev.get("bearing"), "accuracy": ev.get("accuracy"),
-        **{k: prev.get(k, default) if prev else default for k, default in DISPATCH_FIELDS.items()},
+        "speed": ev["speed"], "bearing": ev["bearing"], "accuracy": ev["accuracy"],
+        # Decided by dispatch (agents.reservations) on this same record; a ping carries them over.
+        "ride_id": prev["ride_id"] if prev else None, "offer_attempt": prev["offer_attempt"] if prev else 0,
+        "reserved_until": prev["reserved_until"] if prev else 0, "offer_seq": prev["offer_seq"] if prev else 0,
     }
     push = _location_push(state, ev, policy, now_ms) if significant else None
     move = _ride_move(state, ev) if significant else None

@@ -19,17 +19,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from agents.commands import ride_command
 from agents.estimates import SpeedLookup, constant_speed, travel_time_s
 from infra.settings import Settings
+from schemas import typed
 
 __all__ = [
     "MATCHES", "OPS", "PHASES", "RESERVATIONS", "OfferPolicy", "OfferResult", "Rule", "apply_offer", "command_key",
     "match_of", "phase_of", "unavailable",
 ]
 
-State = dict[str, Any]  # a decoded DriverState
-Command = Mapping[str, Any]  # a decoded OfferCommand
-Message = dict[str, Any]
+State = typed.DriverState
+Command = typed.OfferCommand
 
 OFFER_PRIORITY = 9  # the highest: an offer is worth nothing after its TTL
 RIDE_PRIORITY = 8
@@ -127,10 +128,10 @@ class OfferResult:
     """What one command does to one driver."""
 
     state: State | None = None  # None: unchanged
-    pushes: list[Message] = field(default_factory=list)
-    replies: list[Message] = field(default_factory=list)
-    memberships: list[Message] = field(default_factory=list)
-    statuses: list[Message] = field(default_factory=list)
+    pushes: list[typed.PushMessage] = field(default_factory=list)
+    replies: list[typed.RideCommand] = field(default_factory=list)  # answers to the ride
+    memberships: list[typed.CellMembership] = field(default_factory=list)
+    statuses: list[typed.DriverStatusChanged] = field(default_factory=list)
 
 
 def phase_of(state: State | None, now_ms: int, policy: OfferPolicy) -> str:
@@ -173,7 +174,7 @@ class _Apply:
     """One rule carried out on a copy of the driver's state."""
 
     def __init__(self, prev: State, cmd: Command, policy: OfferPolicy, now_ms: int) -> None:
-        self.s: State = dict(prev)
+        self.s: State = prev.copy()
         # The answers name the attempt the driver holds (an ACCEPT from the gateway carries none).
         self.attempt = prev["offer_attempt"] if prev["ride_id"] == cmd["ride_id"] else cmd["attempt"]
         self.cmd = cmd
@@ -196,12 +197,10 @@ class _Apply:
 
     def reply(self, command: str, reason: str | None) -> None:
         s = self.s
-        self.out.replies.append({
-            "ride_id": self.cmd["ride_id"], "command": command, "ts": self.now, "actor": "system", "actor_id": ME,
-            "driver_id": s["driver_id"], "attempt": self.attempt, "lat": s.get("lat"), "lng": s.get("lng"),
-            "expires_at": s["reserved_until"] if command == "RESERVED" or reason == "reserved" else 0,
-            "reason": reason,
-        })
+        self.out.replies.append(ride_command(
+            self.cmd["ride_id"], command, self.now, "system", ME, driver_id=s["driver_id"], attempt=self.attempt,
+            lat=s["lat"], lng=s["lng"], reason=reason,
+            expires_at=s["reserved_until"] if command == "RESERVED" or reason == "reserved" else 0))
 
     def status(self, status: str) -> None:
         """Change the driver's status: its cell learns at once (assigned drivers stop being candidates)."""
@@ -210,7 +209,7 @@ class _Apply:
             return
         s["status"] = status
         self.out.statuses.append({"driver_id": s["driver_id"], "status": status, "ts": self.now})
-        if s.get("cell"):
+        if s["cell"]:
             # The driver's own fix time, so ping memberships and this one stay in order in the cell.
             self.out.memberships.append({"cell": s["cell"], "driver_id": s["driver_id"], "op": "REFRESH",
                                          "status": status, "ts": s["fix_ts"]})
@@ -218,18 +217,19 @@ class _Apply:
     def offer(self, seq: int | None = None) -> int:
         s, c = self.s, self.cmd
         eta = None
-        if c.get("pickup_lat") is not None:
-            eta = round(travel_time_s(s["lat"], s["lng"], c["pickup_lat"], c["pickup_lng"], speed=self.p.speed,
+        pickup_lat, pickup_lng = c["pickup_lat"], c["pickup_lng"]
+        if pickup_lat is not None and pickup_lng is not None:
+            eta = round(travel_time_s(s["lat"], s["lng"], pickup_lat, pickup_lng, speed=self.p.speed,
                                       resolution=self.p.h3_resolution), 1)
         return self.push("offer", {
             "attempt": c["attempt"], "expires_at": s["reserved_until"], "ttl_ms": c["ttl_ms"],
             "pickup": {"lat": c["pickup_lat"], "lng": c["pickup_lng"]},
             "destination": {"lat": c["dest_lat"], "lng": c["dest_lng"]},
-            "fare_estimate": c.get("fare_estimate"), "pickup_eta_s": eta,
+            "fare_estimate": c["fare_estimate"], "pickup_eta_s": eta,
         }, priority=OFFER_PRIORITY, ttl_ms=c["ttl_ms"], seq=seq)
 
     def clear(self) -> None:
-        self.s.update(ride_id=None, reserved_until=0, offer_attempt=0)
+        self.s["ride_id"], self.s["reserved_until"], self.s["offer_attempt"] = None, 0, 0
 
     def carry_out(self, rule: Rule) -> OfferResult:
         s, c = self.s, self.cmd
@@ -239,11 +239,11 @@ class _Apply:
                 rule = _refused(refusal)
         _EFFECTS[rule.effect](self)
         if rule.push is not None:
-            _PUSHES[rule.push](self, rule.reason or c.get("reason"))
+            _PUSHES[rule.push](self, rule.reason or c["reason"])
         if rule.reply == "REFUSED":
             self.reply("REFUSED", rule.reason)
         elif rule.reply == "DECLINED":
-            self.reply("DECLINED", c.get("reason") or "declined by driver")
+            self.reply("DECLINED", c["reason"] or "declined by driver")
         elif rule.reply is not None:
             self.reply(rule.reply, None)
         if rule.effect != "none" or (rule.push is not None and rule.push != "offer-again"):
@@ -252,7 +252,8 @@ class _Apply:
 
 
 def _reserve(a: _Apply) -> None:
-    a.s.update(ride_id=a.cmd["ride_id"], offer_attempt=a.cmd["attempt"], reserved_until=a.now + a.cmd["ttl_ms"])
+    a.s["ride_id"], a.s["offer_attempt"] = a.cmd["ride_id"], a.cmd["attempt"]
+    a.s["reserved_until"] = a.now + a.cmd["ttl_ms"]
     a.attempt = a.cmd["attempt"]
 
 
@@ -276,6 +277,10 @@ def _offer(a: _Apply, _reason: str | None) -> None:
     a.s["offer_seq"] = a.offer()
 
 
+def _offer_again(a: _Apply, _reason: str | None) -> None:
+    a.offer(seq=a.s["offer_seq"])
+
+
 def _notice(kind: str, **data: Any) -> Callable[[_Apply, str | None], None]:
     def push(a: _Apply, reason: str | None) -> None:
         payload = {"attempt": a.attempt, **data}
@@ -290,7 +295,7 @@ def _notice(kind: str, **data: Any) -> Callable[[_Apply, str | None], None]:
 
 _PUSHES: dict[str, Callable[[_Apply, str | None], None]] = {
     "offer": _offer,
-    "offer-again": lambda a, _r: a.offer(seq=a.s["offer_seq"]),
+    "offer-again": _offer_again,
     "revoked": _notice("offer.revoked"),
     "assigned": _notice("ride.assigned"),
     "started": _notice("ride.started"),
@@ -304,10 +309,7 @@ def apply_offer(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: i
     if prev is None:
         out = OfferResult()
         if rule.reply is not None:  # only a refusal: there is no driver to change or push to
-            out.replies.append({
-                "ride_id": cmd["ride_id"], "command": rule.reply, "ts": now_ms, "actor": "system", "actor_id": ME,
-                "driver_id": cmd["driver_id"], "attempt": cmd["attempt"], "lat": None, "lng": None,
-                "expires_at": 0, "reason": rule.reason,
-            })
+            out.replies.append(ride_command(cmd["ride_id"], rule.reply, now_ms, "system", ME,
+                                            driver_id=cmd["driver_id"], attempt=cmd["attempt"], reason=rule.reason))
         return out
     return _Apply(prev, cmd, policy, now_ms).carry_out(rule)

@@ -13,9 +13,10 @@ when this worker holds the driver's partition, sent to `offers` otherwise. Read 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
-from typing import Any, Callable, Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 import faust
 
@@ -26,8 +27,9 @@ from agents.runtime import DeadLetters, decode
 from agents.trips import FINAL, ME, DispatchPolicy, Step, apply_command, held_until
 from infra.inbound import Inbound
 from infra.producer import AsyncProducer
-from schemas.avro import codec_for
-from schemas.records import OfferCommand, PushMessage, RideCommand, RideEvent
+from agents.commands import ride_command
+from schemas import records, typed
+from schemas.avro import typed_codec
 from schemas.topics import OFFERS, PUSH, RIDE_COMMANDS, RIDES
 from tables.table import Table
 from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
@@ -36,8 +38,7 @@ __all__ = ["RidesAgent", "register"]
 
 log = logging.getLogger(__name__)
 
-Ride = dict[str, Any]  # a decoded Ride (table ride_to_state)
-Message = dict[str, Any]
+Ride = typed.Ride
 OUTGOING = "rides.outgoing"  # what the batch's commands decided, in order, until the batch ends
 HELD_MAX = 50_000
 
@@ -57,8 +58,10 @@ class RidesAgent:
         self.policy = policy
         self.max_age_ms = candidate_max_age_ms
         self.clock_ms = clock_ms
-        self.codecs = {name: codec_for(r) for name, r in (
-            ("command", RideCommand), ("event", RideEvent), ("offer", OfferCommand), ("push", PushMessage))}
+        self.command_codec = typed_codec(records.RideCommand, typed.RideCommand)
+        self.event_codec = typed_codec(records.RideEvent, typed.RideEvent)
+        self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
+        self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
         self.deadlines: dict[str, int] = {}  # ride id -> when its timer acts (ms)
         self.busy_until: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
         self.busy_hint_ms = policy.candidate_max_age_ms // 4
@@ -70,14 +73,14 @@ class RidesAgent:
         found = self.view.candidates(cell, k, now_ms=now, max_age_ms=self.max_age_ms, exclude=exclude)
         return [c for c in found if self.busy_until.get(c.driver_id, 0) <= now]
 
-    def note_held(self, cmd: Any) -> None:
+    def note_held(self, cmd: typed.RideCommand) -> None:
         """Remember drivers the desk said are held, until when: the replica learns it later, and asking
         a held driver for every other ride costs a round trip each (a hint, not a rule)."""
-        until = held_until(cmd, self.clock_ms(), self.busy_hint_ms)
-        if until is not None and cmd.get("driver_id"):
-            self._hold(cmd["driver_id"], until)
+        until, driver = held_until(cmd, self.clock_ms(), self.busy_hint_ms), cmd["driver_id"]
+        if until is not None and driver:
+            self._hold(driver, until)
 
-    def note_asked(self, offers: Sequence[Message]) -> None:
+    def note_asked(self, offers: Sequence[typed.OfferCommand]) -> None:
         """Drivers just asked to reserve are held for other rides until answered; released ones are not."""
         now = self.clock_ms()
         for o in offers:
@@ -98,10 +101,10 @@ class RidesAgent:
         await self.view.ready.wait()  # no matching against an empty replica after a restart
 
     def step(self, tx: Transaction, record: Inbound) -> None:
-        cmd = decode(self.codecs["command"], record)
+        cmd: typed.RideCommand = decode(self.command_codec, record)
         self.note_held(cmd)
         ride_id, offset = cmd["ride_id"], record.offset
-        ride = tx.get(self.rides, ride_id, record.partition)
+        ride = self.rides.get(ride_id, record.partition)
         if ride is not None and offset <= ride["applied_offset"]:
             # Applied before a crash, maybe not sent: send what it decided then, never decide again
             # (the replica and the clock have moved; a second decision could differ from the first).
@@ -119,9 +122,9 @@ class RidesAgent:
             # The outbox holds every record this batch decided for the ride: none is sent before the
             # batch's state is acked, so a replay from the last command must re-send them all.
             earlier = ride["outbox"] if ride is not None and tx.wrote(self.rides, ride_id) else []
-            step.ride.update(applied_offset=offset, outbox=[*earlier, *messages])
+            step.ride["applied_offset"], step.ride["outbox"] = offset, [*earlier, *messages]
             tx.put(self.rides, ride_id, step.ride, record.partition)
-            tx.committed.append(lambda r=step.ride: self._track_deadline(r))
+            tx.committed.append(functools.partial(self._track_deadline, step.ride))
 
     def end(self, tx: Transaction) -> None:
         """The batch's records, in the order decided: offer commands through the desk, the rest out."""
@@ -135,16 +138,15 @@ class RidesAgent:
     def aborted(self) -> None:
         return None
 
-    def _encode(self, step: Step) -> list[Message]:
-        """The step's records as Outgoing dicts (topic, key, Avro value)."""
-        c = self.codecs
-        return [
-            *({"topic": RIDES.name, "key": e["ride_id"], "value": c["event"].dumps(e)} for e in step.events),
-            *({"topic": OFFERS.name, "key": o["driver_id"], "value": c["offer"].dumps(o)} for o in step.offers),
-            *({"topic": PUSH.name, "key": p["channel"], "value": c["push"].dumps(p)} for p in step.pushes),
-        ]
+    def _encode(self, step: Step) -> list[typed.Outgoing]:
+        """The step's records as Outgoing (topic, key, Avro value)."""
+        out: list[typed.Outgoing] = [
+            {"topic": RIDES.name, "key": e["ride_id"], "value": self.event_codec.dumps(e)} for e in step.events]
+        out += [{"topic": OFFERS.name, "key": o["driver_id"], "value": self.offer_codec.dumps(o)} for o in step.offers]
+        out += [{"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in step.pushes]
+        return out
 
-    def _count(self, cmd: Any, step: Step) -> None:
+    def _count(self, cmd: typed.RideCommand, step: Step) -> None:
         self.outcomes[cmd["command"]] += 1
         if step.refusal:
             self.outcomes["refused"] += 1
@@ -152,7 +154,7 @@ class RidesAgent:
 
     # --- deadlines ------------------------------------------------------------------------------------
     def _track_deadline(self, ride: Ride) -> None:
-        if ride.get("deadline_ms") and ride["state"] not in FINAL:
+        if ride["deadline_ms"] and ride["state"] not in FINAL:
             self.deadlines[ride["ride_id"]] = ride["deadline_ms"]
         else:
             self.deadlines.pop(ride["ride_id"], None)
@@ -166,9 +168,8 @@ class RidesAgent:
         tx = Transaction(TOGETHER, "ride-deadlines")
         for ride_id, at in due:
             del self.deadlines[ride_id]  # the TIMEOUT carries it; the ride sets the next one
-            cmd = {"ride_id": ride_id, "command": "TIMEOUT", "ts": now, "actor": "system", "actor_id": ME,
-                   "expires_at": at}
-            tx.send(RIDE_COMMANDS.name, self.codecs["command"].dumps(cmd), key=ride_id.encode())
+            cmd = ride_command(ride_id, "TIMEOUT", now, "system", ME, expires_at=at)
+            tx.send(RIDE_COMMANDS.name, self.command_codec.dumps(cmd), key=ride_id.encode())
         try:
             await commit(tx, producer)
         except Exception:
@@ -189,7 +190,7 @@ def register(app: faust.App, agent: RidesAgent, producer: AsyncProducer, *, tick
 
     Its commands come through `agents.feed.BatchFeed`, not a Faust agent (see there why)."""
 
-    @app.timer(interval=tick_s, name="ride_deadlines")
+    @app.timer(interval=tick_s, name="ride_deadlines")  # type: ignore[untyped-decorator]  # faust's timer
     async def ride_deadlines() -> None:
         try:
             await agent.fire_deadlines(producer)

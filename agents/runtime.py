@@ -23,7 +23,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from agents.errors import Rejected
 from agents.metrics import WorkerMetrics
@@ -37,14 +37,16 @@ __all__ = ["Agent", "AgentRuntime", "DeadLetters", "Faults", "Stopped", "decode"
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
+T = TypeVar("T", bound=Mapping[str, Any])
 
 
-def decode(codec: AvroCodec, record: Inbound) -> Any:
+def decode(codec: AvroCodec[T], record: Inbound) -> T:
     """The record's value decoded; Rejected when it is not a record of the codec's schema."""
     if record.value is None:
         raise Rejected(f"undecodable {codec.record.__name__}: no value (a tombstone)")
     try:
-        return codec.loads(record.value)
+        value: T = codec.loads(record.value)
+        return value
     except Exception as exc:  # any malformed bytes: fastavro raises many types
         raise Rejected(f"undecodable {codec.record.__name__}: {type(exc).__name__}: {exc}") from None
 

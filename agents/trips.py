@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
+from agents.commands import offer_command
 from agents.errors import Rejected
 from agents.estimates import (
     PRODUCTS, AcceptanceScore, Candidate, SpeedLookup, SurgeLookup, any_acceptance, constant_speed, fare_estimate,
@@ -26,6 +27,7 @@ from agents.estimates import (
 )
 from agents.geo import cell_of, haversine_m
 from infra.settings import Settings
+from schemas import typed
 
 __all__ = [
     "ACTIVE", "FINAL", "TRANSITIONS", "CandidateQuery", "DispatchPolicy", "IllegalTransition", "Step",
@@ -34,9 +36,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Ride = dict[str, Any]  # a decoded Ride (table ride_to_state)
-Command = Mapping[str, Any]  # a decoded RideCommand
-Message = dict[str, Any]
+Ride = typed.Ride
+Command = typed.RideCommand
 CandidateQuery = Callable[[str, int, Collection[str]], list[Candidate]]  # (cell, k, exclude) -> candidates
 
 # (state, event) -> the state after it; anything else is refused.
@@ -74,7 +75,7 @@ def next_state(state: str | None, event: str) -> str:
         raise IllegalTransition(f"{event} is not allowed in state {state}") from None
 
 
-def may_cancel(ride: Mapping[str, Any], actor: str, actor_id: str) -> bool:
+def may_cancel(ride: Ride, actor: str, actor_id: str) -> bool:
     """Ops may cancel any unfinished ride; the rider until the trip starts; the assigned driver before it starts."""
     state = ride["state"]
     if state in FINAL:
@@ -83,7 +84,7 @@ def may_cancel(ride: Mapping[str, Any], actor: str, actor_id: str) -> bool:
         return True
     if actor == "rider":
         return actor_id == ride["rider_id"] and state != "ONGOING"
-    return actor == "driver" and actor_id == ride.get("driver_id") and state == "ACCEPTED"
+    return actor == "driver" and actor_id == ride["driver_id"] and state == "ACCEPTED"
 
 
 def ride_channel(ride_id: str) -> str:
@@ -130,10 +131,13 @@ class Step:
     """What one command does to one ride: the ride after it (None: unchanged) and what to send."""
 
     ride: Ride | None
-    events: list[Message] = field(default_factory=list)
-    offers: list[Message] = field(default_factory=list)
-    pushes: list[Message] = field(default_factory=list)
+    events: list[typed.RideEvent] = field(default_factory=list)
+    offers: list[typed.OfferCommand] = field(default_factory=list)
+    pushes: list[typed.PushMessage] = field(default_factory=list)
     refusal: str | None = None  # why the command changed nothing, when it was not simply stale
+
+
+T = TypeVar("T")
 
 
 class _Apply:
@@ -141,55 +145,75 @@ class _Apply:
 
     def __init__(self, ride: Ride | None, cmd: Command, policy: DispatchPolicy, query: CandidateQuery,
                  now_ms: int) -> None:
-        self.r: Ride = dict(ride) if ride is not None else {}
+        self.ride = ride.copy() if ride is not None else None
         self.cmd = cmd
         self.p = policy
         self.query = query
         self.now = now_ms
-        self.step = Step(self.r)
+        self.step = Step(self.ride)
+
+    @property
+    def r(self) -> Ride:
+        """The ride (its handlers run only once there is one)."""
+        assert self.ride is not None, f"{self.cmd['command']} handled for an unknown ride"
+        return self.ride
+
+    def need(self, value: T | None, what: str) -> T:
+        """A field the command must carry; Rejected when it does not."""
+        if value is None:
+            raise Rejected(f"{self.cmd['command']} without {what}")
+        return value
+
+    def driver(self) -> str:
+        return self.need(self.cmd["driver_id"], "driver_id")
+
+    def position(self) -> tuple[float, float]:
+        return self.need(self.cmd["lat"], "lat"), self.need(self.cmd["lng"], "lng")
 
     # --- outputs -----------------------------------------------------------
     def emit(self, event: str, actor: str, *, driver_id: str | None = None, reason: str | None = None,
              extra: Mapping[str, Any] | None = None) -> None:
         """Apply `event` (refused if illegal), log it to `rides` and push it to `ride:{id}`."""
         r = self.r
-        r["state"] = next_state(r.get("state"), event)
-        r["version"] = r.get("version", 0) + 1
+        r["state"] = next_state(r["state"] if r["version"] else None, event)
+        r["version"] += 1
         r["updated_ts"] = self.now
         r["reason"] = reason
-        logged_driver = driver_id if driver_id is not None else r.get("driver_id")
+        logged_driver = driver_id if driver_id is not None else r["driver_id"]
         self.step.events.append({
             "ride_id": r["ride_id"], "version": r["version"], "event": event, "state": r["state"], "ts": self.now,
             "actor": actor, "rider_id": r["rider_id"], "product": r["product"], "pickup_lat": r["pickup_lat"],
             "pickup_lng": r["pickup_lng"], "dest_lat": r["dest_lat"], "dest_lng": r["dest_lng"],
-            "pickup_cell": r["pickup_cell"], "driver_id": logged_driver, "fare_estimate": r.get("fare_estimate"),
-            "pickup_eta_s": r.get("pickup_eta_s"), "reason": reason,
+            "pickup_cell": r["pickup_cell"], "driver_id": logged_driver, "fare_estimate": r["fare_estimate"],
+            "pickup_eta_s": r["pickup_eta_s"], "reason": reason,
         })
         data = {
             "ride_id": r["ride_id"], "state": r["state"], "event": event, "version": r["version"],
-            "rider_id": r["rider_id"], "product": r["product"], "fare_estimate": r.get("fare_estimate"),
-            "pickup_eta_s": r.get("pickup_eta_s"), "reason": reason,
+            "rider_id": r["rider_id"], "product": r["product"], "fare_estimate": r["fare_estimate"],
+            "pickup_eta_s": r["pickup_eta_s"], "reason": reason,
             "pickup": {"lat": r["pickup_lat"], "lng": r["pickup_lng"]},
             "destination": {"lat": r["dest_lat"], "lng": r["dest_lng"]},
-            "driver_id": r.get("driver_id"), **(extra or {}),  # the rider learns who once assigned
+            "driver_id": r["driver_id"], **(extra or {}),  # the rider learns who once assigned
         }
         self.push("ride.state", data, STATE_PRIORITY)
 
     def push(self, kind: str, data: Mapping[str, Any], priority: int) -> None:
         r = self.r
-        r["push_seq"] = r.get("push_seq", 0) + 1
+        r["push_seq"] += 1
         self.step.pushes.append({
             "channel": ride_channel(r["ride_id"]), "seq": r["push_seq"], "type": kind, "priority": priority,
             "ttl_ms": RIDE_PUSH_TTL_MS, "sent_ts": self.now, "event_ts": self.cmd["ts"],
             "data": json.dumps(data, separators=(",", ":")),
         })
 
-    def offer(self, op: str, driver_id: str, *, attempt: int, reason: str | None = None, **extra: Any) -> None:
-        self.step.offers.append({
-            "driver_id": driver_id, "op": op, "ride_id": self.cmd["ride_id"], "ts": self.now, "actor": "system",
-            "attempt": attempt, "ttl_ms": 0, "pickup_lat": None, "pickup_lng": None, "dest_lat": None,
-            "dest_lng": None, "fare_estimate": None, "reason": reason, **extra,
-        })
+    def offer(self, op: str, driver_id: str, *, attempt: int, reason: str | None = None, ttl_ms: int = 0,
+              trip: Ride | None = None) -> None:
+        """An OfferCommand for the driver desk; a RESERVE carries the `trip` shown in the offer."""
+        self.step.offers.append(offer_command(
+            driver_id, op, self.cmd["ride_id"], self.now, "system", attempt=attempt, ttl_ms=ttl_ms, reason=reason,
+            pickup_lat=trip["pickup_lat"] if trip else None, pickup_lng=trip["pickup_lng"] if trip else None,
+            dest_lat=trip["dest_lat"] if trip else None, dest_lng=trip["dest_lng"] if trip else None,
+            fare_estimate=trip["fare_estimate"] if trip else None))
 
     def unchanged(self, refusal: str | None = None) -> Step:
         return Step(None, refusal=refusal)
@@ -198,8 +222,8 @@ class _Apply:
     def candidates(self) -> list[Candidate]:
         """Ranked untried candidates, widening the k-ring until there are enough (or k_max)."""
         r, p = self.r, self.p
-        exclude = set(r.get("tried", ())) | set(r.get("busy", ()))
-        k = max(r.get("ring", 0), p.k_min)
+        exclude = set(r["tried"]) | set(r["busy"])
+        k = max(r["ring"], p.k_min)
         found = self.query(r["pickup_cell"], k, exclude)
         while len(found) < p.min_candidates and k < p.k_max:
             k += 1
@@ -223,45 +247,49 @@ class _Apply:
             r["deadline_ms"] = self.now + p.retry_ms  # everyone near is busy or tried: look again soon
             return
         best = ranked[0]
-        r["attempt"] = r.get("attempt", 0) + 1
+        r["attempt"] += 1
         r["offer_driver"] = best.driver_id
         r["deadline_ms"] = self.now + p.reserve_timeout_ms
-        self.offer("RESERVE", best.driver_id, attempt=r["attempt"], ttl_ms=p.offer_ttl_ms,
-                   pickup_lat=r["pickup_lat"], pickup_lng=r["pickup_lng"], dest_lat=r["dest_lat"],
-                   dest_lng=r["dest_lng"], fare_estimate=r.get("fare_estimate"))
+        self.offer("RESERVE", best.driver_id, attempt=r["attempt"], ttl_ms=p.offer_ttl_ms, trip=r)
 
     def drop_offer(self, *, busy: bool = False) -> None:
         """The open offer (or reservation asked for) is over: never ask that driver again (busy: not now)."""
         r = self.r
-        key = "busy" if busy else "tried"
-        r[key] = [*r.get(key, []), r["offer_driver"]]
+        driver = self.need(r["offer_driver"], "an open offer")
+        if busy:
+            r["busy"] = [*r["busy"], driver]
+        else:
+            r["tried"] = [*r["tried"], driver]
         r["offer_driver"] = None
 
     def answers_open_offer(self, state: str) -> bool:
         """The command is the driver's answer to the offer this ride has open in `state`."""
-        r, c = self.r, self.cmd
-        return r.get("state") == state and r.get("offer_driver") == c["driver_id"] and r.get("attempt") == c["attempt"]
+        r, c = self.ride, self.cmd
+        return (r is not None and r["state"] == state and r["offer_driver"] == c["driver_id"]
+                and r["attempt"] == c["attempt"])
 
     # --- commands ----------------------------------------------------------
     def request(self) -> Step:
         c, p = self.cmd, self.p
-        if self.r:
+        if self.ride is not None:
             return self.unchanged("ride exists (request replayed)")
-        if c["product"] not in PRODUCTS:
-            raise Rejected(f"unknown product {c['product']!r}")
-        for f in ("rider_id", "pickup_lat", "pickup_lng", "dest_lat", "dest_lng"):
-            if c.get(f) is None:
-                raise Rejected(f"REQUEST without {f}")
-        pickup_cell = cell_of(c["pickup_lat"], c["pickup_lng"], p.h3_resolution)
-        distance = haversine_m(c["pickup_lat"], c["pickup_lng"], c["dest_lat"], c["dest_lng"])
-        duration = p.eta_s(c["pickup_lat"], c["pickup_lng"], c["dest_lat"], c["dest_lng"])
-        self.r.update({
-            "ride_id": c["ride_id"], "rider_id": c["rider_id"], "product": c["product"],
-            "pickup_lat": c["pickup_lat"], "pickup_lng": c["pickup_lng"], "dest_lat": c["dest_lat"],
-            "dest_lng": c["dest_lng"], "pickup_cell": pickup_cell, "requested_ts": self.now,
-            "fare_estimate": fare_estimate(distance, duration, c["product"], surge=p.surge(pickup_cell)),
-            "tried": [], "busy": [], "attempt": 0, "ring": 0, "push_seq": 0,
-        })
+        product = self.need(c["product"], "product")
+        if product not in PRODUCTS:
+            raise Rejected(f"unknown product {product!r}")
+        pickup = self.need(c["pickup_lat"], "pickup_lat"), self.need(c["pickup_lng"], "pickup_lng")
+        dest = self.need(c["dest_lat"], "dest_lat"), self.need(c["dest_lng"], "dest_lng")
+        pickup_cell = cell_of(*pickup, p.h3_resolution)
+        distance = haversine_m(*pickup, *dest)
+        duration = p.eta_s(*pickup, *dest)
+        self.ride = self.step.ride = {
+            "ride_id": c["ride_id"], "version": 0, "state": "REQUESTED", "rider_id": self.need(c["rider_id"], "rider_id"),
+            "product": product, "pickup_lat": pickup[0], "pickup_lng": pickup[1], "dest_lat": dest[0],
+            "dest_lng": dest[1], "pickup_cell": pickup_cell, "requested_ts": self.now, "updated_ts": self.now,
+            "fare_estimate": fare_estimate(distance, duration, product, surge=p.surge(pickup_cell)),
+            "pickup_eta_s": None, "driver_id": None, "offer_driver": None, "attempt": 0, "deadline_ms": 0, "ring": 0,
+            "tried": [], "busy": [], "push_seq": 0, "driver_lat": None, "driver_lng": None, "pushed_lat": None,
+            "pushed_lng": None, "pushed_eta_s": None, "reason": None, "applied_offset": -1, "outbox": [],
+        }
         ranked = self.candidates()
         self.r["pickup_eta_s"] = ranked[0].eta_s if ranked else None
         self.emit("REQUESTED", c["actor"])
@@ -270,15 +298,15 @@ class _Apply:
 
     def timeout(self) -> Step:
         r = self.r
-        if not r or r.get("deadline_ms") != self.cmd["expires_at"] or r["state"] in FINAL:
+        if r["deadline_ms"] != self.cmd["expires_at"] or r["state"] in FINAL:
             return self.unchanged()  # a deadline the ride has already moved past
-        if r["state"] == "OFFERED":
-            driver = r["offer_driver"]
+        driver = r["offer_driver"]
+        if r["state"] == "OFFERED" and driver is not None:
             self.offer("RELEASE", driver, attempt=r["attempt"], reason="expired")
             self.drop_offer()
             self.emit("EXPIRED", "system", driver_id=driver, reason="offer not answered in time")
-        elif r.get("offer_driver"):
-            self.offer("RELEASE", r["offer_driver"], attempt=r["attempt"], reason="no answer to the reservation")
+        elif driver is not None:
+            self.offer("RELEASE", driver, attempt=r["attempt"], reason="no answer to the reservation")
             self.drop_offer()
         elif r["state"] == "REQUESTED":
             r["busy"] = []  # after the wait, drivers that were held elsewhere may be free
@@ -288,14 +316,16 @@ class _Apply:
         return self.step
 
     def reserved(self) -> Step:
-        r, c = self.r, self.cmd
+        c = self.cmd
         if not self.answers_open_offer("REQUESTED"):
             if self.answers_open_offer("OFFERED"):
                 return self.unchanged()  # the same answer again (replayed)
-            self.offer("RELEASE", c["driver_id"], attempt=c["attempt"], reason="ride moved on")
+            self.offer("RELEASE", self.driver(), attempt=c["attempt"], reason="ride moved on")
             return Step(None, offers=self.step.offers)
-        r["driver_lat"], r["driver_lng"] = c["lat"], c["lng"]
-        r["pickup_eta_s"] = self.p.eta_s(c["lat"], c["lng"], r["pickup_lat"], r["pickup_lng"])
+        r = self.r
+        lat, lng = self.position()
+        r["driver_lat"], r["driver_lng"] = lat, lng
+        r["pickup_eta_s"] = self.p.eta_s(lat, lng, r["pickup_lat"], r["pickup_lng"])
         r["deadline_ms"] = c["expires_at"] + self.p.offer_grace_ms
         self.emit("OFFERED", "system", driver_id=c["driver_id"])
         return self.step
@@ -304,93 +334,95 @@ class _Apply:
         if not self.answers_open_offer("REQUESTED"):
             return self.unchanged()
         log.debug("ride %s: driver %s refused the reservation: %s", self.r["ride_id"], self.cmd["driver_id"],
-                 self.cmd.get("reason"))
-        self.drop_offer(busy=self.cmd.get("reason") == "reserved")
+                  self.cmd["reason"])
+        self.drop_offer(busy=self.cmd["reason"] == "reserved")
         self.offer_next()
         return self.step
 
     def declined(self) -> Step:
         if not self.answers_open_offer("OFFERED"):
-            return self.unchanged()  # the offers agent already released the driver
+            return self.unchanged()  # the desk already released the driver
         driver = self.r["offer_driver"]
         self.drop_offer()
-        self.emit("DECLINED", "driver", driver_id=driver, reason=self.cmd.get("reason") or "declined by driver")
+        self.emit("DECLINED", "driver", driver_id=driver, reason=self.cmd["reason"] or "declined by driver")
         self.offer_next()
         return self.step
 
     def assigned(self) -> Step:
-        r, c = self.r, self.cmd
+        c = self.cmd
+        driver = self.driver()
         if not self.answers_open_offer("OFFERED"):
-            if r.get("state") in ACTIVE and r.get("driver_id") == c["driver_id"]:
+            if self.ride is not None and self.ride["state"] in ACTIVE and self.ride["driver_id"] == driver:
                 return self.unchanged()  # the same answer again (replayed)
             # The driver took an offer this ride no longer has open: give the driver back.
-            self.offer("FREE", c["driver_id"], attempt=c["attempt"], reason="offer no longer open")
+            self.offer("FREE", driver, attempt=c["attempt"], reason="offer no longer open")
             return Step(None, offers=self.step.offers)
-        r.update(driver_id=c["driver_id"], offer_driver=None, deadline_ms=0, driver_lat=c["lat"], driver_lng=c["lng"])
-        r["pickup_eta_s"] = self.p.eta_s(c["lat"], c["lng"], r["pickup_lat"], r["pickup_lng"])
-        r.update(pushed_lat=c["lat"], pushed_lng=c["lng"], pushed_eta_s=r["pickup_eta_s"])
-        self.emit("ACCEPTED", "driver", extra={"driver": _driver_view(c["driver_id"], c["lat"], c["lng"],
-                                                                       r["pickup_eta_s"], "pickup")})
+        r = self.r
+        lat, lng = self.position()
+        r["driver_id"], r["offer_driver"], r["deadline_ms"] = driver, None, 0
+        r["driver_lat"], r["driver_lng"] = lat, lng
+        eta = r["pickup_eta_s"] = self.p.eta_s(lat, lng, r["pickup_lat"], r["pickup_lng"])
+        r["pushed_lat"], r["pushed_lng"], r["pushed_eta_s"] = lat, lng, eta
+        self.emit("ACCEPTED", "driver", extra={"driver": _driver_view(driver, lat, lng, eta, "pickup")})
         return self.step
 
     def cancel(self) -> Step:
         r, c = self.r, self.cmd
-        if not r:
-            return self.unchanged("unknown ride")
         if not may_cancel(r, c["actor"], c["actor_id"]):
             return self.unchanged(f"{c['actor']} {c['actor_id']} may not cancel a ride in state {r['state']}")
-        if r.get("offer_driver"):
+        if r["offer_driver"] is not None:
             self.offer("RELEASE", r["offer_driver"], attempt=r["attempt"], reason="ride cancelled")
             r["offer_driver"] = None
-        if r.get("driver_id"):
+        if r["driver_id"] is not None:
             self.offer("FREE", r["driver_id"], attempt=r["attempt"], reason="ride cancelled")
         r["deadline_ms"] = 0
-        self.emit("CANCELLED", c["actor"], reason=c.get("reason") or f"cancelled by {c['actor']}")
+        self.emit("CANCELLED", c["actor"], reason=c["reason"] or f"cancelled by {c['actor']}")
         return self.step
 
     def by_assigned_driver(self, state: str, event: str) -> Step:
         r, c = self.r, self.cmd
-        if not r:
-            return self.unchanged("unknown ride")
-        if c["actor"] != "ops" and (c["actor"] != "driver" or c["actor_id"] != r.get("driver_id")):
+        driver = r["driver_id"]
+        if c["actor"] != "ops" and (c["actor"] != "driver" or c["actor_id"] != driver):
             return self.unchanged(f"{c['actor']} {c['actor_id']} is not the ride's driver")
-        if r["state"] != state:
+        if r["state"] != state or driver is None:
             return self.unchanged(f"{event} needs state {state}, ride is {r['state']}")
         if event == "STARTED":
-            self.offer("START", r["driver_id"], attempt=r["attempt"])
+            self.offer("START", driver, attempt=r["attempt"])
             eta = self.p.eta_s(r["pickup_lat"], r["pickup_lng"], r["dest_lat"], r["dest_lng"])
-            r.update(pushed_eta_s=eta, pushed_lat=r["pickup_lat"], pushed_lng=r["pickup_lng"])
-            self.emit(event, c["actor"], extra={"driver": _driver_view(r["driver_id"], r.get("driver_lat"),
-                                                                      r.get("driver_lng"), eta, "destination")})
+            r["pushed_eta_s"], r["pushed_lat"], r["pushed_lng"] = eta, r["pickup_lat"], r["pickup_lng"]
+            self.emit(event, c["actor"], extra={"driver": _driver_view(driver, r["driver_lat"], r["driver_lng"], eta,
+                                                                      "destination")})
         else:
-            self.offer("FREE", r["driver_id"], attempt=r["attempt"], reason="completed")
+            self.offer("FREE", driver, attempt=r["attempt"], reason="completed")
             self.emit(event, c["actor"])
         return self.step
 
     def driver_moved(self) -> Step:
         """The assigned driver moved: recompute the ETA; push when it moved far or the ETA changed enough."""
         r, c, p = self.r, self.cmd, self.p
-        if r.get("state") not in ACTIVE or r.get("driver_id") != c["driver_id"]:
+        if r["state"] not in ACTIVE or r["driver_id"] != c["driver_id"]:
             return self.unchanged()
+        lat, lng = self.position()
         to_pickup = r["state"] == "ACCEPTED"
         target = (r["pickup_lat"], r["pickup_lng"]) if to_pickup else (r["dest_lat"], r["dest_lng"])
-        eta = p.eta_s(c["lat"], c["lng"], *target)
-        last = r.get("pushed_eta_s")
-        moved = (r.get("pushed_lat") is None
-                 or haversine_m(r["pushed_lat"], r["pushed_lng"], c["lat"], c["lng"]) >= p.push_min_distance_m)
+        eta = p.eta_s(lat, lng, *target)
+        last, pushed_lat, pushed_lng = r["pushed_eta_s"], r["pushed_lat"], r["pushed_lng"]
+        moved = (pushed_lat is None or pushed_lng is None
+                 or haversine_m(pushed_lat, pushed_lng, lat, lng) >= p.push_min_distance_m)
         eta_changed = last is None or abs(eta - last) >= p.eta_push_threshold_s
         if not (moved or eta_changed):
             return self.unchanged()
         if eta_changed:
             r["pushed_eta_s"] = eta
-        r.update(driver_lat=c["lat"], driver_lng=c["lng"], pushed_lat=c["lat"], pushed_lng=c["lng"])
+        r["driver_lat"], r["driver_lng"], r["pushed_lat"], r["pushed_lng"] = lat, lng, lat, lng
         self.push("ride.driver", {"ride_id": r["ride_id"], "state": r["state"], **_driver_view(
-            c["driver_id"], c["lat"], c["lng"], r["pushed_eta_s"], "pickup" if to_pickup else "destination")},
+            r["driver_id"], lat, lng, r["pushed_eta_s"], "pickup" if to_pickup else "destination")},
             DRIVER_PRIORITY)
         return self.step
 
 
-def _driver_view(driver_id: str, lat: float | None, lng: float | None, eta_s: float | None, to: str) -> dict:
+def _driver_view(driver_id: str | None, lat: float | None, lng: float | None, eta_s: float | None,
+                 to: str) -> dict[str, Any]:
     return {"driver_id": driver_id, "lat": lat, "lng": lng, "eta_s": eta_s, "eta_to": to}
 
 
@@ -421,9 +453,9 @@ HELD_MAX = 50_000
 
 def held_until(cmd: Command, now_ms: int, busy_ms: int) -> int | None:
     """Until when an answer of the offers agent says its driver is not free (0: free now; None: it does not say)."""
-    command, reason = cmd["command"], cmd.get("reason")
+    command, reason = cmd["command"], cmd["reason"]
     if command == "RESERVED" or (command == "REFUSED" and reason == "reserved"):
-        return int(cmd.get("expires_at") or 0)
+        return cmd["expires_at"]
     if command in ("ASSIGNED", "REFUSED"):
         return now_ms + busy_ms  # busy, offline or unknown: by then the replica shows it
     if command == "DECLINED":

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Protocol
 
 import faust
+import faust.types
 from faust.types import TP
 
 __all__ = [
@@ -44,8 +45,8 @@ class PartitionStore(Protocol):
 class _MemoryStore:
     """Faust's memory store: one dict for every partition (tests)."""
 
-    def __init__(self, table: faust.Table) -> None:
-        self._data: dict[bytes, bytes] = table.data.data
+    def __init__(self, table: faust.types.TableT[Any, Any]) -> None:
+        self._data: dict[bytes, bytes] = table.data.data  # type: ignore[attr-defined]  # the memory Store's dict
         self._offsets: dict[int, int] = {}
         self._partition_of: dict[bytes, int] = {}  # of the keys written here (not by Faust's recovery)
 
@@ -80,7 +81,7 @@ class _MemoryStore:
 class _RocksStore:
     """Faust's RocksDB store (rocksdict): one database per partition, opened on first use."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: faust.types.TableT[Any, Any]) -> None:
         self._store: Any = table.data
         self._topic = changelog_topic(table)
 
@@ -132,7 +133,7 @@ class _RocksStore:
         self._store._dbs.clear()
 
 
-def store_of(table: faust.Table) -> PartitionStore:
+def store_of(table: faust.types.TableT[Any, Any]) -> PartitionStore:
     """The partition-addressed store behind a Faust table (memory:// or rocksdb://)."""
     from faust.stores.memory import Store as MemoryStore
 
@@ -141,16 +142,16 @@ def store_of(table: faust.Table) -> PartitionStore:
     return _RocksStore(table)
 
 
-def changelog_topic(table: faust.Table) -> str:
+def changelog_topic(table: faust.types.TableT[Any, Any]) -> str:
     name: str = table.changelog_topic.get_topic_name()
     return name
 
 
-def hold(event: faust.EventT) -> None:
+def hold(event: faust.EventT[Any]) -> None:
     """Keep Faust from ever acking (and so committing) `event`: its stream acks it, the refcount stays."""
     event.message.incref()
 
 
-def active_partitions(app: faust.App, topic: str) -> set[int]:
+def active_partitions(app: faust.types.AppT, topic: str) -> set[int]:
     """The partitions of `topic` this worker holds as active (not standby) in Faust's assignment."""
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}

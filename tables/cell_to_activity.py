@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 import faust
+import faust.types
 
 __all__ = ["NAME", "MIN_RETENTION_S", "PaneKeys", "cell_to_activity", "decode_key"]
 
@@ -32,14 +33,14 @@ NAME = "cell_to_activity"
 MIN_RETENTION_S = 3600  # changelog retention floor: a replay or catch-up may lag the wall clock
 
 
-def cell_to_activity(app: faust.App, partitions: int, *, pane_ms: int, reach_ms: int) -> faust.Table:
+def cell_to_activity(app: faust.App, partitions: int, *, pane_ms: int, reach_ms: int) -> faust.types.TableT[Any, Any]:
     """Declare the table (tumbling by `pane_ms`, co-partitioned with `cell-activity`); `reach_ms`: how
     long a pane is needed (the longest window plus its grace)."""
     retention_s = max(MIN_RETENTION_S, 2 * reach_ms // 1000)
     windowed = app.Table(NAME, value_type=bytes, partitions=partitions,
                          help="activity per (cell, partition) and pane (CellPane, Avro)").tumbling(
         timedelta(milliseconds=pane_ms), expires=timedelta(seconds=retention_s))
-    return windowed.table  # type: ignore[no-any-return]
+    return windowed.table
 
 
 class PaneKeys:
@@ -49,8 +50,10 @@ class PaneKeys:
     (~40 us): a unit test holds the two equal.
     """
 
-    def __init__(self, table: faust.Table) -> None:
-        self.window = table.window
+    def __init__(self, table: faust.types.TableT[Any, Any]) -> None:
+        window = table.window
+        assert window is not None, "cell_to_activity is a windowed table"
+        self.window = window
         self.encode = lru_cache(maxsize=1 << 18)(self._encode)
 
     def _encode(self, cell: str, partition: int, start_ms: int) -> str:

@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
-import faust
+import faust.types
 
 from infra.faustcompat import PartitionStore, active_partitions, changelog_topic, store_of
 from schemas.avro import AvroCodec
 
 __all__ = ["Table"]
 
-V = TypeVar("V")
+V = TypeVar("V", bound=Mapping[str, Any])
 _MISSING: Any = object()
 
 
 class Table(Generic[V]):
     """A Faust table with bytes keys and Avro values, written by one owner through transactions."""
 
-    def __init__(self, table: faust.Table, codec: AvroCodec, *, cache_max: int,
+    def __init__(self, table: faust.types.TableT[Any, Any], codec: AvroCodec[V], *, cache_max: int,
                  actives: Callable[[], Iterable[int]] | None = None) -> None:
         self.faust = table
         self.name: str = table.name

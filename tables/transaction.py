@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from infra.producer import AsyncProducer, Outgoing, ProduceError
 from tables.table import Table
@@ -41,6 +41,7 @@ OUTPUTS = "outputs"  # output records and dead letters
 ALL_TABLES = "*"  # every table not named elsewhere in the order
 Fault = Callable[[str], None]  # called after each commit step with its name (tests inject crashes there)
 AnyTable = Table[Any]
+V = TypeVar("V", bound=Mapping[str, Any])
 
 
 def removals(table: str) -> str:
@@ -98,8 +99,8 @@ class Savepoint:
 class Transaction:
     """Writes, outputs and dead letters of one agent batch, until `commit` makes them durable.
 
-    Reads (`get`) see every value decided so far, this transaction's included; `put` and `delete`
-    buffer a write of the key's partition; `send` buffers an output record. A savepoint and
+    The table's own reads (`Table.get`) see every value decided so far, this transaction's
+    included; `put` and `delete` buffer a write of the key's partition; `send` buffers an output record. A savepoint and
     `rollback` undo what a step did that it must not keep (a rejected record, or a bug).
     """
 
@@ -114,10 +115,7 @@ class Transaction:
         self.committed: list[Callable[[], None]] = []  # run once the commit is done (before input commit)
 
     # --- reads and writes -----------------------------------------------------------------------
-    def get(self, table: Table[Any], key: str, partition: int) -> Any:
-        return table.get(key, partition)
-
-    def put(self, table: Table[Any], key: str, value: Any, partition: int) -> None:
+    def put(self, table: Table[V], key: str, value: V | None, partition: int) -> None:
         """Write `value` (a decoded record, never mutated afterwards) under `key` in `partition`."""
         writes = self._writes.get(table)
         if writes is None:
@@ -127,7 +125,7 @@ class Transaction:
         self._undo.append((table, key, table._decide(key, value, first=earlier is None), earlier))
         writes[key] = (partition, value)
 
-    def delete(self, table: Table[Any], key: str, partition: int) -> None:
+    def delete(self, table: Table[V], key: str, partition: int) -> None:
         self.put(table, key, None, partition)
 
     def join(self, table: Table[Any]) -> None:

@@ -1,0 +1,30 @@
+"""Commands the agents send each other, built whole (every field of the record, typed)."""
+from __future__ import annotations
+
+from schemas import typed
+
+__all__ = ["offer_command", "ride_command"]
+
+
+def ride_command(
+    ride_id: str, command: str, ts: int, actor: str, actor_id: str, *, rider_id: str | None = None,
+    product: str | None = None, pickup_lat: float | None = None, pickup_lng: float | None = None,
+    dest_lat: float | None = None, dest_lng: float | None = None, driver_id: str | None = None, attempt: int = 0,
+    lat: float | None = None, lng: float | None = None, expires_at: int = 0, reason: str | None = None,
+) -> typed.RideCommand:
+    """A RideCommand (topic `ride-commands`)."""
+    return {"ride_id": ride_id, "command": command, "ts": ts, "actor": actor, "actor_id": actor_id,
+            "rider_id": rider_id, "product": product, "pickup_lat": pickup_lat, "pickup_lng": pickup_lng,
+            "dest_lat": dest_lat, "dest_lng": dest_lng, "driver_id": driver_id, "attempt": attempt, "lat": lat,
+            "lng": lng, "expires_at": expires_at, "reason": reason}
+
+
+def offer_command(
+    driver_id: str, op: str, ride_id: str, ts: int, actor: str, *, attempt: int = 0, ttl_ms: int = 0,
+    pickup_lat: float | None = None, pickup_lng: float | None = None, dest_lat: float | None = None,
+    dest_lng: float | None = None, fare_estimate: float | None = None, reason: str | None = None,
+) -> typed.OfferCommand:
+    """An OfferCommand (topic `offers`, or decided in place by the driver desk)."""
+    return {"driver_id": driver_id, "op": op, "ride_id": ride_id, "ts": ts, "actor": actor, "attempt": attempt,
+            "ttl_ms": ttl_ms, "pickup_lat": pickup_lat, "pickup_lng": pickup_lng, "dest_lat": dest_lat,
+            "dest_lng": dest_lng, "fare_estimate": fare_estimate, "reason": reason}
