@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features clean
+.PHONY: install browser demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ browser:
 demo: install
 	$(BIN)/livetrack demo
 
-test: install browser
+# Static checks: mypy (strict, setup.cfg [mypy]) and the layer contract (setup.cfg [importlinter]).
+typecheck: install
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install browser typecheck
 	$(BIN)/python -m pytest
 
 bench: install

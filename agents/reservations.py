@@ -313,3 +313,28 @@ def apply_offer(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: i
                                             driver_id=cmd["driver_id"], attempt=cmd["attempt"], reason=rule.reason))
         return out
     return _Apply(prev, cmd, policy, now_ms).carry_out(rule)
+
+
+_EFFECT_WORDS = {"none": "", "reserve": "reserve", "clear": "clear", "assign": "assign", "start": "start trip",
+                 "free": "free"}
+
+
+def as_markdown() -> str:
+    """RESERVATIONS as a Markdown table: a row per phase and match, a column per command; each cell
+    says effect · push · reply (blank: nothing happens). `livetrack reservations` prints it."""
+    rows = [(phase, match) for phase in PHASES
+            for match in ((NONE,) if phase in (UNKNOWN, FREE) else (SAME, RIDE, OTHER))]
+    lines = ["| driver is | command names | " + " | ".join(OPS) + " |", "|---|---|" + "---|" * len(OPS)]
+    for phase, match in rows:
+        cells = []
+        for op in OPS:
+            rule = RESERVATIONS.get((phase, op, match))
+            if rule is None:
+                cells.append("")
+                continue
+            reply = f"{rule.reply} ({rule.reason})" if rule.reply == "REFUSED" else rule.reply
+            parts = [_EFFECT_WORDS[rule.effect], rule.push or "", reply or ""]
+            cells.append(" · ".join(p for p in parts if p))
+        label = {NONE: "-", SAME: "its ride, attempt", RIDE: "its ride, other attempt", OTHER: "another ride"}[match]
+        lines.append(f"| {phase} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

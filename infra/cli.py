@@ -59,6 +59,14 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _reservations(args: argparse.Namespace, settings: Settings) -> int:
+    """The reservation protocol as a Markdown table (the README's is made by this)."""
+    from agents.reservations import as_markdown
+
+    print(as_markdown(), end="")
+    return 0
+
+
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.main import run
 
@@ -130,7 +138,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings, "gateway": _gateway,
+    "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings,
+    "reservations": _reservations, "gateway": _gateway,
     "sim": _sim, "demo": _demo, "token": _token, "watch": _watch,
 }
 
@@ -146,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) and schemas/typed.py from the Records")
     s.add_argument("action", choices=["export"])
     sub.add_parser("settings", help="print every LIVETRACK_* setting with its default and meaning")
+    sub.add_parser("reservations", help="print the reservation protocol (phase x command) as a Markdown table")
     sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")
     sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
