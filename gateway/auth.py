@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jwt
 from aiohttp import web
@@ -105,7 +105,7 @@ class Tokens:
             alg = jwt.get_unverified_header(token).get("alg")
             key = self._key_for(alg)
             claims = jwt.decode(
-                token, key, algorithms=[alg], issuer=self._issuer, leeway=self._leeway,
+                token, key, algorithms=[str(alg)], issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "role", "iss"]},
             )
         except jwt.ExpiredSignatureError:
@@ -146,7 +146,7 @@ def principal_of(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
-def auth_middleware(tokens: Tokens) -> Callable:
+def auth_middleware(tokens: Tokens) -> Callable[..., Any]:
     """Requires a valid bearer token on every `/v1/` route."""
 
     @web.middleware

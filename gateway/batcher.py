@@ -13,7 +13,7 @@ Each request is answered once every batch holding its pings is acked.
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from typing import Any, Sequence
 
 from infra.producer import AsyncProducer
 from schemas.avro import codec_for
@@ -25,7 +25,7 @@ __all__ = ["IngestBatcher"]
 
 class _OpenBatch:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.events: list[dict] = []
+        self.events: list[dict[str, Any]] = []
         self.done: asyncio.Future[None] = loop.create_future()
 
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import socketio
 
@@ -93,7 +93,8 @@ class LiveClient:
         await self._connect_once()
 
     async def _connect_once(self) -> None:
-        auth = (lambda: {"token": self.token()}) if callable(self.token) else {"token": self.token}
+        token = self.token
+        auth = (lambda: {"token": token()}) if callable(token) else {"token": token}
         await self.sio.connect(self.url, namespaces=[NAMESPACE], transports=self.transports, auth=auth,
                                wait_timeout=self.connect_timeout_s)
 
@@ -156,8 +157,9 @@ class LiveClient:
                 done.set_result(ack)
 
         def sent(task: asyncio.Future[Any]) -> None:
-            if not task.cancelled() and task.exception() is not None and not done.done():
-                done.set_exception(task.exception())  # not connected: fail now, not at the timeout
+            error = None if task.cancelled() else task.exception()
+            if error is not None and not done.done():
+                done.set_exception(error)  # not connected: fail now, not at the timeout
 
         self._spawn(self.sio.emit("subscribe", request, namespace=NAMESPACE, callback=on_ack)).add_done_callback(sent)
         return done
@@ -224,8 +226,8 @@ class LiveClient:
         self._spawn(self.sio.emit("ack", {"channel": channel, "seq": seq}, namespace=NAMESPACE)).add_done_callback(
             lambda task: task.cancelled() or task.exception())
 
-    def _spawn(self, aw: Any) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(aw)
+    def _spawn(self, aw: Awaitable[Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(aw)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

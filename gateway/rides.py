@@ -211,7 +211,7 @@ class RideDesk:
         await self._send(RIDE_COMMANDS.name, ride_id, self.command_codec.dumps(cmd))
 
     # --- API ---------------------------------------------------------------
-    async def request(self, principal: Principal, body: Any, idempotency_key: str | None) -> tuple[int, dict]:
+    async def request(self, principal: Principal, body: Any, idempotency_key: str | None) -> tuple[int, dict[str, Any]]:
         """Ask for a ride; (201, ride) once the worker has priced it, (202, ride id) if it is slow."""
         if principal.role not in ("rider", "ops"):
             raise Forbidden("only riders (or ops for a rider) request rides")
@@ -237,14 +237,14 @@ class RideDesk:
         if principal.role == "ops":
             return True
         if principal.role == "rider":
-            return ride["rider_id"] == principal.sub
+            return bool(ride["rider_id"] == principal.sub)
         return principal.sub in (ride["driver_id"], ride["offered_to"]) or any(
             e["driver_id"] == principal.sub for e in ride["events"])
 
     async def get(self, principal: Principal, ride_id: str) -> dict[str, Any]:
         return _public(await self.known(principal, ride_id))
 
-    async def cancel(self, principal: Principal, ride_id: str, reason: str | None) -> tuple[int, dict]:
+    async def cancel(self, principal: Principal, ride_id: str, reason: str | None) -> tuple[int, dict[str, Any]]:
         ride = await self.known(principal, ride_id)
         if ride["state"] in FINAL:
             raise Conflict(f"ride {ride_id!r} is already {ride['state']}")
@@ -253,7 +253,7 @@ class RideDesk:
         await self._command(principal, ride_id, "CANCEL", reason=reason)
         return await self._outcome(ride_id, lambda r: r["state"] in FINAL)
 
-    async def by_driver(self, principal: Principal, ride_id: str, command: str) -> tuple[int, dict]:
+    async def by_driver(self, principal: Principal, ride_id: str, command: str) -> tuple[int, dict[str, Any]]:
         """START or COMPLETE, by the ride's assigned driver (or ops)."""
         if principal.role not in ("driver", "ops"):
             raise Forbidden(f"only the ride's driver may {command.lower()} it")
@@ -278,7 +278,7 @@ class RideDesk:
                "reason": reason}
         await self._send(OFFERS.name, principal.sub, self.offer_codec.dumps(cmd))
 
-    async def answer(self, principal: Principal, ride_id: str, op: str) -> tuple[int, dict]:
+    async def answer(self, principal: Principal, ride_id: str, op: str) -> tuple[int, dict[str, Any]]:
         """HTTP accept/decline: 200 with the ride once decided for this driver, 409 if the offer was gone."""
         await self.decide(principal, ride_id, op)
         outcome = _answered(principal.sub, "ACCEPTED" if op == "ACCEPT" else "DECLINED")
@@ -289,7 +289,7 @@ class RideDesk:
             raise Conflict(f"no open offer of ride {ride_id!r} for you (it expired or moved on)")
         return 200, _public(ride)
 
-    async def _outcome(self, ride_id: str, predicate: Predicate) -> tuple[int, dict]:
+    async def _outcome(self, ride_id: str, predicate: Predicate) -> tuple[int, dict[str, Any]]:
         ride = await self.view.wait_for(ride_id, predicate, self.timeout_s)
         if ride is None:
             return 202, {"ride_id": ride_id, "submitted": True}

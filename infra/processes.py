@@ -86,7 +86,7 @@ class Proc:
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
         """Signal the process, wait, and SIGKILL it if it does not go."""

@@ -6,11 +6,14 @@ no other module reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "number_list"]
+
+_N = TypeVar("_N", int, float)
 
 
 class Settings(BaseSettings):
@@ -241,6 +244,6 @@ class Settings(BaseSettings):
         return f"http://{self.gateway_host}:{self.gateway_port}"
 
 
-def number_list(text: str, kind: type) -> list:
+def number_list(text: str, kind: Callable[[str], _N]) -> list[_N]:
     """Comma-separated numbers (a list setting); ValueError when one is not a number."""
     return [kind(part) for part in text.split(",") if part.strip()]

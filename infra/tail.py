@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from infra.topics import while_settling
+from infra.topics import record_offset, record_partition, while_settling
 
 __all__ = ["TopicTail", "next_batch"]
 
@@ -101,10 +101,12 @@ class TopicTail(Generic[T]):
                 log.error("%s consumer: %s", self.topic, exc)
                 continue
             for m in msgs:
-                self._note_caught_up(m.partition(), m.offset(), loop)
-            if msgs:
+                self._note_caught_up(record_partition(m), record_offset(m), loop)
+            # Tombstones carry nothing to show (the tailed topics are not compacted to deletes).
+            values = [(m.key(), value) for m in msgs if (value := m.value()) is not None]
+            if values:
                 # No waiting for the loop here: the fetch size bounds what can pile up.
-                loop.call_soon_threadsafe(self._queue.put_nowait, [(m.key(), m.value()) for m in msgs])
+                loop.call_soon_threadsafe(self._queue.put_nowait, values)
 
     def _note_caught_up(self, partition: int, offset: int, loop: asyncio.AbstractEventLoop) -> None:
         target = self._catch_up.get(partition)

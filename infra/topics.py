@@ -6,13 +6,15 @@ import time
 from typing import Callable, Iterable, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # where the package's stubs declare it
 
 from infra.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
 __all__ = [
-    "TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "topic_config", "while_settling",
+    "TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "record_offset", "record_partition",
+    "topic_config", "while_settling",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,19 @@ def partition_count(settings: Settings, spec: TopicSpec) -> int:
     return len(meta.partitions)
 
 
+def record_offset(m: Message) -> int:
+    """A consumed record's offset (None only on error events, which are filtered before)."""
+    offset = m.offset()
+    assert offset is not None, "a consumed record has an offset"
+    return offset
+
+
+def record_partition(m: Message) -> int:
+    partition = m.partition()
+    assert partition is not None, "a consumed record has a partition"
+    return partition
+
+
 def _ends(c: Consumer, topic: str) -> dict[int, int]:
     def ends() -> dict[int, int]:
         meta = c.list_topics(topic, timeout=10).topics[topic]
@@ -119,7 +134,7 @@ def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = No
         deadline = time.monotonic() + timeout_s
         while len(out) < want and time.monotonic() < deadline:
             out.extend(m for m in c.consume(1000, timeout=0.5)
-                       if m.error() is None and m.offset() < ends[m.partition()])  # not what came since
+                       if m.error() is None and record_offset(m) < ends[record_partition(m)])  # not what came since
         return out
     finally:
         c.close()
