@@ -180,3 +180,25 @@ def test_the_worker_reads_pings_and_dispatch_through_the_feed_not_faust(tmp_path
     # ...on the partitions Faust assigns it of a topic Faust does read, with the same partition count.
     assert feed.follow == "driver-cells" and feed.follow in faust_topics
     assert feed.on_taken is not None  # partitions taken over: the desk re-sends recent decisions first
+
+
+async def test_partitions_it_takes_are_handed_to_on_taken_before_any_of_their_records() -> None:
+    feed = _feed(_Handler())
+    seen: list[tuple[set[int], frozenset[int]]] = []
+
+    async def taken(partitions: set[int]) -> None:
+        seen.append((partitions, feed.assignment()))
+
+    feed.on_taken = taken
+    feed.assignment.partitions = frozenset({0, 1})
+    task = asyncio.ensure_future(feed.assign({1, 2, 3}))
+    while feed._commands.empty():
+        await asyncio.sleep(0.001)
+    fn, reply = feed._commands.get_nowait()
+    fn(_Consumer())  # type: ignore[arg-type]
+    assert reply is not None
+    reply(None)
+    await asyncio.wait_for(task, 1.0)
+    # Only the partitions it did not hold, while nothing is decided in place yet.
+    assert seen == [({2, 3}, frozenset())]
+    assert feed.assignment() == frozenset({1, 2, 3})

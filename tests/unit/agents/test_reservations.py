@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agents.reservations import RESERVATIONS, OfferPolicy, apply_offer, phase_of
+from agents.reservations import RESERVATIONS, OfferPolicy, apply_offer, as_markdown, phase_of
 
 T0 = 1_732_170_000_000
 POLICY = OfferPolicy(driver_max_age_ms=30_000)
@@ -239,3 +240,10 @@ def test_the_code_table_has_exactly_the_specified_cells() -> None:
     spec = {(p.split("/")[0], op, m) for p, op, m in _spec()}
     assert set(RESERVATIONS) <= spec
     assert {cell for cell in spec if cell not in RESERVATIONS} == set()
+
+
+def test_the_table_in_the_dispatch_notes_is_the_codes() -> None:
+    notes = (Path(__file__).parents[3] / "docs" / "dispatch.md").read_text()
+    start, end = "<!-- reservations -->\n", "<!-- /reservations -->"
+    copy = notes[notes.index(start) + len(start):notes.index(end)]
+    assert copy == as_markdown(), "docs/dispatch.md is stale: paste `livetrack reservations` between its markers"

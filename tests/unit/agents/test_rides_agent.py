@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agents.desk import OUTBOX_KEEP_MS
 from agents.geo import cell_of
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from schemas.records import DriverStatusChanged, LocationBatch, OfferCommand, PushMessage, RideCommand
+from tables.transaction import TOGETHER, Transaction, commit
 from tests.unit.agents.harness import NOW, PARTITIONS, WAITED, Worker
 
 PICKUP = (37.7749, -122.4194)
@@ -200,3 +202,33 @@ async def test_sends_that_fail_for_a_while_are_retried_and_nothing_overtakes_the
     assert driver_pushes(w) == [(1, "driver.location"), (2, "offer"), (3, "driver.location")]
     assert w.c.metrics.commit_retries.labels("rides")._value.get() >= 1
     assert json.loads(w.kafka.values("push", PushMessage)[1]["data"])["ride_id"] == RIDE
+
+
+def driver_messages(w: Worker) -> list[dict[str, Any]]:
+    return [p for p in w.kafka.values("push", PushMessage) if p["channel"] == f"driver:{DRIVER}"]
+
+
+def resent(w: Worker, partitions: set[int]) -> int:
+    """How many records the desk would re-send for `partitions` (the transaction dropped after)."""
+    tx = Transaction(TOGETHER)
+    try:
+        return w.c.desk.resend(tx, partitions)
+    finally:
+        tx.abort()  # its turn on the driver table released
+
+
+async def test_a_worker_taking_a_partition_re_sends_its_drivers_recent_decisions_as_they_were(tmp_path: Path,
+                                                                                            store: str) -> None:
+    w = await worker(tmp_path, store, owned={DRIVER_PARTITION})
+    w.kafka.produce("ride-commands", request(), key=RIDE.encode())
+    await w.process("ride-commands")
+    offer_push = driver_messages(w)[-1]
+    w = w.restart(owned={DRIVER_PARTITION})
+    other = (DRIVER_PARTITION + 1) % PARTITIONS
+    assert resent(w, {other}) == 0  # nobody's decisions there
+    tx = Transaction(TOGETHER, "desk-resend")
+    assert w.c.desk.resend(tx, {DRIVER_PARTITION}) > 0
+    await commit(tx, w.kafka)  # type: ignore[arg-type]
+    assert driver_messages(w)[-1] == offer_push and (offer_push["seq"], offer_push["type"]) == (2, "offer")
+    w.clock[0] += OUTBOX_KEEP_MS  # older than an offer notice's TTL: worth nothing re-sent
+    assert resent(w, {DRIVER_PARTITION}) == 0
