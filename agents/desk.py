@@ -6,10 +6,10 @@ reach a driver through this desk, and only through it: it alone writes `driver_t
 `driver_to_outbox`, and it alone numbers the `driver:{id}` channel (the state's `push_seq`).
 
 When a driver may change or be pushed is one rule, the commit runtime's: every transaction that
-writes `driver_to_state` (or pushes on a driver's channel: it joins the table) commits after the
-ones that did before it (tables.table). So a driver's pushes reach Kafka in seq order whichever
-agent decided them, and each decision sees the ones before it, with no lock and no set of
-drivers to consult.
+writes a driver's state (or pushes on its channel: it joins the driver's key) commits after the
+ones that did before it (tables.table), while transactions on other drivers go on. So a driver's
+pushes reach Kafka in seq order whichever agent decided them, and each decision sees the ones
+before it, with no lock and no set of drivers to consult.
 
 Crash safety. A dispatch decision is committed state first (its agents declare STATE_FIRST):
 the driver's new state and the decision's records in `driver_to_outbox` are acked before any of
@@ -88,7 +88,7 @@ class DriverDesk:
         driver = ping["driver_id"]
         prev = self.states.get(driver, partition)
         result = apply_ping(prev, ping, self.pings, self.clock_ms())
-        tx.join(self.states)  # a duplicate's push again goes out in seq order too
+        tx.join(self.states, driver)  # a duplicate's push again goes out in seq order too
         if result.state is not None:
             tx.put(self.states, driver, result.state, partition)
         if result.push is not None:
@@ -105,7 +105,7 @@ class DriverDesk:
     def decide(self, tx: Transaction, cmd: typed.OfferCommand, partition: int) -> Decided:
         """Apply one OfferCommand for a driver of `partition`: its decision, or the one it made before."""
         driver, key, now = cmd["driver_id"], command_key(cmd), self.clock_ms()
-        tx.join(self.states)
+        tx.join(self.states, driver)
         box = self.outboxes.get(driver, partition)
         earlier = next((d for d in box["decisions"] if d["key"] == key), None) if box else None
         if earlier is not None:
@@ -142,7 +142,7 @@ class DriverDesk:
         """Re-send the recent decisions of every driver of `partitions` (a worker taking them over: a
         decision acked but not sent before a crash must reach its channel before any later push)."""
         oldest = self.clock_ms() - OUTBOX_KEEP_MS
-        tx.join(self.states)
+        tx.join(self.states)  # after every transaction on these drivers, and before any later one
         sent = 0
         for partition in partitions:
             for _driver, box in self.outboxes.stored([partition]):

@@ -6,10 +6,14 @@ committed or still on its way (the cache), so two transactions of the same owner
 each other's writes; the store only ever holds acked values, so it is never ahead of its
 changelog and Faust's recovery (from the store's persisted offset) stays exact.
 
-Transactions writing a table commit one after the other, in the order they first wrote it
-(`ticket`/`turn`/`release`): the changelog, the local store and any output a transaction sends
-on a channel this table owns (a driver's push seq) reach Kafka in decision order, and a
-transaction retrying a failed produce holds back the ones after it.
+Commit order, two rules. A transaction that writes a key, or sends on a channel a key owns (a
+driver's pushes: it joins the key), commits after every earlier transaction on that key (`after`):
+a key's changelog records and its channel's pushes reach Kafka in decision order, and one retrying
+a failed produce holds back the later ones on its keys, while transactions on other keys go on
+concurrently. And the store is written in the order transactions first wrote the table
+(`ticket`/`turn`/`release`), its changelog offset never moving backwards: whatever is stored, every
+earlier decision on the table is either stored too or will be decided again by the replay of its
+uncommitted input.
 """
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ class Table(Generic[V]):
         self._pending: dict[str, int] = {}  # keys with decided writes not in the store yet
         self._queue: deque[object] = deque()  # transactions in the order they first wrote here
         self._turns: dict[object, asyncio.Future[None]] = {}
+        self._last: dict[str, asyncio.Event] = {}  # key -> the latest transaction on it, until done
+        self._everything: asyncio.Event | None = None  # the latest transaction on the whole table
+        self._offsets: dict[int, int] = {}  # the highest changelog offset stored, per partition
 
     @property
     def store(self) -> PartitionStore:
@@ -106,6 +113,13 @@ class Table(Generic[V]):
 
     def _write(self, partition: int, items: list[tuple[str, bytes | None]], offset: int | None) -> None:
         """Acked changelog values into the local store, with the offset they reach."""
+        if offset is not None:
+            stored = self._offsets.get(partition)
+            if stored is None:
+                stored = self.store.persisted_offset(partition)
+            if stored is not None and stored > offset:
+                offset = stored  # written after a later transaction's records: recovery starts past both
+            self._offsets[partition] = offset
         self.store.write(partition, [(k.encode(), v) for k, v in items], offset)
         for key, _ in items:
             self._settle(key)
@@ -120,12 +134,36 @@ class Table(Generic[V]):
             del self._cache[key]
 
     # --- commit order -------------------------------------------------------------------------------
+    def after(self, key: str | None, done: asyncio.Event) -> list[asyncio.Event]:
+        """The transaction whose `done` this is comes after every earlier one on `key` (None: on every
+        key of the table); what it must wait for before it produces."""
+        earlier = [self._everything] if self._everything is not None else []
+        if key is None:
+            earlier += self._last.values()
+            self._last.clear()  # later ones wait for this one, which waits for those
+            self._everything = done
+        else:
+            previous = self._last.get(key)
+            if previous is not None:
+                earlier.append(previous)
+            self._last[key] = done
+        return [e for e in earlier if e is not done and not e.is_set()]
+
+    def done_with(self, keys: Iterable[str | None], done: asyncio.Event) -> None:
+        """The transaction whose `done` this is has finished: forget it where it is still the latest."""
+        for key in keys:
+            if key is None:
+                if self._everything is done:
+                    self._everything = None
+            elif self._last.get(key) is done:
+                del self._last[key]
+
     def ticket(self, tx: object) -> None:
-        """`tx` writes this table: it commits after every transaction that wrote it before."""
+        """`tx` writes this table: it writes the store after every transaction that wrote it before."""
         self._queue.append(tx)
 
     async def turn(self, tx: object) -> None:
-        """Wait until every transaction ahead of `tx` has committed or given up."""
+        """Wait until every transaction ahead of `tx` has written the store or given up."""
         if self._queue and self._queue[0] is not tx:
             fut = self._turns[tx] = asyncio.get_running_loop().create_future()
             try:
@@ -134,7 +172,7 @@ class Table(Generic[V]):
                 self._turns.pop(tx, None)
 
     def release(self, tx: object) -> None:
-        """`tx` is done with this table (committed, or abandoned): the next one may commit."""
+        """`tx` is done with this table's store (written, or abandoned): the next one may write it."""
         try:
             self._queue.remove(tx)
         except ValueError:
@@ -148,3 +186,4 @@ class Table(Generic[V]):
         """Drop cached values (partitions moved; recovery may have rewritten the store)."""
         self._cache.clear()
         self._pending.clear()
+        self._offsets.clear()

@@ -109,7 +109,9 @@ class Transaction:
         self.name = name
         self._writes: dict[AnyTable, dict[str, tuple[int, Any]]] = {}  # table -> key -> (partition, value)
         self._undo: list[tuple[AnyTable, str, Any, tuple[int, Any] | None]] = []
-        self._joined: list[AnyTable] = []
+        self.done = asyncio.Event()  # set once committed or given up: later transactions on its keys go
+        self._earlier: list[asyncio.Event] = []  # transactions it commits after (on its keys)
+        self._ordered: dict[AnyTable, set[str | None]] = {}  # its keys by table (None: the whole table)
         self.outputs: list[Outgoing] = []
         self._collected: dict[str, list[Any]] = {}
         self.committed: list[Callable[[], None]] = []  # run once the commit is done (before input commit)
@@ -120,7 +122,8 @@ class Transaction:
         writes = self._writes.get(table)
         if writes is None:
             writes = self._writes[table] = {}
-            self.join(table)
+            table.ticket(self)
+        self.join(table, key)
         earlier = writes.get(key)
         self._undo.append((table, key, table._decide(key, value, first=earlier is None), earlier))
         writes[key] = (partition, value)
@@ -128,11 +131,14 @@ class Transaction:
     def delete(self, table: Table[V], key: str, partition: int) -> None:
         self.put(table, key, None, partition)
 
-    def join(self, table: Table[Any]) -> None:
-        """Commit in turn with `table`'s other transactions (its writes, or outputs on channels it owns)."""
-        if table not in self._joined:
-            self._joined.append(table)
-            table.ticket(self)
+    def join(self, table: Table[Any], key: str | None = None) -> None:
+        """Commit after every earlier transaction on `key` of `table` (None: on any key of it): for the
+        keys it writes, and for outputs on channels a key owns (a driver's pushes) when it writes none."""
+        keys = self._ordered.setdefault(table, set())
+        if key in keys or None in keys:
+            return
+        keys.add(key)
+        self._earlier += table.after(key, self.done)
 
     def send(self, topic: str, value: bytes | None, *, key: bytes | None = None, partition: int | None = None) -> None:
         self.outputs.append((topic, value, key, partition))
@@ -182,8 +188,11 @@ class Transaction:
         self._release()
 
     def _release(self) -> None:
-        for table in self._joined:
+        for table in self._writes:
             table.release(self)
+        self.done.set()
+        for table, keys in self._ordered.items():
+            table.done_with(keys, self.done)
 
     # --- what each phase produces and stores ----------------------------------------------------------
     def _phase(self, index: int) -> tuple[list[Outgoing], dict[tuple[AnyTable, int], list[tuple[str, bytes | None]]]]:
@@ -205,17 +214,21 @@ class Transaction:
 
 async def commit(tx: Transaction, producer: AsyncProducer, *, backoff: Backoff = Backoff(),
                  fault: Fault | None = None, retried: Callable[[ProduceError], None] | None = None) -> None:
-    """Make `tx` durable, phase by phase, after every transaction ahead of it on its tables."""
+    """Make `tx` durable, phase by phase, after every transaction ahead of it on its keys."""
     try:
-        for table in tx._joined:
-            await table.turn(tx)
+        for earlier in tx._earlier:
+            await earlier.wait()
+        last_store = {table: max(tx.order.table_phases(table.name)) for table in tx._writes}
         for i in range(len(tx.order.phases)):
             records, stores = tx._phase(i)
             offsets = await _produce(producer, records, backoff, retried) if records else {}
             if fault is not None:
                 fault(f"acked{i}")
             for (table, partition), items in stores.items():
+                await table.turn(tx)  # the store in the order the transactions first wrote the table
                 table._write(partition, items, offsets.get((table.changelog, partition)))
+            for table in [t for t, last in last_store.items() if last == i]:
+                table.release(tx)  # stored all it will: later writers' store writes may go
             if fault is not None and stores:
                 fault(f"stored{i}")
     finally:

@@ -242,8 +242,8 @@ def test_the_code_table_has_exactly_the_specified_cells() -> None:
     assert {cell for cell in spec if cell not in RESERVATIONS} == set()
 
 
-def test_the_table_in_the_dispatch_notes_is_the_codes() -> None:
-    notes = (Path(__file__).parents[3] / "docs" / "dispatch.md").read_text()
+def test_the_table_in_the_readme_is_the_codes() -> None:
+    notes = (Path(__file__).parents[3] / "README.md").read_text()
     start, end = "<!-- reservations -->\n", "<!-- /reservations -->"
     copy = notes[notes.index(start) + len(start):notes.index(end)]
-    assert copy == as_markdown(), "docs/dispatch.md is stale: paste `livetrack reservations` between its markers"
+    assert copy == as_markdown(), "README.md is stale: paste `livetrack reservations` between its markers"

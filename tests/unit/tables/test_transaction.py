@@ -1,0 +1,156 @@
+"""tables.transaction with tables.table: what commits after what, and what the store holds when."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import pytest
+
+from schemas import records, typed
+from schemas.avro import typed_codec
+from tables.table import Table
+from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
+
+_apps = itertools.count()
+
+
+@dataclass
+class _Group:
+    acked: asyncio.Event
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    failed: list[Any] = field(default_factory=list)
+
+    async def wait(self) -> None:
+        await self.acked.wait()
+
+
+class _Kafka:
+    """A producer whose acks come when the test says: `hold()` makes the next group wait for `ack()`."""
+
+    def __init__(self) -> None:
+        self.logs: dict[tuple[str, int], int] = {}
+        self.sent: list[tuple[str, bytes | None]] = []
+        self.held: list[asyncio.Event] = []
+        self._hold_next = 0
+
+    def hold(self, groups: int = 1) -> None:
+        self._hold_next += groups
+
+    def group(self) -> _Group:
+        acked = asyncio.Event()
+        if self._hold_next:
+            self._hold_next -= 1
+            self.held.append(acked)
+        else:
+            acked.set()
+        return _Group(acked)
+
+    def send(self, group: _Group, topic: str, value: bytes | None, *, key: bytes | None = None,
+             partition: int | None = None) -> None:
+        p = partition or 0
+        offset = self.logs[(topic, p)] = self.logs.get((topic, p), -1) + 1
+        group.offsets[(topic, p)] = offset
+        self.sent.append((topic, key))
+
+
+def _table() -> Table[typed.Watermark]:
+    app = faust.App(f"test-tx-{next(_apps)}", broker="memory://", store="memory://")
+    ft = app.Table("partition_to_watermark", partitions=1)
+    return Table(ft, typed_codec(records.Watermark, typed.Watermark), cache_max=100, actives=lambda: [0])
+
+
+def _mark(ts: int) -> typed.Watermark:
+    return {"ts": ts}
+
+
+def _tx(table: Table[typed.Watermark], key: str, ts: int, order: Any = TOGETHER) -> Transaction:
+    tx = Transaction(order)
+    tx.put(table, key, _mark(ts), 0)
+    tx.send("push", b"x", key=key.encode())
+    return tx
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_transactions_on_other_keys_commit_while_an_earlier_one_waits_for_its_acks() -> None:
+    table, kafka = _table(), _Kafka()
+    kafka.hold()
+    first = asyncio.ensure_future(commit(_tx(table, "a", 1), kafka))  # type: ignore[arg-type]
+    await _settle()
+    second = asyncio.ensure_future(commit(_tx(table, "b", 2), kafka))  # type: ignore[arg-type]
+    await _settle()
+    # The second produced without waiting; its store write waits for the first's (store order).
+    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"b"]
+    assert not second.done() and table.store.get(b"b", 0) is None
+    kafka.held[0].set()
+    await asyncio.wait_for(asyncio.gather(first, second), 1.0)
+    assert table.store.get(b"a", 0) is not None and table.store.get(b"b", 0) is not None
+
+
+async def test_a_transaction_on_the_same_key_produces_only_once_the_earlier_one_committed() -> None:
+    table, kafka = _table(), _Kafka()
+    kafka.hold()  # the first's state phase (state first: its output waits for it)
+    first = asyncio.ensure_future(commit(_tx(table, "a", 1, STATE_FIRST), kafka))  # type: ignore[arg-type]
+    await _settle()
+    second = asyncio.ensure_future(commit(_tx(table, "a", 2), kafka))  # type: ignore[arg-type]
+    await _settle()
+    assert [k for t, k in kafka.sent if t == "push"] == []  # neither the first's output nor the second
+    kafka.held[0].set()
+    await asyncio.wait_for(asyncio.gather(first, second), 1.0)
+    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"a"]
+    assert table.codec.loads(table.store.get(b"a", 0) or b"")["ts"] == 2
+
+
+async def test_joining_the_whole_table_orders_after_everything_before_and_before_everything_after() -> None:
+    table, kafka = _table(), _Kafka()
+    kafka.hold()
+    before = asyncio.ensure_future(commit(_tx(table, "a", 1), kafka))  # type: ignore[arg-type]
+    await _settle()
+    everyone = Transaction(TOGETHER)
+    everyone.join(table)
+    everyone.send("push", b"all", key=b"all")
+    middle = asyncio.ensure_future(commit(everyone, kafka))  # type: ignore[arg-type]
+    after = asyncio.ensure_future(commit(_tx(table, "b", 3), kafka))  # type: ignore[arg-type]
+    await _settle()
+    assert [k for t, k in kafka.sent if t == "push"] == [b"a"]
+    kafka.held[0].set()
+    await asyncio.wait_for(asyncio.gather(before, middle, after), 1.0)
+    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"all", b"b"]
+
+
+async def test_an_aborted_transaction_lets_the_later_ones_go() -> None:
+    table, kafka = _table(), _Kafka()
+    dropped = _tx(table, "a", 1)
+    later = asyncio.ensure_future(commit(_tx(table, "a", 2), kafka))  # type: ignore[arg-type]
+    await _settle()
+    assert not later.done()
+    dropped.abort()
+    await asyncio.wait_for(later, 1.0)
+    assert table.codec.loads(table.store.get(b"a", 0) or b"")["ts"] == 2
+
+
+async def test_the_stored_changelog_offset_never_moves_back() -> None:
+    table, kafka = _table(), _Kafka()
+    blocker = _tx(table, "a", 1)  # not committed yet: "a" behind it waits
+    slow = asyncio.ensure_future(commit(_tx(table, "a", 2), kafka))  # type: ignore[arg-type]
+    fast = asyncio.ensure_future(commit(_tx(table, "b", 3), kafka))  # type: ignore[arg-type]
+    await _settle()
+    assert not fast.done()  # acked, but its store write waits for the transactions that wrote first
+    await asyncio.wait_for(commit(blocker, kafka), 1.0)  # type: ignore[arg-type]
+    await asyncio.wait_for(asyncio.gather(slow, fast), 1.0)
+    # "b" got changelog offset 0, "a" offsets 1 and 2: the store says 2 though "b" was written last.
+    assert table.store.persisted_offset(0) == 2
+
+
+@pytest.mark.parametrize("keys", [10_000])
+async def test_finished_transactions_are_forgotten(keys: int) -> None:
+    table, kafka = _table(), _Kafka()
+    for i in range(keys):
+        await commit(_tx(table, f"k{i}", i), kafka)  # type: ignore[arg-type]
+    assert not table._last and not table._queue
