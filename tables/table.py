@@ -6,19 +6,18 @@ committed or still on its way (the cache), so two transactions of the same owner
 each other's writes; the store only ever holds acked values, so it is never ahead of its
 changelog and Faust's recovery (from the store's persisted offset) stays exact.
 
-Commit order, two rules. A transaction that writes a key, or sends on a channel a key owns (a
-driver's pushes: it joins the key), commits after every earlier transaction on that key (`after`):
-a key's changelog records and its channel's pushes reach Kafka in decision order, and one retrying
-a failed produce holds back the later ones on its keys, while transactions on other keys go on
-concurrently. And the store is written in the order transactions first wrote the table
-(`ticket`/`turn`/`release`), its changelog offset never moving backwards: whatever is stored, every
-earlier decision on the table is either stored too or will be decided again by the replay of its
-uncommitted input.
+Commit order: a transaction that writes a key, or sends on a channel a key owns (a driver's
+pushes: it joins the key), commits after every earlier transaction on that key (`after`). So a
+key's changelog records, its store writes and its channel's pushes follow decision order, and one
+retrying a failed produce holds back the later ones on its keys, while transactions on other keys
+go on concurrently. Their store writes may then land in any order; the stored changelog offset
+never moves backwards. A crash may so leave a store whose offset is past an acked record of another
+key that is not stored yet: that record's transaction had not committed its input, whose replay
+decides it again.
 """
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 import faust.types
@@ -47,8 +46,6 @@ class Table(Generic[V]):
         self.actives: Callable[[], Iterable[int]] = actives or (lambda: active_partitions(table.app, self.changelog))
         self._cache: dict[str, V | None] = {}  # decided values, committed or not; None: absent
         self._pending: dict[str, int] = {}  # keys with decided writes not in the store yet
-        self._queue: deque[object] = deque()  # transactions in the order they first wrote here
-        self._turns: dict[object, asyncio.Future[None]] = {}
         self._last: dict[str, asyncio.Event] = {}  # key -> the latest transaction on it, until done
         self._everything: asyncio.Event | None = None  # the latest transaction on the whole table
         self._offsets: dict[int, int] = {}  # the highest changelog offset stored, per partition
@@ -157,30 +154,6 @@ class Table(Generic[V]):
                     self._everything = None
             elif self._last.get(key) is done:
                 del self._last[key]
-
-    def ticket(self, tx: object) -> None:
-        """`tx` writes this table: it writes the store after every transaction that wrote it before."""
-        self._queue.append(tx)
-
-    async def turn(self, tx: object) -> None:
-        """Wait until every transaction ahead of `tx` has written the store or given up."""
-        if self._queue and self._queue[0] is not tx:
-            fut = self._turns[tx] = asyncio.get_running_loop().create_future()
-            try:
-                await fut
-            finally:
-                self._turns.pop(tx, None)
-
-    def release(self, tx: object) -> None:
-        """`tx` is done with this table's store (written, or abandoned): the next one may write it."""
-        try:
-            self._queue.remove(tx)
-        except ValueError:
-            return
-        if self._queue:
-            fut = self._turns.get(self._queue[0])
-            if fut is not None and not fut.done():
-                fut.set_result(None)
 
     def forget(self) -> None:
         """Drop cached values (partitions moved; recovery may have rewritten the store)."""

@@ -8,8 +8,9 @@ one write batch); then the next phase. The caller commits the input offsets afte
 
 So the store is never ahead of its changelog, and a crash between any two steps leaves a state
 that replaying the uncommitted input rebuilds: values not acked were never stored; values acked
-but not stored come back through Faust's recovery from the changelog; outputs are re-sent by the
-replay (the agents make a replay re-send what the first run sent, under the same seqs).
+but not stored come back through Faust's recovery from the changelog (or, where a later write of
+another key moved the stored offset past them, are decided again by that replay); outputs are
+re-sent by the replay (the agents make a replay re-send what the first run sent, under the same seqs).
 
 The default order produces outputs and changelogs together (one round trip). Dispatch declares
 STATE_FIRST: its state (which records what it sent) is durable before anyone can see an output,
@@ -122,7 +123,6 @@ class Transaction:
         writes = self._writes.get(table)
         if writes is None:
             writes = self._writes[table] = {}
-            table.ticket(self)
         self.join(table, key)
         earlier = writes.get(key)
         self._undo.append((table, key, table._decide(key, value, first=earlier is None), earlier))
@@ -188,8 +188,6 @@ class Transaction:
         self._release()
 
     def _release(self) -> None:
-        for table in self._writes:
-            table.release(self)
         self.done.set()
         for table, keys in self._ordered.items():
             table.done_with(keys, self.done)
@@ -218,17 +216,13 @@ async def commit(tx: Transaction, producer: AsyncProducer, *, backoff: Backoff =
     try:
         for earlier in tx._earlier:
             await earlier.wait()
-        last_store = {table: max(tx.order.table_phases(table.name)) for table in tx._writes}
         for i in range(len(tx.order.phases)):
             records, stores = tx._phase(i)
             offsets = await _produce(producer, records, backoff, retried) if records else {}
             if fault is not None:
                 fault(f"acked{i}")
             for (table, partition), items in stores.items():
-                await table.turn(tx)  # the store in the order the transactions first wrote the table
                 table._write(partition, items, offsets.get((table.changelog, partition)))
-            for table in [t for t, last in last_store.items() if last == i]:
-                table.release(tx)  # stored all it will: later writers' store writes may go
             if fault is not None and stores:
                 fault(f"stored{i}")
     finally:
