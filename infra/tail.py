@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from infra.topics import record_offset, record_partition, while_settling
+from infra.topics import record_position, while_settling
 
 __all__ = ["TopicTail", "next_batch"]
 
@@ -101,7 +101,7 @@ class TopicTail(Generic[T]):
                 log.error("%s consumer: %s", self.topic, exc)
                 continue
             for m in msgs:
-                self._note_caught_up(record_partition(m), record_offset(m), loop)
+                self._note_caught_up(*record_position(m), loop)
             # Tombstones carry nothing to show (the tailed topics are not compacted to deletes).
             values = [(m.key(), value) for m in msgs if (value := m.value()) is not None]
             if values:

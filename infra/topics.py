@@ -13,8 +13,8 @@ from infra.settings import Settings
 from schemas.topics import ALL_TOPICS, TopicSpec
 
 __all__ = [
-    "TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "record_offset", "record_partition",
-    "topic_config", "while_settling",
+    "TopicError", "end_offsets", "ensure_topics", "partition_count", "read_topic", "record_position", "topic_config",
+    "while_settling",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,17 +91,11 @@ def partition_count(settings: Settings, spec: TopicSpec) -> int:
     return len(meta.partitions)
 
 
-def record_offset(m: Message) -> int:
-    """A consumed record's offset (None only on error events, which are filtered before)."""
-    offset = m.offset()
-    assert offset is not None, "a consumed record has an offset"
-    return offset
-
-
-def record_partition(m: Message) -> int:
-    partition = m.partition()
-    assert partition is not None, "a consumed record has a partition"
-    return partition
+def record_position(m: Message) -> tuple[int, int]:
+    """A consumed record's (partition, offset); None only on error events, which are filtered before."""
+    partition, offset = m.partition(), m.offset()
+    assert partition is not None and offset is not None, "a consumed record has a partition and an offset"
+    return partition, offset
 
 
 def _ends(c: Consumer, topic: str) -> dict[int, int]:
@@ -133,8 +127,11 @@ def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = No
         want = sum(ends[p] - starts.get(p, 0) for p in ends)
         deadline = time.monotonic() + timeout_s
         while len(out) < want and time.monotonic() < deadline:
-            out.extend(m for m in c.consume(1000, timeout=0.5)
-                       if m.error() is None and record_offset(m) < ends[record_partition(m)])  # not what came since
+            for m in c.consume(1000, timeout=0.5):
+                if m.error() is None:
+                    partition, offset = record_position(m)
+                    if offset < ends[partition]:  # not what came since
+                        out.append(m)
         return out
     finally:
         c.close()

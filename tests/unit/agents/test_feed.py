@@ -104,6 +104,22 @@ def _commits(feed: BatchFeed, consumer: "_Consumer | None" = None) -> list[tuple
     return [(tp.topic, tp.partition, tp.offset) for tp in consumer.stored]
 
 
+async def _queued(feed: BatchFeed) -> None:
+    """Until the feed has handed its reader thread a command."""
+    while feed._commands.empty():
+        await asyncio.sleep(0.001)
+
+
+def _run_queued(feed: BatchFeed) -> "_Consumer":
+    """Run the reader thread's next command, as the thread would, and answer the feed."""
+    fn, reply = feed._commands.get_nowait()
+    consumer = _Consumer()
+    fn(consumer)  # type: ignore[arg-type]
+    assert reply is not None
+    reply(None)
+    return consumer
+
+
 async def test_a_batch_reaches_its_agent_and_is_committed_after_it() -> None:
     handler = _Handler()
     feed = _feed(handler)
@@ -156,14 +172,9 @@ async def test_the_assignment_it_shares_changes_only_once_its_consumer_reads_the
     feed = _feed(_Handler())
     feed.assignment.partitions = frozenset({0})
     task = asyncio.ensure_future(feed.assign({1, 3}))
-    while feed._commands.empty():
-        await asyncio.sleep(0.001)
+    await _queued(feed)
     assert feed.assignment() == frozenset()  # between the two: nothing is decided in place
-    fn, reply = feed._commands.get_nowait()
-    consumer = _Consumer()
-    fn(consumer)  # type: ignore[arg-type]
-    assert reply is not None
-    reply(None)
+    consumer = _run_queued(feed)
     await asyncio.wait_for(task, 1.0)
     assert feed.assignment() == frozenset({1, 3})
     assert [(tp.topic, tp.partition) for tp in consumer.assigned or []] == [("ride-commands", 1), ("ride-commands", 3)]
@@ -192,12 +203,8 @@ async def test_partitions_it_takes_are_handed_to_on_taken_before_any_of_their_re
     feed.on_taken = taken
     feed.assignment.partitions = frozenset({0, 1})
     task = asyncio.ensure_future(feed.assign({1, 2, 3}))
-    while feed._commands.empty():
-        await asyncio.sleep(0.001)
-    fn, reply = feed._commands.get_nowait()
-    fn(_Consumer())  # type: ignore[arg-type]
-    assert reply is not None
-    reply(None)
+    await _queued(feed)
+    _run_queued(feed)
     await asyncio.wait_for(task, 1.0)
     # Only the partitions it did not hold, while nothing is decided in place yet.
     assert seen == [({2, 3}, frozenset())]

@@ -214,7 +214,7 @@ def resent(w: Worker, partitions: set[int]) -> int:
     try:
         return w.c.desk.resend(tx, partitions)
     finally:
-        tx.abort()  # its turn on the driver table released
+        tx.abort()  # later transactions on those drivers need not wait for it
 
 
 async def test_a_worker_taking_a_partition_re_sends_its_drivers_recent_decisions_as_they_were(tmp_path: Path,

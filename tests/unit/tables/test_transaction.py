@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -13,47 +12,21 @@ from schemas import records, typed
 from schemas.avro import typed_codec
 from tables.table import Table
 from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
+from tests.unit.agents.harness import FakeKafka
 
 _apps = itertools.count()
 
 
-@dataclass
-class _Group:
-    acked: asyncio.Event
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    failed: list[Any] = field(default_factory=list)
-
-    async def wait(self) -> None:
-        await self.acked.wait()
+def _hold(kafka: FakeKafka) -> asyncio.Event:
+    """The next wait for acks lasts until the returned event is set."""
+    acked = asyncio.Event()
+    kafka.during_wait.append(acked.wait)
+    return acked
 
 
-class _Kafka:
-    """A producer whose acks come when the test says: `hold()` makes the next group wait for `ack()`."""
-
-    def __init__(self) -> None:
-        self.logs: dict[tuple[str, int], int] = {}
-        self.sent: list[tuple[str, bytes | None]] = []
-        self.held: list[asyncio.Event] = []
-        self._hold_next = 0
-
-    def hold(self, groups: int = 1) -> None:
-        self._hold_next += groups
-
-    def group(self) -> _Group:
-        acked = asyncio.Event()
-        if self._hold_next:
-            self._hold_next -= 1
-            self.held.append(acked)
-        else:
-            acked.set()
-        return _Group(acked)
-
-    def send(self, group: _Group, topic: str, value: bytes | None, *, key: bytes | None = None,
-             partition: int | None = None) -> None:
-        p = partition or 0
-        offset = self.logs[(topic, p)] = self.logs.get((topic, p), -1) + 1
-        group.offsets[(topic, p)] = offset
-        self.sent.append((topic, key))
+def _pushes(kafka: FakeKafka) -> list[bytes | None]:
+    """The keys of the `push` records, in send order."""
+    return [key for topic, key, _ in kafka.order if topic == "push"]
 
 
 def _table() -> Table[typed.Watermark]:
@@ -79,35 +52,35 @@ async def _settle() -> None:
 
 
 async def test_transactions_on_other_keys_commit_while_an_earlier_one_waits_for_its_acks() -> None:
-    table, kafka = _table(), _Kafka()
-    kafka.hold()
+    table, kafka = _table(), FakeKafka()
+    acked = _hold(kafka)
     first = asyncio.ensure_future(commit(_tx(table, "a", 1), kafka))  # type: ignore[arg-type]
     await _settle()
     await asyncio.wait_for(commit(_tx(table, "b", 2), kafka), 1.0)  # type: ignore[arg-type]
-    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"b"]
+    assert _pushes(kafka) == [b"a", b"b"]
     assert table.store.get(b"b", 0) is not None and table.store.get(b"a", 0) is None and not first.done()
-    kafka.held[0].set()
+    acked.set()
     await asyncio.wait_for(first, 1.0)
     assert table.store.get(b"a", 0) is not None
 
 
 async def test_a_transaction_on_the_same_key_produces_only_once_the_earlier_one_committed() -> None:
-    table, kafka = _table(), _Kafka()
-    kafka.hold()  # the first's state phase (state first: its output waits for it)
+    table, kafka = _table(), FakeKafka()
+    acked = _hold(kafka)  # the first's state phase (state first: its output waits for it)
     first = asyncio.ensure_future(commit(_tx(table, "a", 1, STATE_FIRST), kafka))  # type: ignore[arg-type]
     await _settle()
     second = asyncio.ensure_future(commit(_tx(table, "a", 2), kafka))  # type: ignore[arg-type]
     await _settle()
-    assert [k for t, k in kafka.sent if t == "push"] == []  # neither the first's output nor the second
-    kafka.held[0].set()
+    assert _pushes(kafka) == []  # neither the first's output nor the second
+    acked.set()
     await asyncio.wait_for(asyncio.gather(first, second), 1.0)
-    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"a"]
+    assert _pushes(kafka) == [b"a", b"a"]
     assert table.codec.loads(table.store.get(b"a", 0) or b"")["ts"] == 2
 
 
 async def test_joining_the_whole_table_orders_after_everything_before_and_before_everything_after() -> None:
-    table, kafka = _table(), _Kafka()
-    kafka.hold()
+    table, kafka = _table(), FakeKafka()
+    acked = _hold(kafka)
     before = asyncio.ensure_future(commit(_tx(table, "a", 1), kafka))  # type: ignore[arg-type]
     await _settle()
     everyone = Transaction(TOGETHER)
@@ -116,14 +89,14 @@ async def test_joining_the_whole_table_orders_after_everything_before_and_before
     middle = asyncio.ensure_future(commit(everyone, kafka))  # type: ignore[arg-type]
     after = asyncio.ensure_future(commit(_tx(table, "b", 3), kafka))  # type: ignore[arg-type]
     await _settle()
-    assert [k for t, k in kafka.sent if t == "push"] == [b"a"]
-    kafka.held[0].set()
+    assert _pushes(kafka) == [b"a"]
+    acked.set()
     await asyncio.wait_for(asyncio.gather(before, middle, after), 1.0)
-    assert [k for t, k in kafka.sent if t == "push"] == [b"a", b"all", b"b"]
+    assert _pushes(kafka) == [b"a", b"all", b"b"]
 
 
 async def test_an_aborted_transaction_lets_the_later_ones_go() -> None:
-    table, kafka = _table(), _Kafka()
+    table, kafka = _table(), FakeKafka()
     dropped = _tx(table, "a", 1)
     later = asyncio.ensure_future(commit(_tx(table, "a", 2), kafka))  # type: ignore[arg-type]
     await _settle()
@@ -134,20 +107,20 @@ async def test_an_aborted_transaction_lets_the_later_ones_go() -> None:
 
 
 async def test_the_stored_changelog_offset_never_moves_back() -> None:
-    table, kafka = _table(), _Kafka()
-    kafka.hold()
+    table, kafka = _table(), FakeKafka()
+    acked = _hold(kafka)
     slow = asyncio.ensure_future(commit(_tx(table, "a", 1), kafka))  # type: ignore[arg-type]  # offset 0
     await _settle()
     await asyncio.wait_for(commit(_tx(table, "b", 2), kafka), 1.0)  # type: ignore[arg-type]  # offset 1
     assert table.store.persisted_offset(0) == 1
-    kafka.held[0].set()
+    acked.set()
     await asyncio.wait_for(slow, 1.0)
     assert table.store.persisted_offset(0) == 1  # "a" (offset 0) was stored last: recovery starts past both
 
 
 @pytest.mark.parametrize("keys", [10_000])
 async def test_finished_transactions_are_forgotten(keys: int) -> None:
-    table, kafka = _table(), _Kafka()
+    table, kafka = _table(), FakeKafka()
     for i in range(keys):
         await commit(_tx(table, f"k{i}", i), kafka)  # type: ignore[arg-type]
     assert not table._last
