@@ -37,7 +37,8 @@
   function statusColours() {
     const css = getComputedStyle(document.documentElement);
     const v = (name) => css.getPropertyValue(name).trim();
-    return { AVAILABLE: v("--available"), EN_ROUTE: v("--en-route"), ON_TRIP: v("--on-trip"), OFFLINE: v("--offline") };
+    return { AVAILABLE: v("--available"), EN_ROUTE: v("--en-route"), ON_TRIP: v("--on-trip"), OFFLINE: v("--offline"),
+             ON_BREAK: v("--on-break") };
   }
 
   /** Lat/lng lines over the visible area, in their own pane under the drivers. */
