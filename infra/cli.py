@@ -32,6 +32,25 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _postgres(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.postgres import LocalPostgres, wait_ready
+
+    if not settings.embedded_postgres:
+        if args.action in ("start", "status"):
+            wait_ready(settings.postgres_dsn, timeout_s=10)
+            print("using the existing PostgreSQL of LIVETRACK_POSTGRES_DSN; nothing started")
+        return 0
+    server = LocalPostgres(settings)
+    if args.action == "start":
+        print(f"PostgreSQL running (pid {server.start()}) at 127.0.0.1:{settings.postgres_port}")
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        print(server.status())
+        return 0 if server.pid() else 3
+    return 0
+
+
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from infra.topics import ensure_topics
 
@@ -54,7 +73,7 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     print("| variable | default | meaning |\n|---|---|---|")
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "~/.cache/livetrack/kafka" if name == "kafka_home" else default
+        shown = f"~/.cache/livetrack/{name.removesuffix('_home')}" if name.endswith("_home") else default
         print(f"| `LIVETRACK_{name.upper()}` | `{shown}` | {field.description} |")
     return 0
 
@@ -138,7 +157,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings,
+    "broker": _broker, "postgres": _postgres, "topics": _topics, "schemas": _schemas, "settings": _settings,
     "reservations": _reservations, "gateway": _gateway,
     "sim": _sim, "demo": _demo, "token": _token, "watch": _watch,
 }
@@ -150,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("broker", help="the embedded Kafka broker")
     b.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    pg = sub.add_parser("postgres", help="the local PostgreSQL of the legacy bridge")
+    pg.add_argument("action", choices=["start", "stop", "status"])
     t = sub.add_parser("topics", help="create the declared topics (idempotent)")
     t.add_argument("action", choices=["create"])
     s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) and schemas/typed.py from the Records")
