@@ -22,6 +22,7 @@ $(VENDOR)/.installed: gateway/package.json gateway/package-lock.json
 
 install: $(VENV)/.installed $(VENDOR)/.installed
 	$(BIN)/livetrack broker fetch >/dev/null
+	$(BIN)/livetrack connect fetch >/dev/null
 
 # The page test drives Debian's Chromium (Playwright's own browser download is not used).
 browser:

@@ -21,7 +21,7 @@ from typing import Iterator
 from confluent_kafka.admin import AdminClient
 
 from infra.maven import fetch_jars
-from infra.processes import pid_from_file, port_in_use, stop_pid
+from infra.processes import pid_from_file, port_in_use, spawn_server, stop_pid
 from infra.settings import Settings
 from infra.topics import ensure_topics
 
@@ -138,21 +138,15 @@ class LocalBroker:
         config = self.home / "server.properties"
         config.write_text(self._properties())
         self._format(config)
-        with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(config)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the JVM; we stop it by PID
-            )
-        self.pid_file.write_text(str(proc.pid))
+        pid = spawn_server(self._java("kafka.Kafka", str(config)), self.log_file, self.pid_file)
         try:
             wait_for_cluster(self.settings.bootstrap, timeout_s)
         except BrokerError:
             self.stop()
             raise BrokerError(f"broker did not become ready; see {self.log_file}") from None
         log.info("Kafka broker %s ready at %s (pid %d)", self.settings.kafka_version,
-                 self.settings.bootstrap, proc.pid)
-        return proc.pid
+                 self.settings.bootstrap, pid)
+        return pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker by its PID (SIGTERM, then SIGKILL); True if one was running."""

@@ -23,7 +23,7 @@ from typing import Iterator
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from infra.processes import pid_alive, pid_from_file, port_in_use, stop_pid
+from infra.processes import pid_alive, pid_from_file, port_in_use, spawn_server, stop_pid
 from infra.settings import Settings
 
 __all__ = ["PostgresError", "LocalPostgres", "conninfo", "postgres_running", "wait_ready"]
@@ -172,19 +172,14 @@ class LocalPostgres:
         if port_in_use(self.settings.postgres_port):
             raise PostgresError(f"port {self.settings.postgres_port} is taken by another process")
         self._initdb()
-        with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                self._server_args(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the server; we stop it by PID
-            )
-        self.pid_file.write_text(str(proc.pid))
+        pid = spawn_server(self._server_args(), self.log_file, self.pid_file)
         try:
-            wait_ready(self.dsn, timeout_s, proc.pid)
+            wait_ready(self.dsn, timeout_s, pid)
         except PostgresError:
             self.stop()
             raise PostgresError(f"PostgreSQL did not become ready; see {self.log_file}") from None
-        log.info("PostgreSQL ready at 127.0.0.1:%d (pid %d)", self.settings.postgres_port, proc.pid)
-        return proc.pid
+        log.info("PostgreSQL ready at 127.0.0.1:%d (pid %d)", self.settings.postgres_port, pid)
+        return pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the server by its PID (SIGINT: fast shutdown, open transactions roll back; SIGKILL after

@@ -23,7 +23,7 @@ from infra.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 __all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "pid_alive", "pid_from_file", "port_in_use", "raise_open_files_limit", "scrape",
-           "set_switch_interval", "spawn", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args"]
+           "set_switch_interval", "spawn", "spawn_server", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
 
@@ -51,6 +51,16 @@ def pid_from_file(pid_file: Path) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def spawn_server(args: Sequence[str], log_file: Path, pid_file: Path) -> int:
+    """Start a server (broker, PostgreSQL, Connect worker) in its own session, so a terminal's Ctrl-C
+    reaches us, not it: we stop it by the PID written to `pid_file`. Output is appended to `log_file`."""
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
 
 
 def stop_pid(pid_file: Path, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bool:

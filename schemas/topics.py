@@ -17,7 +17,7 @@ from schemas.records import (
 
 __all__ = [
     "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
-    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ALL_TOPICS",
+    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "LEGACY_ORDER_EVENTS", "ALL_TOPICS",
 ]
 
 
@@ -27,7 +27,8 @@ class TopicSpec:
 
     name: str
     key: str
-    value_type: Type[faust.Record]
+    # None: the value is JSON text written outside livetrack (the legacy bridge), not an Avro Record.
+    value_type: Type[faust.Record] | None
     # None = settings.partitions; co-partitioned topics must agree.
     partitions: int | None = None
     compacted: bool = False
@@ -36,6 +37,11 @@ class TopicSpec:
 
     def partition_count(self, default: int) -> int:
         return self.partitions or default
+
+    @property
+    def json_value(self) -> bool:
+        """True when the value is JSON text rather than an Avro single-object record."""
+        return self.value_type is None
 
 
 # Batch topics: no key; the record sits on the partition murmur2(driver_id or cell) picks for
@@ -67,7 +73,14 @@ RIDE_COMMANDS = TopicSpec("ride-commands", "ride_id", RideCommand)
 OFFERS = TopicSpec("offers", "driver_id", OfferCommand)
 DISPATCH_DLQ = TopicSpec("dispatch-dlq", "ride_id or driver_id", DeadLetter, partitions=1)
 
+# The legacy bridge: each committed `order_events` row of the legacy PostgreSQL, by Debezium (Kafka
+# Connect, outbox EventRouter). Key the order id (text); value the row's payload as JSON text;
+# headers `row_id` (decimal) and `event_type`. At least once: readers drop repeated row_ids.
+LEGACY_ORDER_EVENTS = TopicSpec(
+    "legacy-order-events", "order_id", None, retention_setting="locations_retention_ms"
+)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
-    CELL_FEATURES, FEATURES_DLQ,
+    CELL_FEATURES, FEATURES_DLQ, LEGACY_ORDER_EVENTS,
 )
