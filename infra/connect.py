@@ -99,6 +99,8 @@ def connector_config(settings: Settings, dsn: str) -> dict[str, str]:
         "extended.headers.enabled": "false",  # no __debezium.context.* headers: id, row_id, event_type only  # the legacy jobs may purge sent rows: nothing to publish
         "key.converter": STRING_CONVERTER,
         "value.converter": STRING_CONVERTER,
+        # Debezium waits this long for a full batch before handing rows over: the latency floor.
+        "poll.interval.ms": str(settings.connect_poll_ms),
         # Losing PostgreSQL is retriable: Debezium reconnects after this wait, from its last offset.
         "errors.max.retries": "-1",
         "retriable.restart.connector.wait.ms": str(settings.connect_retry_wait_ms),

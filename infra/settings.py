@@ -239,6 +239,9 @@ class Settings(BaseSettings):
     connect_offset_flush_ms: int = Field(
         1000, ge=10, description="Connect commits source offsets this often: what a killed worker sends again, at most."
     )
+    connect_poll_ms: int = Field(
+        50, ge=1, description="Debezium hands its queued rows to Connect at least this often (poll.interval.ms)."
+    )
     connect_retry_wait_ms: int = Field(
         2000, ge=0, description="Debezium reconnects this long after losing PostgreSQL (a retriable error)."
     )
