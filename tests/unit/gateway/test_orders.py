@@ -87,3 +87,12 @@ def test_the_legacy_shape_is_the_old_row_and_the_etag_its_version() -> None:
         "o-1", "COURIER_ASSIGNED", "d-1", "c-1")
     assert old["updated_at"].endswith("Z") and old["courier_position"] is None
     assert etag_of(order) == '"o-1.3"' != etag_of(an_order("CONFIRMED"))
+
+
+async def test_the_view_forgets_finished_orders_once_old() -> None:
+    view = OrderView(keep_final_ms=1000)
+    done, open_ = an_order("CANCELLED"), {**an_order("CONFIRMED"), "order_id": "o-2"}
+    await view.apply([done, open_])
+    assert view.sweep(done["updated_ts"] + 500) == 0
+    assert view.sweep(done["updated_ts"] + 5000) == 1
+    assert view.get("o-1") is None and view.get("o-2") is not None
