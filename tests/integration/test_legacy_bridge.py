@@ -184,12 +184,15 @@ def _latency_ms(collector: Collector, written: list[Written]) -> tuple[float, fl
 async def test_committed_rows_reach_the_topic_once_in_order_and_rolled_back_ones_never(
     legacy_settings: Settings, legacy_dsn: str, connect_worker: LocalConnect,
 ) -> None:
-    collector, written, _ = await _scenario(legacy_settings, legacy_dsn, "plain")
-    p50, p95 = _latency_ms(collector, written)
     pid = connect_worker.pid()
     assert pid is not None
-    rss = psutil.Process(pid).memory_info().rss / 2**20
-    print(f"[plain] commit-to-topic p50 {p50:.1f} ms, p95 {p95:.1f} ms at {RATE_HZ:.0f} steps/s; Connect JVM RSS {rss:.0f} MiB")
+    jvm = psutil.Process(pid)
+    cpu_before, started = sum(jvm.cpu_times()[:2]), time.monotonic()
+    collector, written, _ = await _scenario(legacy_settings, legacy_dsn, "plain")
+    cpu = (sum(jvm.cpu_times()[:2]) - cpu_before) / (time.monotonic() - started)
+    p50, p95 = _latency_ms(collector, written)
+    print(f"[plain] commit-to-topic p50 {p50:.1f} ms, p95 {p95:.1f} ms at {RATE_HZ:.0f} steps/s; Connect JVM "
+          f"RSS {jvm.memory_info().rss / 2**20:.0f} MiB, CPU {cpu:.0%} of a core")
 
 
 async def test_commit_to_topic_latency_at_a_steady_rate(
