@@ -24,12 +24,12 @@ from typing import Awaitable, Callable
 import psutil
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from infra.connect import LocalConnect, wait_running
 from infra.postgres import LocalPostgres
 from infra.settings import Settings
-from infra.topics import end_offsets
+from infra.topics import end_offsets, record_position
 from legacy.jobs import LegacyJob, Written, run_writers
 from schemas.topics import LEGACY_ORDER_EVENTS
 
@@ -76,10 +76,13 @@ class Collector:
             c.close()
 
     @staticmethod
-    def _decode(m: object) -> Received:
-        headers = {k: v.decode() for k, v in (m.headers() or [])}  # type: ignore[attr-defined]
-        return Received(m.partition(), m.offset(), m.key().decode(), json.loads(m.value()),  # type: ignore[attr-defined]
-                        headers, time.time())
+    def _decode(m: Message) -> Received:
+        partition, offset = record_position(m)
+        raw = m.headers() or []
+        items = raw.items() if isinstance(raw, dict) else raw
+        headers = {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in items}
+        return Received(partition, offset, bytes(m.key() or b"").decode(), json.loads(m.value() or b"null"), headers,
+                        time.time())
 
     def row_ids(self) -> set[int]:
         return {int(r.headers["row_id"]) for r in list(self.got)}
