@@ -72,5 +72,6 @@ bench-features: install
 
 clean:
 	-$(BIN)/livetrack broker stop
+	-$(BIN)/livetrack connect stop
 	-$(BIN)/livetrack postgres stop
 	rm -rf .livetrack $(VENDOR) gateway/node_modules

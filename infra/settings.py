@@ -248,7 +248,7 @@ class Settings(BaseSettings):
         "-XX:+UseSerialGC -XX:TieredStopAtLevel=1", description="Connect worker JVM options (C1-only JIT, as the broker)."
     )
     connect_group_id: str = Field(
-        "livetrack-connect", description="Connect worker group; names its internal topics `<id>-configs|offsets|status`."
+        "livetrack-connect", description="Connect worker group; names its internal topics `<id>-configs`, `-offsets`, `-status`."
     )
     connect_connector: str = Field("livetrack-legacy-orders", description="Name of the Debezium connector.")
     connect_offset_flush_ms: int = Field(

@@ -24,12 +24,12 @@ from typing import Awaitable, Callable
 import psutil
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from infra.connect import LocalConnect, wait_running
 from infra.postgres import LocalPostgres
 from infra.settings import Settings
-from infra.topics import end_offsets
+from infra.topics import end_offsets, record_position
 from legacy.jobs import LegacyJob, Written, run_writers
 from schemas.topics import LEGACY_ORDER_EVENTS
 
@@ -76,10 +76,13 @@ class Collector:
             c.close()
 
     @staticmethod
-    def _decode(m: object) -> Received:
-        headers = {k: v.decode() for k, v in (m.headers() or [])}  # type: ignore[attr-defined]
-        return Received(m.partition(), m.offset(), m.key().decode(), json.loads(m.value()),  # type: ignore[attr-defined]
-                        headers, time.time())
+    def _decode(m: Message) -> Received:
+        partition, offset = record_position(m)
+        raw = m.headers() or []
+        items = raw.items() if isinstance(raw, dict) else raw
+        headers = {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in items}
+        return Received(partition, offset, bytes(m.key() or b"").decode(), json.loads(m.value() or b"null"), headers,
+                        time.time())
 
     def row_ids(self) -> set[int]:
         return {int(r.headers["row_id"]) for r in list(self.got)}
@@ -184,12 +187,15 @@ def _latency_ms(collector: Collector, written: list[Written]) -> tuple[float, fl
 async def test_committed_rows_reach_the_topic_once_in_order_and_rolled_back_ones_never(
     legacy_settings: Settings, legacy_dsn: str, connect_worker: LocalConnect,
 ) -> None:
-    collector, written, _ = await _scenario(legacy_settings, legacy_dsn, "plain")
-    p50, p95 = _latency_ms(collector, written)
     pid = connect_worker.pid()
     assert pid is not None
-    rss = psutil.Process(pid).memory_info().rss / 2**20
-    print(f"[plain] commit-to-topic p50 {p50:.1f} ms, p95 {p95:.1f} ms at {RATE_HZ:.0f} steps/s; Connect JVM RSS {rss:.0f} MiB")
+    jvm = psutil.Process(pid)
+    cpu_before, started = sum(jvm.cpu_times()[:2]), time.monotonic()
+    collector, written, _ = await _scenario(legacy_settings, legacy_dsn, "plain")
+    cpu = (sum(jvm.cpu_times()[:2]) - cpu_before) / (time.monotonic() - started)
+    p50, p95 = _latency_ms(collector, written)
+    print(f"[plain] commit-to-topic p50 {p50:.1f} ms, p95 {p95:.1f} ms at {RATE_HZ:.0f} steps/s; Connect JVM "
+          f"RSS {jvm.memory_info().rss / 2**20:.0f} MiB, CPU {cpu:.0%} of a core")
 
 
 async def test_commit_to_topic_latency_at_a_steady_rate(
