@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.auth import Tokens
-from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, PRODUCER, RIDES, SIO
+from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, ORDERS, PRODUCER, RIDES, SIO
 from gateway.main import create_app
 from infra.producer import ProduceError
 from infra.settings import Settings
@@ -47,7 +47,9 @@ async def test_the_factory_routes_and_its_kafka_parts_live_as_long_as_the_app(ka
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     assert {("POST", "/v1/locations"), ("GET", "/v1/drivers/{driver_id}"), ("POST", "/v1/rides"),
             ("GET", "/v1/rides/{ride_id}"), ("POST", "/v1/rides/{ride_id}/{action}"), ("GET", "/healthz"),
-            ("GET", "/metrics"), ("GET", "/"), ("GET", "/socket.io/"), ("POST", "/socket.io/")} <= routes
+            ("GET", "/metrics"), ("GET", "/"), ("GET", "/socket.io/"), ("POST", "/socket.io/"), ("POST", "/v1/orders"),
+            ("GET", "/v1/orders/{order_id}"), ("POST", "/v1/orders/{order_id}/events"),
+            ("POST", "/v1/drivers/{driver_id}/status"), ("GET", "/track/{order_id}")} <= routes
     assert app[SIO].manager is app[MANAGER] and app[LIVE].manager is app[MANAGER]  # the fan-out is the manager
     assert BRIDGE not in app and PRODUCER not in app  # nothing of Kafka before startup
     tails = {t for t in threading.enumerate() if t.name.endswith("-tail")}
@@ -58,18 +60,18 @@ async def test_the_factory_routes_and_its_kafka_parts_live_as_long_as_the_app(ka
         # Startup does not wait for the catch-up (/healthz says 503 meanwhile): the bridge replays
         # the `push` history, the rides view the `rides` log, both left there by earlier tests.
         for _ in range(400):
-            if app[BRIDGE].ready.is_set() and app[RIDES].ready:
+            if app[BRIDGE].ready.is_set() and app[RIDES].ready and app[ORDERS].ready:
                 break
             await asyncio.sleep(0.05)
-        assert app[BRIDGE].ready.is_set() and app[RIDES].ready
+        assert app[BRIDGE].ready.is_set() and app[RIDES].ready and app[ORDERS].ready
         assert app[BATCHER] is not None
         started = {t for t in threading.enumerate() if t.name.endswith("-tail")} - tails
-        assert {t.name for t in started} == {"push-tail", "rides-tail"}
+        assert {t.name for t in started} == {"push-tail", "rides-tail", "orders-tail", "orders-dlq-tail"}
         async with client.get("/healthz") as resp:
             assert (resp.status, await resp.json()) == (200, {"ready": True})
     finally:
         await client.close()
-    assert not any(t.is_alive() for t in started)  # the bridge and the rides tail stopped with the app
+    assert not any(t.is_alive() for t in started)  # the bridge and the views' tails stopped with the app
 
 
 async def test_post_locations_is_202_once_kafka_has_the_pings(http: TestClient[Any, Any],
