@@ -22,7 +22,7 @@ from infra.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 __all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "raise_open_files_limit", "scrape", "set_switch_interval",
-           "spawn", "wait_http_ok", "worker_args", "gateway_args", "sim_args"]
+           "spawn", "wait_http_ok", "worker_args", "gateway_args", "sim_args", "shop_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
 
@@ -166,3 +166,7 @@ def gateway_args() -> list[str]:
 
 def sim_args() -> list[str]:
     return [sys.executable, "-m", "infra.cli", "sim"]
+
+
+def shop_args(first_order: str, first_customer: str) -> list[str]:
+    return [sys.executable, "-m", "infra.cli", "shop", "--first-order", first_order, "--first-customer", first_customer]
