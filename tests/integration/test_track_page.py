@@ -1,0 +1,164 @@
+"""The customer's tracking page in a real browser (Debian's Chromium driven by Playwright) on the real
+pipeline: the badge follows each status event within a second of its POST, the courier's pin moves,
+the timeline and the ETA render, a dropped connection resumes, another customer's link is refused."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Page, async_playwright
+
+from tests.integration.fixtures import Pipeline
+from tests.integration.test_page import CHROMIUM, FLAGS
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="make test installs Debian's chromium; run it through make"),
+]
+
+PICKUP = {"lat": 37.7749, "lng": -122.4194}
+DROPOFF = {"lat": 37.7929, "lng": -122.4194}  # 2 km north
+SCREENSHOT = Path(".livetrack/screenshots/track.png")
+BADGE_WITHIN_MS = 1000
+# Every change of the badge, with the page's clock (epoch ms, the same machine's as this process's).
+WATCH_BADGE = """() => {
+    window.badgeTimes = [];
+    const badge = document.getElementById("status");
+    new MutationObserver(() => window.badgeTimes.push([badge.dataset.status, Date.now()]))
+        .observe(badge, {attributes: true, attributeFilter: ["data-status"]});
+}"""
+
+
+class Order:
+    """One order of this test, driven through the HTTP API with a `system` token."""
+
+    def __init__(self, pipeline: Pipeline, http: aiohttp.ClientSession) -> None:
+        self.pipeline, self.http = pipeline, http
+        self.id, self.customer, self.courier = (f"trk-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("o", "c", "k"))
+        self.seq = 0
+
+    async def create(self) -> None:
+        body = {"order_id": self.id, "customer_id": self.customer, "pickup": PICKUP, "dropoff": DROPOFF}
+        await self._post("/v1/orders", body)
+
+    async def event(self, status: str, **extra: Any) -> float:
+        """POST a status event; the time (epoch ms) its 202 was read."""
+        await self._post(f"/v1/orders/{self.id}/events", {"status": status, "event_id": f"{self.id}:{status}", **extra})
+        return time.time() * 1000
+
+    async def ping(self, lat: float, lng: float) -> None:
+        """The courier's phone reports a position (its own driver token)."""
+        self.seq += 1
+        body = {"driver_id": self.courier, "seq": self.seq, "lat": lat, "lng": lng, "ts": int(time.time() * 1000),
+                "speed": 8.0}
+        async with self.http.post(f"{self.pipeline.url}/v1/locations", json=body,
+                                  headers=self.pipeline.headers("driver", self.courier)) as resp:
+            assert resp.status == 202, await resp.text()
+
+    def page_url(self, customer: str | None = None) -> str:
+        return f"{self.pipeline.url}/track/{self.id}#token={self.pipeline.token('customer', customer or self.customer)}"
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        async with self.http.post(f"{self.pipeline.url}{path}", json=body,
+                                  headers=self.pipeline.headers("system", "it-shop")) as resp:
+            assert resp.status == 202, await resp.text()
+
+
+async def _badge_latency_ms(page: Page, status: str, accepted_ms: float) -> float:
+    """How long after `accepted_ms` the badge first showed `status`."""
+    await page.wait_for_function("(s) => window.badgeTimes.some(([x]) => x === s)", arg=status, timeout=10_000)
+    shown = await page.evaluate("(s) => window.badgeTimes.find(([x]) => x === s)[1]", status)
+    return float(shown) - accepted_ms
+
+
+async def _courier_at(page: Page, lat: float, lng: float) -> None:
+    """Wait until the courier's pin is (heading) at lat, lng."""
+    await page.wait_for_function(
+        """([lat, lng]) => { const c = window.livetrack.courier();
+                             return c && Math.abs(c.lat - lat) < 1e-6 && Math.abs(c.lng - lng) < 1e-6; }""",
+        arg=[lat, lng], timeout=10_000)
+
+
+async def test_tracking_page_follows_the_order(pipeline: Pipeline) -> None:
+    latencies: dict[str, float] = {}
+    async with aiohttp.ClientSession() as http, async_playwright() as pw:
+        order = Order(pipeline, http)
+        await order.create()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1000, "height": 700})
+            await page.goto(order.page_url())
+            await page.wait_for_selector("#status[data-status=CREATED]", timeout=20_000)  # first paint
+            await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
+            await page.evaluate(WATCH_BADGE)
+            latencies["CONFIRMED"] = await _badge_latency_ms(page, "CONFIRMED", await order.event("CONFIRMED"))
+            await order.ping(PICKUP["lat"], PICKUP["lng"])
+            accepted = await order.event("COURIER_ASSIGNED", courier_id=order.courier)
+            latencies["COURIER_ASSIGNED"] = await _badge_latency_ms(page, "COURIER_ASSIGNED", accepted)
+            for status in ("PICKED_UP", "OUT_FOR_DELIVERY"):
+                latencies[status] = await _badge_latency_ms(page, status, await order.event(status))
+            for k in (1, 2, 3):  # driving north, 200 m a ping
+                lat = PICKUP["lat"] + k * 200 / 111_195
+                await order.ping(lat, PICKUP["lng"])
+                await _courier_at(page, lat, PICKUP["lng"])
+            await page.wait_for_function(
+                "/^Arriving in (\\d+ min|less than a minute)$/.test(document.getElementById('eta').textContent)",
+                timeout=10_000)
+            timeline = await page.locator("#timeline li").evaluate_all("(items) => items.map((li) => li.dataset.status)")
+            assert timeline == ["CREATED", "CONFIRMED", "COURIER_ASSIGNED", "PICKED_UP", "OUT_FOR_DELIVERY"]
+            assert await page.locator(".pin-courier").count() == 1
+            assert await page.locator(".pin-dropoff").count() == 1 and await page.locator(".pin-pickup").count() == 1
+            await page.wait_for_timeout(1200)  # the pin's glide ends
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT))
+            print(f"tracking page screenshot: {SCREENSHOT.resolve()}")
+            await order.ping(DROPOFF["lat"], DROPOFF["lng"])  # at the door: the pipeline sets ARRIVING
+            await page.wait_for_selector("#status[data-status=ARRIVING]", timeout=10_000)
+            latencies["DELIVERED"] = await _badge_latency_ms(page, "DELIVERED", await order.event("DELIVERED"))
+            assert (await page.text_content("#eta") or "").startswith("Delivered at")
+            assert await page.locator(".pin-courier").count() == 0  # a final order shows no courier
+        finally:
+            await browser.close()
+    print(f"POST accepted -> badge changed, ms: {latencies}")
+    assert all(ms < BADGE_WITHIN_MS for ms in latencies.values()), latencies
+
+
+async def test_tracking_page_resumes_after_a_drop(pipeline: Pipeline) -> None:
+    """A status posted while the page's connection is down shows once it reconnects (subscribe with since)."""
+    async with aiohttp.ClientSession() as http, async_playwright() as pw:
+        order = Order(pipeline, http)
+        await order.create()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+            await page.goto(order.page_url())
+            await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
+            await page.evaluate("window.livetrack.socket.io.engine.close()")  # the network drops
+            await order.event("CONFIRMED")
+            await page.wait_for_selector("#status[data-status=CONFIRMED]", timeout=20_000)
+            stats = await page.evaluate("window.livetrack.live.stats")
+        finally:
+            await browser.close()
+    assert stats["resumes"] >= 1 and stats["gaps"] == 0 and stats["resets"] == 0, stats
+
+
+async def test_another_customers_link_is_refused(pipeline: Pipeline) -> None:
+    async with aiohttp.ClientSession() as http, async_playwright() as pw:
+        order = Order(pipeline, http)
+        await order.create()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(order.page_url(customer=f"trk-c-other-{uuid.uuid4().hex[:8]}"))
+            await page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
+            notice = await page.text_content("#notice")
+            badge = await page.get_attribute("#status", "data-status")
+            timeline = await page.locator("#timeline li").count()
+        finally:
+            await browser.close()
+    assert notice is not None and "This tracking link is for another order." in notice, notice
+    assert badge == "UNAVAILABLE" and timeline == 0
