@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -68,6 +69,22 @@ class Order:
             assert resp.status == 202, await resp.text()
 
 
+@asynccontextmanager
+async def _tracking(pipeline: Pipeline, viewport: dict[str, int],
+                    customer: str | None = None) -> AsyncIterator[tuple[Order, Page]]:
+    """A new order, and its tracking page open in Chromium (with `customer`'s token: by default its own)."""
+    async with aiohttp.ClientSession() as http, async_playwright() as pw:
+        order = Order(pipeline, http)
+        await order.create()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport=viewport)
+            await page.goto(order.page_url(customer))
+            yield order, page
+        finally:
+            await browser.close()
+
+
 async def _badge_latency_ms(page: Page, status: str, accepted_ms: float) -> float:
     """How long after `accepted_ms` the badge first showed `status`."""
     await page.wait_for_function("(s) => window.badgeTimes.some(([x]) => x === s)", arg=status, timeout=10_000)
@@ -85,80 +102,56 @@ async def _courier_at(page: Page, lat: float, lng: float) -> None:
 
 async def test_tracking_page_follows_the_order(pipeline: Pipeline) -> None:
     latencies: dict[str, float] = {}
-    async with aiohttp.ClientSession() as http, async_playwright() as pw:
-        order = Order(pipeline, http)
-        await order.create()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1000, "height": 700})
-            await page.goto(order.page_url())
-            await page.wait_for_selector("#status[data-status=CREATED]", timeout=20_000)  # first paint
-            await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
-            await page.evaluate(WATCH_BADGE)
-            latencies["CONFIRMED"] = await _badge_latency_ms(page, "CONFIRMED", await order.event("CONFIRMED"))
-            await order.ping(PICKUP["lat"], PICKUP["lng"])
-            accepted = await order.event("COURIER_ASSIGNED", courier_id=order.courier)
-            latencies["COURIER_ASSIGNED"] = await _badge_latency_ms(page, "COURIER_ASSIGNED", accepted)
-            for status in ("PICKED_UP", "OUT_FOR_DELIVERY"):
-                latencies[status] = await _badge_latency_ms(page, status, await order.event(status))
-            for k in (1, 2, 3):  # driving north, 200 m a ping
-                lat = PICKUP["lat"] + k * 200 / 111_195
-                await order.ping(lat, PICKUP["lng"])
-                await _courier_at(page, lat, PICKUP["lng"])
-            await page.wait_for_function(
-                "/^Arriving in (\\d+ min|less than a minute)$/.test(document.getElementById('eta').textContent)",
-                timeout=10_000)
-            timeline = await page.locator("#timeline li").evaluate_all("(items) => items.map((li) => li.dataset.status)")
-            assert timeline == ["CREATED", "CONFIRMED", "COURIER_ASSIGNED", "PICKED_UP", "OUT_FOR_DELIVERY"]
-            assert await page.locator(".pin-courier").count() == 1
-            assert await page.locator(".pin-dropoff").count() == 1 and await page.locator(".pin-pickup").count() == 1
-            await page.wait_for_timeout(1200)  # the pin's glide ends
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT))
-            print(f"tracking page screenshot: {SCREENSHOT.resolve()}")
-            await order.ping(DROPOFF["lat"], DROPOFF["lng"])  # at the door: the pipeline sets ARRIVING
-            await page.wait_for_selector("#status[data-status=ARRIVING]", timeout=10_000)
-            latencies["DELIVERED"] = await _badge_latency_ms(page, "DELIVERED", await order.event("DELIVERED"))
-            assert (await page.text_content("#eta") or "").startswith("Delivered at")
-            assert await page.locator(".pin-courier").count() == 0  # a final order shows no courier
-        finally:
-            await browser.close()
+    async with _tracking(pipeline, {"width": 1000, "height": 700}) as (order, page):
+        await page.wait_for_selector("#status[data-status=CREATED]", timeout=20_000)  # first paint
+        await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
+        await page.evaluate(WATCH_BADGE)
+        latencies["CONFIRMED"] = await _badge_latency_ms(page, "CONFIRMED", await order.event("CONFIRMED"))
+        await order.ping(PICKUP["lat"], PICKUP["lng"])
+        accepted = await order.event("COURIER_ASSIGNED", courier_id=order.courier)
+        latencies["COURIER_ASSIGNED"] = await _badge_latency_ms(page, "COURIER_ASSIGNED", accepted)
+        for status in ("PICKED_UP", "OUT_FOR_DELIVERY"):
+            latencies[status] = await _badge_latency_ms(page, status, await order.event(status))
+        for k in (1, 2, 3):  # driving north, 200 m a ping
+            lat = PICKUP["lat"] + k * 200 / 111_195
+            await order.ping(lat, PICKUP["lng"])
+            await _courier_at(page, lat, PICKUP["lng"])
+        await page.wait_for_function(
+            "/^Arriving in (\\d+ min|less than a minute)$/.test(document.getElementById('eta').textContent)",
+            timeout=10_000)
+        timeline = await page.locator("#timeline li").evaluate_all("(items) => items.map((li) => li.dataset.status)")
+        assert timeline == ["CREATED", "CONFIRMED", "COURIER_ASSIGNED", "PICKED_UP", "OUT_FOR_DELIVERY"]
+        assert await page.locator(".pin-courier").count() == 1
+        assert await page.locator(".pin-dropoff").count() == 1 and await page.locator(".pin-pickup").count() == 1
+        await page.wait_for_timeout(1200)  # the pin's glide ends
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOT))
+        print(f"tracking page screenshot: {SCREENSHOT.resolve()}")
+        await order.ping(DROPOFF["lat"], DROPOFF["lng"])  # at the door: the pipeline sets ARRIVING
+        await page.wait_for_selector("#status[data-status=ARRIVING]", timeout=10_000)
+        latencies["DELIVERED"] = await _badge_latency_ms(page, "DELIVERED", await order.event("DELIVERED"))
+        assert (await page.text_content("#eta") or "").startswith("Delivered at")
+        assert await page.locator(".pin-courier").count() == 0  # a final order shows no courier
     print(f"POST accepted -> badge changed, ms: {latencies}")
     assert all(ms < BADGE_WITHIN_MS for ms in latencies.values()), latencies
 
 
 async def test_tracking_page_resumes_after_a_drop(pipeline: Pipeline) -> None:
     """A status posted while the page's connection is down shows once it reconnects (subscribe with since)."""
-    async with aiohttp.ClientSession() as http, async_playwright() as pw:
-        order = Order(pipeline, http)
-        await order.create()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = await browser.new_page(viewport={"width": 390, "height": 844})  # a phone
-            await page.goto(order.page_url())
-            await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
-            await page.evaluate("window.livetrack.socket.io.engine.close()")  # the network drops
-            await order.event("CONFIRMED")
-            await page.wait_for_selector("#status[data-status=CONFIRMED]", timeout=20_000)
-            stats = await page.evaluate("window.livetrack.live.stats")
-        finally:
-            await browser.close()
+    async with _tracking(pipeline, {"width": 390, "height": 844}) as (order, page):  # a phone
+        await page.wait_for_selector("#conn[data-state=live]", timeout=20_000)
+        await page.evaluate("window.livetrack.socket.io.engine.close()")  # the network drops
+        await order.event("CONFIRMED")
+        await page.wait_for_selector("#status[data-status=CONFIRMED]", timeout=20_000)
+        stats = await page.evaluate("window.livetrack.live.stats")
     assert stats["resumes"] >= 1 and stats["gaps"] == 0 and stats["resets"] == 0, stats
 
 
 async def test_another_customers_link_is_refused(pipeline: Pipeline) -> None:
-    async with aiohttp.ClientSession() as http, async_playwright() as pw:
-        order = Order(pipeline, http)
-        await order.create()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(order.page_url(customer=f"trk-c-other-{uuid.uuid4().hex[:8]}"))
-            await page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
-            notice = await page.text_content("#notice")
-            badge = await page.get_attribute("#status", "data-status")
-            timeline = await page.locator("#timeline li").count()
-        finally:
-            await browser.close()
+    async with _tracking(pipeline, {"width": 1000, "height": 700}, f"trk-c-other-{uuid.uuid4().hex[:8]}") as (_, page):
+        await page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
+        notice = await page.text_content("#notice")
+        badge = await page.get_attribute("#status", "data-status")
+        timeline = await page.locator("#timeline li").count()
     assert notice is not None and "This tracking link is for another order." in notice, notice
     assert badge == "UNAVAILABLE" and timeline == 0
