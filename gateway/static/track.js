@@ -22,7 +22,7 @@
     FAILED: "Delivery failed",
     CANCELLED: "Cancelled",
   };
-  const SOURCE_TEXT = { pipeline: "automatic" }; // other sources (shop, carrier, ops) are shown as sent
+  const SOURCE_TEXT = { livetrack: "automatic" }; // what the pipeline decided (ARRIVING); other sources as sent
   const $ = (id) => document.getElementById(id);
   const { accessToken, makeMap, LiveClient } = window.livetrackLib;
 
