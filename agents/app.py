@@ -8,7 +8,7 @@ from typing import Any, Callable
 import faust
 from mode import Service
 
-from agents import cells, demand, drivers, features, offers, rides
+from agents import cells, demand, drivers, features, offers, orders, rides
 from agents.activity import ActivityFanout
 from agents.batching import register_batched
 from agents.candidates import CellDriversView, ViewService
@@ -17,6 +17,7 @@ from agents.feed import Assignment, BatchFeed, group_id
 from agents.features_math import FeaturePolicy
 from agents.lookup import FeatureLookup
 from agents.metrics import WorkerMetrics, serve_metrics
+from agents.order_flow import OrderPolicy
 from agents.pings import DriverPolicy
 from agents.reservations import OfferPolicy
 from agents.runtime import AgentRuntime, DeadLetters, Faults
@@ -28,14 +29,15 @@ from infra.settings import Settings
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.topics import (
-    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, RIDE_COMMANDS, RIDES,
-    TopicSpec,
+    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, ORDER_EVENTS, ORDERS_DLQ,
+    RIDE_COMMANDS, RIDES, TopicSpec,
 )
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
 from tables.cell_to_features import cell_to_features
 from tables.driver_to_outbox import driver_to_outbox
 from tables.driver_to_state import driver_to_state
+from tables.order_to_state import order_to_state
 from tables.partition_to_watermark import partition_to_watermark
 from tables.ride_to_state import ride_to_state
 from tables.table import Table
@@ -66,6 +68,7 @@ class Components:
     cells: cells.CellsAgent
     demand: demand.DemandAgent
     features: features.FeaturesAgent
+    orders: orders.OrdersAgent
     view: CellDriversView
     feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
     metrics: WorkerMetrics
@@ -140,8 +143,10 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                        typed_codec(records.Watermark, typed.Watermark), cache_max=cache_max)
     latest = Table(cell_to_features(app, activity_partitions), typed_codec(records.CellLatest, typed.CellLatest),
                    cache_max=cache_max)
+    order_states = Table(order_to_state(app, ORDER_EVENTS.partition_count(partitions)),
+                         typed_codec(records.Order, typed.Order), cache_max=cache_max)
     tables: dict[str, Table[Any]] = {t.name: t for t in (
-        states, outboxes, cell_drivers, ride_states, panes, watermarks, latest)}
+        states, outboxes, cell_drivers, ride_states, panes, watermarks, latest, order_states)}
 
     def fanout() -> ActivityFanout:
         return ActivityFanout(partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
@@ -177,6 +182,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
             panes=panes, watermarks=watermarks, latest=latest, dead_letters=features_dlq, policy=policy,
             partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
         ),
+        orders=orders.OrdersAgent(
+            orders=order_states, dead_letters=DeadLetters(ORDERS_DLQ.name, clock_ms), clock_ms=clock_ms,
+            policy=OrderPolicy(arriving_m=settings.order_arriving_m, arriving_eta_s=settings.order_arriving_eta_s,
+                               move_ttl_ms=settings.push_location_ttl_ms, speed=lookup.travel_speed_mps,
+                               h3_resolution=settings.h3_resolution),
+        ),
         view=view, feature_lookup=lookup, metrics=metrics, tables=tables,
     )
     app.livetrack = components  # type: ignore[attr-defined]
@@ -211,4 +222,6 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                      name="count_ride_requests", batch_max=batch_max, batch_within_s=within_s)
     register_batched(app, bind_topic(app, CELL_ACTIVITY, settings), components.features, runtime,
                      name="compute_cell_features", batch_max=batch_max, batch_within_s=within_s)
+    register_batched(app, bind_topic(app, ORDER_EVENTS, settings), components.orders, runtime,
+                     name="track_orders", batch_max=batch_max, batch_within_s=within_s)
     return app

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Callable, Collection, Iterable
 
 from agents.pings import DriverPolicy, PingResult, apply_ping
-from agents.reservations import NOTICE_TTL_MS, OfferPolicy, OfferResult, apply_offer, command_key
+from agents.reservations import (
+    DRIVER_OPS, NOTICE_TTL_MS, OfferPolicy, OfferResult, apply_driver_op, apply_offer, command_key,
+)
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, PUSH, RIDE_COMMANDS
+from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS
 from tables.table import Table
 from tables.transaction import Transaction
 
@@ -72,6 +74,7 @@ class DriverDesk:
         self.status_codec = typed_codec(records.DriverStatusChanged, typed.DriverStatusChanged)
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
         self.cells_codec = typed_codec(records.CellMembershipBatch, typed.CellMembershipBatch)
+        self.order_codec = typed_codec(records.OrderEvent, typed.OrderEvent)
         self.ops: Counter[str] = Counter()
 
     def partition(self, driver_id: str) -> int:
@@ -97,6 +100,8 @@ class DriverDesk:
         if result.ride_move is not None:
             move = result.ride_move
             tx.send(RIDE_COMMANDS.name, self.ride_codec.dumps(move), key=move["ride_id"].encode())
+        for order_move in result.order_moves:
+            tx.send(ORDER_EVENTS.name, self.order_codec.dumps(order_move), key=order_move["order_id"].encode())
         for m in result.memberships:
             tx.collect(MEMBERSHIPS, m)
         return result, result.state or prev
@@ -113,7 +118,8 @@ class DriverDesk:
             self._send(tx, records)
             self.ops["replayed"] += 1
             return Decided(driver, False, records, replayed=True)
-        result = apply_offer(self.states.get(driver, partition), cmd, self.offers, now)
+        apply = apply_driver_op if cmd["op"] in DRIVER_OPS else apply_offer
+        result = apply(self.states.get(driver, partition), cmd, self.offers, now)
         records = self._encode(result)
         if result.state is not None:
             tx.put(self.states, driver, result.state, partition)

@@ -62,6 +62,7 @@ class PingResult:
     push: typed.PushMessage | None = None
     memberships: tuple[typed.CellMembership, ...] = ()
     ride_move: typed.RideCommand | None = None  # DRIVER_MOVED: the driver's ride learns of the move
+    order_moves: tuple[typed.OrderEvent, ...] = ()  # COURIER_MOVED: each order the courier carries
 
 
 def driver_channel(driver_id: str) -> str:
@@ -75,7 +76,7 @@ def _is_jump(prev: State, ev: Ping, policy: DriverPolicy) -> bool:
 
 
 def _verdict(prev: State | None, ev: Ping, policy: DriverPolicy) -> str:
-    if prev is None:
+    if prev is None or prev["fix_ts"] == 0:  # never pinged (a command named the driver first)
         return ACCEPTED
     if ev["seq"] == prev["seq"]:
         return DUPLICATE
@@ -133,6 +134,17 @@ def _ride_move(state: State, ev: Ping) -> typed.RideCommand | None:
                         driver_id=state["driver_id"], lat=state["lat"], lng=state["lng"])
 
 
+def _order_moves(state: State, ev: Ping) -> tuple[typed.OrderEvent, ...]:
+    """The courier's significant move, for each order it carries (the customer's map and ETA).
+    The event id is the ping's, so a replayed ping's moves are dropped as duplicates."""
+    return tuple({
+        "order_id": order, "event_id": f"{state['driver_id']}:{ev['seq']}", "source": "livetrack",
+        "type": "COURIER_MOVED", "ts": ev["fix_ts"], "customer_id": None, "pickup_lat": None, "pickup_lng": None,
+        "dropoff_lat": None, "dropoff_lng": None, "courier_id": state["driver_id"], "dispatch": False,
+        "lat": state["lat"], "lng": state["lng"], "reason": None,
+    } for order in state["orders"])
+
+
 def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:
     """The ping that made the current state, seen again (a device retry, or a batch replayed
     after a crash before its outputs were acked): send its outputs again. Same seq, so
@@ -166,7 +178,8 @@ def apply_ping(prev: State | None, ev: Ping, policy: DriverPolicy, now_ms: int) 
         # Decided by dispatch (agents.reservations) on this same record; a ping carries them over.
         "ride_id": prev["ride_id"] if prev else None, "offer_attempt": prev["offer_attempt"] if prev else 0,
         "reserved_until": prev["reserved_until"] if prev else 0, "offer_seq": prev["offer_seq"] if prev else 0,
+        "orders": prev["orders"] if prev else [],
     }
     push = _location_push(state, ev, policy, now_ms) if significant else None
     move = _ride_move(state, ev) if significant else None
-    return PingResult(ACCEPTED, state, push, memberships, move)
+    return PingResult(ACCEPTED, state, push, memberships, move, _order_moves(state, ev) if significant else ())

@@ -25,8 +25,8 @@ from infra.settings import Settings
 from schemas import typed
 
 __all__ = [
-    "MATCHES", "OPS", "PHASES", "RESERVATIONS", "OfferPolicy", "OfferResult", "Rule", "apply_offer", "command_key",
-    "match_of", "phase_of", "unavailable",
+    "DRIVER_OPS", "MATCHES", "OPS", "PHASES", "RESERVATIONS", "OfferPolicy", "OfferResult", "Rule", "apply_driver_op",
+    "apply_offer", "command_key", "match_of", "phase_of", "unavailable",
 ]
 
 State = typed.DriverState
@@ -149,7 +149,9 @@ def phase_of(state: State | None, now_ms: int, policy: OfferPolicy) -> str:
 
 def unavailable(state: State, now_ms: int, policy: OfferPolicy) -> str | None:
     """Why a driver holding no ride cannot be reserved now, if it cannot (the check of the check-and-set)."""
-    if state["status"] != "AVAILABLE":
+    if state["status"] in ("OFFLINE", "ON_BREAK"):
+        return "offline"
+    if state["status"] != "AVAILABLE" or state["orders"]:
         return "busy"
     if now_ms - state["received_ts"] > policy.driver_max_age_ms:
         return "offline"
@@ -313,6 +315,58 @@ def apply_offer(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: i
                                             driver_id=cmd["driver_id"], attempt=cmd["attempt"], reason=rule.reason))
         return out
     return _Apply(prev, cmd, policy, now_ms).carry_out(rule)
+
+
+# Outside the reservation protocol: the driver's own status from its app, and the orders it
+# carries as a courier (from the orders agent). Neither touches a reservation or a ride.
+STATUS_OPS = {"ONLINE": "AVAILABLE", "OFFLINE": "OFFLINE", "BREAK": "ON_BREAK"}
+DRIVER_OPS = frozenset({*STATUS_OPS, "CARRY", "DROP"})
+CARRIED_MAX = 16  # orders one courier carries at once, at most (the oldest is dropped)
+
+
+def placeholder(driver_id: str) -> State:
+    """The state of a driver a command names before its first ping: no position yet (fix_ts 0)."""
+    return {
+        "driver_id": driver_id, "seq": 0, "lat": 0.0, "lng": 0.0, "fix_ts": 0, "received_ts": 0, "cell": "",
+        "status": "AVAILABLE", "push_seq": 0, "pushed_lat": 0.0, "pushed_lng": 0.0, "pushed_ts": 0,
+        "membership_ts": 0, "speed": None, "bearing": None, "accuracy": None, "ride_id": None, "offer_attempt": 0,
+        "reserved_until": 0, "offer_seq": 0, "orders": [],
+    }
+
+
+def apply_driver_op(prev: State | None, cmd: Command, policy: OfferPolicy, now_ms: int) -> OfferResult:
+    """ONLINE, OFFLINE, BREAK (the driver's app) or CARRY, DROP (the orders agent) (pure).
+
+    A status change is refused ("busy": pushed to the driver, state unchanged) while the driver holds
+    a ride or carries an order; a courier carrying orders is EN_ROUTE, and AVAILABLE again once the
+    last is dropped (unless it went offline or on a break meanwhile)."""
+    op = cmd["op"]
+    a = _Apply(prev or placeholder(cmd["driver_id"]), cmd, policy, now_ms)
+    s = a.s
+    if op in STATUS_OPS:
+        if s["ride_id"] or s["orders"]:
+            a.push("driver.status", {"status": s["status"], "refused": STATUS_OPS[op], "reason": "busy"},
+                   priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        else:
+            a.status(STATUS_OPS[op])
+            a.push("driver.status", {"status": s["status"]}, priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+        a.out.state = s
+        return a.out
+    order = cmd["ride_id"]
+    carried = [o for o in s["orders"] if o != order]
+    if op == "CARRY":
+        carried = [*carried, order][-CARRIED_MAX:]
+    if carried == s["orders"]:
+        return a.out  # already so: a replayed command
+    s["orders"] = carried
+    if carried and s["status"] == "AVAILABLE":
+        a.status("EN_ROUTE")
+    elif not carried and not s["ride_id"] and s["status"] == "EN_ROUTE":
+        a.status("AVAILABLE")
+    a.push("order.carried" if op == "CARRY" else "order.dropped", {"orders": carried, "status": s["status"]},
+           priority=RIDE_PRIORITY, ttl_ms=NOTICE_TTL_MS)
+    a.out.state = s
+    return a.out
 
 
 _EFFECT_WORDS = {"none": "", "reserve": "reserve", "clear": "clear", "assign": "assign", "start": "start trip",

@@ -26,7 +26,8 @@ __all__ = [
     "bearer_token",
 ]
 
-ROLES = ("driver", "rider", "ops")
+# system: other systems (shops, carriers) writing orders; customer: follows its own orders.
+ROLES = ("driver", "rider", "ops", "system", "customer")
 MIN_SECRET_BYTES = 32
 # Verified tokens remembered (a device posts with the same token for its whole lifetime): HMAC and
 # claim checks were a quarter of the gateway's CPU under ride load (py-spy, bench-dispatch).
@@ -163,8 +164,14 @@ def may_publish(principal: Principal, driver_id: str) -> bool:
     return principal.role == "ops" or (principal.role == "driver" and principal.sub == driver_id)
 
 
-def may_subscribe(principal: Principal, channel: str, ride_rider: Callable[[str], str | None]) -> bool:
-    """Ops see everything; a driver its own channel; a rider the channels of its own rides."""
+def _nobody(_ident: str) -> str | None:
+    return None
+
+
+def may_subscribe(principal: Principal, channel: str, ride_rider: Callable[[str], str | None],
+                  order_customer: Callable[[str], str | None] = _nobody) -> bool:
+    """Ops see everything; a driver its own channel; a rider the channels of its own rides; a customer
+    those of its own orders; a system those of every order (it writes them)."""
     if principal.role == "ops":
         return True
     kind, _, ident = channel.partition(":")
@@ -172,4 +179,8 @@ def may_subscribe(principal: Principal, channel: str, ride_rider: Callable[[str]
         return kind == "driver" and ident == principal.sub
     if principal.role == "rider":
         return kind == "ride" and ride_rider(ident) == principal.sub
+    if principal.role == "customer":
+        return kind == "order" and order_customer(ident) == principal.sub
+    if principal.role == "system":
+        return kind == "order"
     return False

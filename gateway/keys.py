@@ -9,6 +9,7 @@ from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
+from gateway.orders import OrderDesk
 from gateway.rides import RideDesk
 from gateway.sockets import LiveNamespace
 from infra.producer import AsyncProducer
@@ -24,3 +25,4 @@ SIO = web.AppKey("sio", socketio.AsyncServer)
 MANAGER = web.AppKey("manager", LiveManager)
 LIVE = web.AppKey("live", LiveNamespace)
 RIDES = web.AppKey("rides", RideDesk)
+ORDERS = web.AppKey("orders", OrderDesk)

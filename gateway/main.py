@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import socketio
 from aiohttp import web
@@ -12,10 +12,11 @@ from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
-from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, PRODUCER, RIDES, SETTINGS, SIO, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, ORDERS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
+from gateway.orders import OrderDesk, OrderView
 from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
 from gateway.sockets import LiveNamespace
@@ -46,10 +47,12 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     live.ready = bridge.ready  # subscribes are answered once the history window is replayed
     await bridge.start()
     await app[RIDES].start(producer)
+    await app[ORDERS].start(producer)
     ticker = asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")
     yield
     ticker.cancel()
     await asyncio.gather(ticker, return_exceptions=True)
+    await app[ORDERS].stop()
     await app[RIDES].stop()
     await bridge.stop()
     await batcher.close()
@@ -60,7 +63,12 @@ def _no_ride(ride_id: str) -> str | None:
     return None
 
 
-def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = None) -> LiveNamespace:
+def _no_state(channel: str) -> dict[str, Any] | None:
+    return None
+
+
+def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = None,
+               orders: OrderDesk | None = None) -> LiveNamespace:
     """Socket.IO on the app: the server, its client manager (the fan-out) and the /live namespace.
 
     Needs SETTINGS, METRICS and STORE in the app; the namespace's `ready` is set by the push bridge."""
@@ -73,7 +81,10 @@ def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = No
     live = LiveNamespace(app[STORE], manager, metrics, tokens, ack_priority=settings.push_ack_priority,
                          h3_resolution=settings.h3_resolution,
                          ride_rider=rides.view.rider_of if rides else _no_ride,
-                         decide=rides.decide if rides else None)
+                         decide=rides.decide if rides else None,
+                         order_customer=orders.view.customer_of if orders else _no_ride,
+                         state_of=orders.view.state_of if orders else _no_state,
+                         set_status=rides.set_status if rides else None)
     sio.register_namespace(live)
     sio.attach(app)
     app[SIO], app[MANAGER], app[LIVE] = sio, manager, live
@@ -90,7 +101,8 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[STORE] = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
     app[RIDES] = rides = RideDesk(settings, RideView())
-    setup_live(app, tokens, rides)
+    app[ORDERS] = orders = OrderDesk(settings, OrderView())
+    setup_live(app, tokens, rides, orders)
     setup_routes(app)
     app.cleanup_ctx.append(_kafka_ctx)
     return app

@@ -44,6 +44,8 @@ class Metrics:
             "livetrack_live_refused", "/live connections and subscriptions refused", ["what"], registry=r
         )
         self.driver_reads = Counter("livetrack_driver_reads", "GET /v1/drivers/{id} requests answered", registry=r)
+        self.order_reads = Counter("livetrack_order_reads", "GET /v1/orders/{id} answered, by status (200 or 304)",
+                                   ["status"], registry=r)
         self.connected = Gauge("livetrack_sockets_connected", "Open /live connections", registry=r)
         self.event_to_emit = Histogram(
             "livetrack_event_to_emit_seconds", "Gateway receipt of the event -> emit of its update",

@@ -10,16 +10,17 @@ already knows to be refused.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import uuid
 from typing import Any, Callable
 
+from agents.commands import offer_command
 from agents.estimates import PRODUCTS
 from agents.trips import FINAL
-from gateway.auth import Principal
+from gateway.auth import Principal, may_publish
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
+from gateway.waiters import Waiters
 from infra.clock import now_ms
 from infra.producer import AsyncProducer
 from infra.settings import Settings
@@ -28,7 +29,9 @@ from schemas.avro import codec_for
 from schemas.records import ID_MAX_LEN, ID_PATTERN, OfferCommand, RideCommand, RideEvent
 from schemas.topics import OFFERS, RIDE_COMMANDS, RIDES
 
-__all__ = ["RideView", "RideDesk", "parse_ride_request", "ride_id_for"]
+__all__ = ["DRIVER_STATUS_OPS", "RideView", "RideDesk", "parse_ride_request", "point_of", "ride_id_for"]
+# What a driver's app may say of itself -> the desk's op (agents.reservations.STATUS_OPS).
+DRIVER_STATUS_OPS = {"online": "ONLINE", "offline": "OFFLINE", "break": "BREAK"}
 
 ViewRide = dict[str, Any]
 Predicate = Callable[[ViewRide], bool]
@@ -40,7 +43,8 @@ LAG_GRACE_S = 0.5  # a ride this node has not seen yet may just be on its way th
 EVENTS_KEPT = 64  # per ride in the view (a ride has a few dozen events at most)
 
 
-def _point(body: dict[str, Any], name: str, problems: list[dict[str, Any]]) -> tuple[float, float] | None:
+def point_of(body: dict[str, Any], name: str, problems: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """`body[name]` as (lat, lng), or None with the reasons added to `problems`."""
     value = body.get(name)
     if not isinstance(value, dict):
         problems.append({"field": name, "reason": "is required: an object with lat and lng"})
@@ -64,7 +68,7 @@ def parse_ride_request(body: Any, principal: Principal) -> dict[str, Any]:
     problems: list[dict[str, Any]] = [
         {"field": k, "reason": "unknown field"} for k in body if k not in REQUEST_FIELDS | IGNORED_FIELDS
     ]
-    pickup, dest = _point(body, "pickup", problems), _point(body, "destination", problems)
+    pickup, dest = point_of(body, "pickup", problems), point_of(body, "destination", problems)
     product = body.get("product", "standard")
     if product not in PRODUCTS:
         problems.append({"field": "product", "reason": f"must be one of {', '.join(PRODUCTS)}"})
@@ -92,7 +96,7 @@ class RideView:
 
     def __init__(self) -> None:
         self.rides: dict[str, ViewRide] = {}
-        self._waiters: dict[str, list[asyncio.Event]] = {}
+        self._waiters: Waiters[ViewRide] = Waiters()
 
     def rider_of(self, ride_id: str) -> str | None:
         """The rider of a ride (may_subscribe's `ride_rider`)."""
@@ -127,29 +131,14 @@ class RideView:
         ride["events"] = [*ride["events"][-(EVENTS_KEPT - 1):], {
             "version": e["version"], "event": event, "state": e["state"], "ts": e["ts"], "actor": e["actor"],
             "driver_id": e["driver_id"], "reason": e["reason"]}]
-        for waiter in self._waiters.pop(e["ride_id"], ()):
-            waiter.set()
+        self._waiters.wake(e["ride_id"])
 
     async def wait_for(self, ride_id: str, predicate: Predicate, timeout_s: float) -> ViewRide | None:
         """The ride once `predicate` holds for it, or None after timeout_s."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
+        def check() -> ViewRide | None:
             ride = self.rides.get(ride_id)
-            if ride is not None and predicate(ride):
-                return ride
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return None
-            waiter = asyncio.Event()
-            self._waiters.setdefault(ride_id, []).append(waiter)
-            try:
-                await asyncio.wait_for(waiter.wait(), left)
-            except TimeoutError:
-                return None
-            finally:
-                waiters = self._waiters.get(ride_id)
-                if waiters and waiter in waiters:
-                    waiters.remove(waiter)
+            return ride if ride is not None and predicate(ride) else None
+        return await self._waiters.until(ride_id, check, timeout_s)
 
 
 def _public(ride: ViewRide) -> dict[str, Any]:
@@ -267,6 +256,18 @@ class RideDesk:
             raise Conflict(f"{command.lower()} needs state {wanted}; ride {ride_id!r} is {ride['state']}")
         await self._command(principal, ride_id, command)
         return await self._outcome(ride_id, lambda r: r["state"] in (done, *FINAL))
+
+    async def set_status(self, principal: Principal, driver_id: str, status: Any) -> None:
+        """The driver goes online, offline or on a break (its app), sent to the desk that owns its state;
+        the outcome reaches `driver:{id}` (a driver holding a ride or an order stays as it is: busy)."""
+        if not may_publish(principal, driver_id):
+            raise Forbidden(f"a {principal.role} token may not set the status of driver {driver_id!r}")
+        if status not in DRIVER_STATUS_OPS:
+            raise InvalidInput("bad status", [{"field": "status", "reason": "must be online, offline or break"}])
+        now = now_ms()
+        # attempt = the time: each change is a command of its own (the desk replays a repeated one).
+        cmd = offer_command(driver_id, DRIVER_STATUS_OPS[status], driver_id, now, "driver", attempt=now)
+        await self._send(OFFERS.name, driver_id, self.offer_codec.dumps(cmd))
 
     async def decide(self, principal: Principal, ride_id: str, op: str, reason: str | None = None) -> None:
         """A driver's ACCEPT or DECLINE of an offer, to the agent that holds the driver's reservation."""

@@ -38,7 +38,10 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def __init__(self, store: ChannelStore, manager: LiveManager, metrics: Metrics, tokens: Tokens, *,
                  ack_priority: int, h3_resolution: int, ride_rider: Callable[[str], str | None] = lambda ride_id: None,
-                 decide: Callable[[Principal, str, str], Awaitable[None]] | None = None) -> None:
+                 decide: Callable[[Principal, str, str], Awaitable[None]] | None = None,
+                 order_customer: Callable[[str], str | None] = lambda order_id: None,
+                 state_of: Callable[[str], Ack | None] = lambda channel: None,
+                 set_status: Callable[[Principal, str, Any], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.manager = manager  # also the server's client manager: AsyncServer(client_manager=manager)
@@ -48,6 +51,10 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.h3_resolution = h3_resolution
         # ride id -> its rider's id; dispatch supplies it (until then riders may subscribe to nothing)
         self.ride_rider = ride_rider
+        self.order_customer = order_customer  # order id -> its customer's id (gateway.orders)
+        # A channel's state where its push history has aged out (an order's, from gateway.orders).
+        self.state_of = state_of
+        self.set_status = set_status  # a driver's own status (online, offline, break), to its desk
         # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
         self.decide = decide
         # Set once the bridge has replayed the history window: resumes before that would miss it
@@ -55,7 +62,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.ready = asyncio.Event()
         self._events: dict[str, Handler] = {
             "subscribe": self.on_subscribe, "unsubscribe": self.on_unsubscribe, "ack": self.on_ack,
-            "accept": self.on_accept, "decline": self.on_decline,
+            "accept": self.on_accept, "decline": self.on_decline, "status": self.on_status,
         }
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -72,7 +79,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             # (python-socketio would run the connect handler again, and it would refuse in a traceback).
             self.metrics.refused.labels("event").inc()
             return {"ok": False, "error": f"no event {event!r} on {NAMESPACE}: subscribe, unsubscribe, ack, "
-                                          "accept or decline"}
+                                          "accept, decline or status"}
         if len(args) != 2:
             self.metrics.refused.labels("event").inc()
             return {"ok": False, "error": f"{event} takes one payload object, got {len(args) - 1}"}
@@ -100,7 +107,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if since is not None and (type(since) is not int or since < 0):
             return {"ok": False, "error": "since must be a seq (integer >= 0)"}
         conn = self.manager.connection(sid)
-        if conn is None or not may_subscribe(conn.principal, channel, self.ride_rider):
+        if conn is None or not may_subscribe(conn.principal, channel, self.ride_rider, self.order_customer):
             self.metrics.refused.labels("subscribe").inc()
             return {"ok": False, "error": f"not allowed: {channel}"}
         await self.ready.wait()
@@ -115,6 +122,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                     "drivers": [u.payload() for u in self.store.drivers(now)]}
         if since is None:
             snapshot = self.store.snapshot(channel, now)
+            if snapshot is None and (state := self.state_of(channel)) is not None:
+                return {"ok": True, "channel": channel, "seq": state["seq"], "snapshot": state}
             return {"ok": True, "channel": channel, "seq": self.store.head(channel),
                     "snapshot": snapshot.payload() if snapshot else None}
         return self._resume_ack(conn, channel, since, now)
@@ -125,6 +134,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         ack: Ack = {"ok": True, "channel": channel, "seq": resume.head, "recovered": resume.recovered}
         if not resume.recovered:
             ack["snapshot"] = resume.snapshot.payload() if resume.snapshot else None
+            if resume.snapshot is None and (state := self.state_of(channel)) is not None:
+                ack["seq"], ack["snapshot"] = state["seq"], state
             return ack
         ack["updates"] = [u.payload(skipped) for u, skipped in resume.updates]
         self.manager.sent_in_ack(conn, [u for u, _ in resume.updates], now)
@@ -172,6 +183,21 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except ProduceError:
             return {"ok": False, "error": "event log unavailable, retry", "retry": True}
         return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
+
+    async def on_status(self, sid: str, data: Any) -> Ack:
+        """A driver's own status, `{"status": "online" | "offline" | "break"}`; the outcome comes on its
+        `driver:{id}` channel (`driver.status`)."""
+        status = data.get("status") if isinstance(data, dict) else None
+        conn = self.manager.connection(sid)
+        if conn is None or self.set_status is None or conn.principal.role != "driver":
+            return {"ok": False, "error": "send {\"status\": ...} on a driver's connection"}
+        try:
+            await self.set_status(conn.principal, conn.principal.sub, status)
+        except GatewayError as exc:
+            return {"ok": False, "error": str(exc)}
+        except ProduceError:
+            return {"ok": False, "error": "event log unavailable, retry", "retry": True}
+        return {"ok": True, "submitted": status}
 
     def _channel_of(self, data: Any) -> tuple[str, None] | tuple[None, str]:
         """The request's channel, or None and why it cannot be subscribed to."""

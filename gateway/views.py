@@ -7,14 +7,20 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.order_flow import order_view
 from gateway.auth import may_publish, may_subscribe, principal_of
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, RIDES, SETTINGS, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, ORDERS, RIDES, SETTINGS, STORE
+from gateway.orders import etag_of, legacy_shape
 from infra.clock import now_ms
 from schemas.records import LocationEvent
 
-__all__ = ["post_locations", "get_driver", "post_ride", "get_ride", "ride_action", "healthz", "metrics", "index"]
+__all__ = [
+    "post_locations", "get_driver", "post_driver_status", "post_ride", "get_ride", "ride_action", "post_order",
+    "post_order_event", "get_order", "healthz", "metrics", "index", "track",
+]
+
 
 STATIC = Path(__file__).parent / "static"
 
@@ -63,6 +69,16 @@ async def get_driver(request: web.Request) -> web.Response:
     return web.json_response({**update.data(), "channel_seq": update.seq})
 
 
+async def post_driver_status(request: web.Request) -> web.Response:
+    """The driver goes online, offline or on a break (its app): 202 once Kafka has it; the outcome
+    reaches `driver:{id}` (`driver.status`)."""
+    body = await _json_body(request)
+    status = body.get("status") if isinstance(body, dict) else None
+    driver_id = request.match_info["driver_id"]
+    await request.app[RIDES].set_status(principal_of(request), driver_id, status)
+    return web.json_response({"driver_id": driver_id, "submitted": status}, status=202)
+
+
 async def post_ride(request: web.Request) -> web.Response:
     """Request a ride: 201 with the server's fare estimate and pickup ETA (202 if dispatch is slow)."""
     status, body = await request.app[RIDES].request(
@@ -95,8 +111,34 @@ async def ride_action(request: web.Request) -> web.Response:
     return web.json_response(out, status=status)
 
 
+async def post_order(request: web.Request) -> web.Response:
+    """A system creates an order: 201 with it once the orders agent has it (202 if slow, 409 refused)."""
+    status, body = await request.app[ORDERS].create(
+        principal_of(request), await _json_body(request), request.headers.get("Idempotency-Key"))
+    return web.json_response(body, status=status, headers={"Location": f"/v1/orders/{body['order_id']}"})
+
+
+async def post_order_event(request: web.Request) -> web.Response:
+    """A system reports a status of an order: 200 with the order once applied (202 if slow, 409 refused)."""
+    status, body = await request.app[ORDERS].add_event(
+        principal_of(request), request.match_info["order_id"], await _json_body(request),
+        request.headers.get("Idempotency-Key"))
+    return web.json_response(body, status=status)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """The order, in the shape the legacy platform's pollers read, with an ETag: 304 when unchanged."""
+    order = request.app[ORDERS].get(principal_of(request), request.match_info["order_id"])
+    request.app[METRICS].order_reads.labels("304" if request.headers.get("If-None-Match") == etag_of(order)
+                                            else "200").inc()
+    headers = {"ETag": etag_of(order), "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match") == etag_of(order):
+        return web.Response(status=304, headers=headers)
+    return web.json_response(legacy_shape(order_view(order)), headers=headers)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    ready = request.app[BRIDGE].ready.is_set() and request.app[RIDES].ready
+    ready = request.app[BRIDGE].ready.is_set() and request.app[RIDES].ready and request.app[ORDERS].ready
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
@@ -107,3 +149,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
+
+
+async def track(request: web.Request) -> web.FileResponse:
+    """The customer's tracking page of one order (the order id and token are read by the page)."""
+    return web.FileResponse(STATIC / "track.html")

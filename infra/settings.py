@@ -108,6 +108,21 @@ class Settings(BaseSettings):
         3.0, description="How long a ride API call waits for the ride's outcome before answering 202."
     )
 
+    # --- orders -----------------------------------------------------------
+    order_arriving_m: float = Field(
+        150.0, ge=0, description="The pipeline sets an order ARRIVING when its courier is this close to the drop-off..."
+    )
+    order_arriving_eta_s: float = Field(60.0, ge=0, description="...or this few seconds away from it.")
+    order_reply_timeout_s: float = Field(
+        3.0, gt=0, description="How long an orders API call waits for the gateway's view to show what it sent."
+    )
+    order_view_replay_ms: int = Field(
+        30 * 24 * 3600 * 1000, gt=0, description="The gateway rebuilds its view of orders from this much of `orders`."
+    )
+    idempotency_keys_max: int = Field(
+        100_000, ge=1, description="Idempotency-Key answers a gateway node remembers (the oldest are forgotten)."
+    )
+
     # --- features (supply, demand, surge, travel speed per H3 cell) ---------
     features_windows_s: str = Field(
         "60,120,240,480", description="Window sizes (s), each as a tumbling and a hopping window."

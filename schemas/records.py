@@ -27,6 +27,11 @@ __all__ = [
     "CellMembershipBatch",
     "CellDrivers",
     "DeadLetter",
+    "ORDER_STATUSES",
+    "ORDER_EVENT_TYPES",
+    "OrderEvent",
+    "OrderStep",
+    "Order",
     "RIDE_EVENTS",
     "RIDE_STATES",
     "RideEvent",
@@ -49,7 +54,8 @@ __all__ = [
     "PUBLISHED_RECORDS",
 ]
 
-DRIVER_STATUSES = ("OFFLINE", "AVAILABLE", "EN_ROUTE", "ON_TRIP")
+# OFFLINE and ON_BREAK are the driver's own choice (its app); EN_ROUTE and ON_TRIP dispatch's.
+DRIVER_STATUSES = ("OFFLINE", "AVAILABLE", "EN_ROUTE", "ON_TRIP", "ON_BREAK")
 # Ids become channel names (driver:{id}): a charset every client and URL carries unescaped.
 ID_MAX_LEN = 64
 ID_PATTERN = rf"[A-Za-z0-9_.-]{{1,{ID_MAX_LEN}}}"
@@ -68,8 +74,16 @@ RIDE_COMMANDS = (
     "DRIVER_MOVED",
 )
 # What the driver-keyed offers agent is asked (topic `offers`): by the rides agent (RESERVE, RELEASE,
-# START, FREE) and by the gateway for the driver (ACCEPT, DECLINE).
-OFFER_OPS = ("RESERVE", "RELEASE", "ACCEPT", "DECLINE", "START", "FREE")
+# START, FREE), by the gateway for the driver (ACCEPT, DECLINE; ONLINE, OFFLINE, BREAK: the driver's
+# own status), and by the orders agent (CARRY, DROP: the courier's moves go to an order or stop).
+OFFER_OPS = ("RESERVE", "RELEASE", "ACCEPT", "DECLINE", "START", "FREE", "ONLINE", "OFFLINE", "BREAK", "CARRY", "DROP")
+# An order's life (topic `order-events`); FAILED and CANCELLED end it too.
+ORDER_STATUSES = (
+    "CREATED", "CONFIRMED", "COURIER_ASSIGNED", "PICKED_UP", "OUT_FOR_DELIVERY", "ARRIVING", "DELIVERED", "FAILED",
+    "CANCELLED",
+)
+# Every status is an event type; COURIER_MOVED is the pipeline's own (the courier's significant moves).
+ORDER_EVENT_TYPES = (*ORDER_STATUSES, "COURIER_MOVED")
 WINDOW_KINDS = ("TUMBLING", "HOPPING")
 # Where a cell's travel speed came from: its own drivers' moves, or the configured default.
 SPEED_SOURCES = ("CELL", "DEFAULT")
@@ -186,6 +200,8 @@ class DriverState(_Record, namespace="livetrack.DriverState"):  # type: ignore[c
     offer_attempt: int = IntegerField(min_value=0, required=False, default=0)
     reserved_until: int = IntegerField(min_value=0, required=False, default=0)
     offer_seq: int = IntegerField(min_value=0, required=False, default=0)
+    # Orders this driver carries as their courier (CARRY .. DROP): its significant moves go to each.
+    orders: List[str] = []
 
 
 class Decision(_Record, namespace="livetrack.Decision"):  # type: ignore[call-arg]
@@ -359,6 +375,74 @@ class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
     outbox: List[Outgoing] = []
 
 
+class OrderEvent(_Record, namespace="livetrack.OrderEvent"):  # type: ignore[call-arg]
+    """One event of an order's life (topic `order-events`, keyed by order_id), from any system.
+
+    `event_id` is the source system's own id for the event (a retry carries the same one, so it is
+    dropped as a duplicate) and `ts` its time at the source (a late event never moves the status
+    back). CREATED carries the customer, pickup and drop-off, and `dispatch` when livetrack is to find
+    the courier; COURIER_ASSIGNED carries `courier_id`; COURIER_MOVED (the pipeline's own) `lat`/`lng`.
+    """
+
+    order_id: str = _id()
+    event_id: str = StringField(min_length=1, max_length=128)
+    source: str = StringField(min_length=1, max_length=64)
+    type: str = ChoiceField(choices=ORDER_EVENT_TYPES, enum_name="OrderEventType")
+    ts: int = _epoch_ms()
+    customer_id: Optional[str] = _id(required=False, default=None)
+    pickup_lat: Optional[float] = FloatField(required=False, default=None, min_value=-90, max_value=90)
+    pickup_lng: Optional[float] = FloatField(required=False, default=None, min_value=-180, max_value=180)
+    dropoff_lat: Optional[float] = FloatField(required=False, default=None, min_value=-90, max_value=90)
+    dropoff_lng: Optional[float] = FloatField(required=False, default=None, min_value=-180, max_value=180)
+    courier_id: Optional[str] = _id(required=False, default=None)
+    dispatch: bool = False
+    lat: Optional[float] = FloatField(required=False, default=None, min_value=-90, max_value=90)
+    lng: Optional[float] = FloatField(required=False, default=None, min_value=-180, max_value=180)
+    reason: Optional[str] = StringField(required=False, default=None, max_length=500)
+
+
+class OrderStep(_Record, namespace="livetrack.OrderStep"):  # type: ignore[call-arg]
+    """One status of an order's timeline: when the source says it happened, who said so, and whether
+    it came after a later status had (`late`: kept in the timeline, the status did not move back)."""
+
+    status: str = ChoiceField(choices=ORDER_STATUSES, enum_name="OrderStatus")
+    ts: int = _epoch_ms()
+    received_ts: int = _epoch_ms()
+    source: str = StringField()
+    event_id: str = StringField()
+    late: bool = False
+    reason: Optional[str] = StringField(required=False, default=None)
+
+
+class Order(_Record, namespace="livetrack.Order"):  # type: ignore[call-arg]
+    """One order as the orders agent holds it (table `order_to_state`, and topic `orders`).
+
+    `version` counts its changes; `push_seq` is the `order:{id}` channel's seq, owned by this record.
+    `status_ts` is the source time of the current status (a late event is older than it).
+    """
+
+    order_id: str = _id()
+    version: int = IntegerField(min_value=1)
+    status: str = ChoiceField(choices=ORDER_STATUSES, enum_name="OrderStatus")
+    status_ts: int = _epoch_ms()
+    customer_id: str = _id()
+    source: str = StringField()
+    pickup_lat: float = FloatField()
+    pickup_lng: float = FloatField()
+    dropoff_lat: float = FloatField()
+    dropoff_lng: float = FloatField()
+    dispatch: bool = False
+    courier_id: Optional[str] = StringField(required=False, default=None)
+    courier_lat: Optional[float] = FloatField(required=False, default=None)
+    courier_lng: Optional[float] = FloatField(required=False, default=None)
+    courier_ts: int = IntegerField(min_value=0, required=False, default=0)
+    eta_s: Optional[float] = FloatField(required=False, default=None)
+    created_ts: int = _epoch_ms()
+    updated_ts: int = _epoch_ms()
+    timeline: List[OrderStep] = []
+    push_seq: int = IntegerField(min_value=0, required=False, default=0)
+
+
 class CellSighting(_Record, namespace="livetrack.CellSighting"):  # type: ignore[call-arg]
     """A driver's fix in a cell, as the features agent sees it (one per ping the drivers agent took)."""
 
@@ -460,5 +544,5 @@ class Watermark(_Record, namespace="livetrack.Watermark"):  # type: ignore[call-
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.
 PUBLISHED_RECORDS = (
     LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent, RideCommand,
-    OfferCommand, CellActivityBatch, CellFeatures,
+    OfferCommand, CellActivityBatch, CellFeatures, OrderEvent, Order,
 )

@@ -12,12 +12,12 @@ import faust
 
 from schemas.records import (
     CellActivityBatch, CellFeatures, CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand,
-    PushMessage, RideCommand, RideEvent,
+    Order, OrderEvent, PushMessage, RideCommand, RideEvent,
 )
 
 __all__ = [
     "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
-    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ALL_TOPICS",
+    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ORDER_EVENTS", "ORDERS", "ORDERS_DLQ", "ALL_TOPICS",
 ]
 
 
@@ -67,7 +67,14 @@ RIDE_COMMANDS = TopicSpec("ride-commands", "ride_id", RideCommand)
 OFFERS = TopicSpec("offers", "driver_id", OfferCommand)
 DISPATCH_DLQ = TopicSpec("dispatch-dlq", "ride_id or driver_id", DeadLetter, partitions=1)
 
+# Orders: every system's events in (HTTP, the legacy bridge, any Kafka producer, and the pipeline's
+# own courier moves), one partition per order owning its `order_to_state` and `order:{id}` seq.
+ORDER_EVENTS = TopicSpec("order-events", "order_id", OrderEvent, retention_setting="locations_retention_ms")
+# Each order as last decided, compacted: what every gateway node serves GET /v1/orders/{id} from.
+ORDERS = TopicSpec("orders", "order_id", Order, compacted=True)
+ORDERS_DLQ = TopicSpec("orders-dlq", "order_id", DeadLetter, partitions=1)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
-    CELL_FEATURES, FEATURES_DLQ,
+    CELL_FEATURES, FEATURES_DLQ, ORDER_EVENTS, ORDERS, ORDERS_DLQ,
 )

@@ -19,6 +19,9 @@ __all__ = [
     "CellMembershipBatch",
     "CellDrivers",
     "DeadLetter",
+    "OrderEvent",
+    "OrderStep",
+    "Order",
     "RideEvent",
     "RideCommand",
     "OfferCommand",
@@ -99,6 +102,7 @@ class DriverState(TypedDict):
     offer_attempt: int
     reserved_until: int
     offer_seq: int
+    orders: list[str]
 
 
 class Decision(TypedDict):
@@ -149,6 +153,63 @@ class DeadLetter(TypedDict):
     key: str | None
     value: bytes | None
     ts: int
+
+
+class OrderEvent(TypedDict):
+    """A decoded `schemas.records.OrderEvent`."""
+
+    order_id: str
+    event_id: str
+    source: str
+    type: str
+    ts: int
+    customer_id: str | None
+    pickup_lat: float | None
+    pickup_lng: float | None
+    dropoff_lat: float | None
+    dropoff_lng: float | None
+    courier_id: str | None
+    dispatch: bool
+    lat: float | None
+    lng: float | None
+    reason: str | None
+
+
+class OrderStep(TypedDict):
+    """A decoded `schemas.records.OrderStep`."""
+
+    status: str
+    ts: int
+    received_ts: int
+    source: str
+    event_id: str
+    late: bool
+    reason: str | None
+
+
+class Order(TypedDict):
+    """A decoded `schemas.records.Order`."""
+
+    order_id: str
+    version: int
+    status: str
+    status_ts: int
+    customer_id: str
+    source: str
+    pickup_lat: float
+    pickup_lng: float
+    dropoff_lat: float
+    dropoff_lng: float
+    dispatch: bool
+    courier_id: str | None
+    courier_lat: float | None
+    courier_lng: float | None
+    courier_ts: int
+    eta_s: float | None
+    created_ts: int
+    updated_ts: int
+    timeline: list[OrderStep]
+    push_seq: int
 
 
 class RideEvent(TypedDict):

@@ -72,7 +72,7 @@ def test_first_ping_is_accepted_with_a_state() -> None:
         "driver_id": "d-1", "seq": 1, "lat": HOME[0], "lng": HOME[1], "fix_ts": T0, "received_ts": T0 + 40,
         "cell": _cell(*HOME), "status": "AVAILABLE", "push_seq": 1, "pushed_lat": HOME[0],
         "pushed_lng": HOME[1], "pushed_ts": T0, "membership_ts": T0, "speed": 8.5, "bearing": 270.0,
-        "accuracy": 4.0, "ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0,
+        "accuracy": 4.0, "ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0, "orders": [],
     }
 
 

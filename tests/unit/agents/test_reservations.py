@@ -17,7 +17,8 @@ def driver(**kw: Any) -> dict[str, Any]:
     state = {"driver_id": "d-1", "seq": 9, "lat": 37.77, "lng": -122.41, "fix_ts": T0 - 500, "received_ts": T0 - 400,
              "cell": "8928308280fffff", "status": "AVAILABLE", "push_seq": 4, "pushed_lat": 37.77,
              "pushed_lng": -122.41, "pushed_ts": T0, "membership_ts": T0, "speed": None, "bearing": None,
-             "accuracy": None, "ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0}
+             "accuracy": None, "ride_id": None, "offer_attempt": 0, "reserved_until": 0, "offer_seq": 0,
+             "orders": []}
     return {**state, **kw}
 
 

@@ -90,7 +90,7 @@ async def test_an_unknown_event_is_answered(tmp_path: Path) -> None:
     async with running(tmp_path) as live:
         client = await live.client()
         ack = await client.call("subscribe_all", {"channel": "fleet"})
-        assert ack["ok"] is False and "subscribe, unsubscribe, ack, accept or decline" in ack["error"]
+        assert ack["ok"] is False and "subscribe, unsubscribe, ack, accept, decline or status" in ack["error"]
 
 
 async def test_connections_are_still_refused_without_a_valid_token(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ from schemas.records import (
     CellRequest,
     CellSighting,
     ChoiceField,
+    Order,
+    OrderEvent,
+    OrderStep,
     DeadLetter,
     Decision,
     DriverOutbox,
@@ -83,7 +86,7 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "cell": "8928308280fffff", "status": "EN_ROUTE", "push_seq": 5, "pushed_lat": 37.77,
         "pushed_lng": -122.41, "pushed_ts": T0 - 1000, "membership_ts": T0 - 2000, "speed": 8.0,
         "bearing": None, "accuracy": 3.0, "ride_id": "r-1", "offer_attempt": 2, "reserved_until": T0 + 10_000,
-        "offer_seq": 5,
+        "offer_seq": 5, "orders": ["o-1"],
     },
     CellMembership: {"cell": "8928308280fffff", "driver_id": "d-1", "op": "REFRESH", "status": "AVAILABLE", "ts": T0},
     CellMembershipBatch: {"changes": [
@@ -148,6 +151,21 @@ SAMPLES[DriverOutbox] = {"driver_id": "d-1", "decisions": [SAMPLES[Decision], {"
 SAMPLES[CellSighting] = SAMPLES[CellActivityBatch]["sightings"][0]
 SAMPLES[CellRequest] = SAMPLES[CellActivityBatch]["requests"][0]
 SAMPLES[PaneTrace] = SAMPLES[CellPane]["drivers"]["d-1"]
+SAMPLES[OrderEvent] = {
+    "order_id": "o-1", "event_id": "shop-1:e-7", "source": "shop-1", "type": "CREATED", "ts": T0,
+    "customer_id": "c-1", "pickup_lat": 37.77, "pickup_lng": -122.41, "dropoff_lat": 37.78, "dropoff_lng": -122.42,
+    "courier_id": None, "dispatch": False, "lat": None, "lng": None, "reason": None,
+}
+SAMPLES[OrderStep] = {"status": "CREATED", "ts": T0, "received_ts": T0 + 4, "source": "shop-1",
+                      "event_id": "shop-1:e-7", "late": False, "reason": None}
+SAMPLES[Order] = {
+    "order_id": "o-1", "version": 2, "status": "CONFIRMED", "status_ts": T0 + 9, "customer_id": "c-1",
+    "source": "shop-1", "pickup_lat": 37.77, "pickup_lng": -122.41, "dropoff_lat": 37.78, "dropoff_lng": -122.42,
+    "dispatch": False, "courier_id": "d-1", "courier_lat": 37.771, "courier_lng": -122.411, "courier_ts": T0 + 8,
+    "eta_s": 120.5, "created_ts": T0, "updated_ts": T0 + 10, "timeline": [
+        SAMPLES[OrderStep], {**SAMPLES[OrderStep], "status": "CONFIRMED", "ts": T0 + 9, "event_id": "e-8"}],
+    "push_seq": 2,
+}
 ALL_RECORDS = tuple(SAMPLES)
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795  # the Avro specification's "Schema Fingerprints" algorithm

@@ -135,7 +135,7 @@ def test_choices() -> None:
     ok = {"driver_id": "d-1", "status": "ON_TRIP", "ts": T0}
     assert field_errors(DriverStatusChanged, ok) == []
     assert field_errors(DriverStatusChanged, {**ok, "status": "on_trip"}) == [
-        FieldError("status", "must be one of OFFLINE, AVAILABLE, EN_ROUTE, ON_TRIP")
+        FieldError("status", "must be one of OFFLINE, AVAILABLE, EN_ROUTE, ON_TRIP, ON_BREAK")
     ]
     assert field_errors(DriverStatusChanged, {**ok, "status": 1}) == [FieldError("status", "must be a string")]
 
