@@ -234,6 +234,20 @@
     return ["The order cannot be shown right now.", `The server answered ${status}; the page keeps trying.`];
   }
 
+  /** A GET's body as an order view: GET answers in the legacy platform's shape (id, updated_at,
+   * courier_id and courier_position, timeline times as `at`), plus version, ETA and timeline. */
+  function asView(body) {
+    if (!body || body.order_id) return body;
+    const ms = (iso) => (iso ? Date.parse(iso) : null);
+    const at = body.courier_position;
+    return {
+      order_id: body.id, customer_id: body.customer_id, status: body.status, version: body.version,
+      pickup: body.pickup, dropoff: body.dropoff, eta_s: body.eta_s, updated_ts: ms(body.updated_at),
+      courier: body.courier_id && at ? { id: body.courier_id, lat: at.lat, lng: at.lng } : null,
+      timeline: (body.timeline || []).map((step) => ({ ...step, ts: step.ts ?? ms(step.at) })),
+    };
+  }
+
   /** GET /v1/orders/{id} (with its ETag once known): the first paint when the channel has no snapshot. */
   async function fetchOrder(tracker, token) {
     const headers = { Authorization: `Bearer ${token}` };
@@ -250,7 +264,7 @@
       return;
     }
     page.etag = resp.headers.get("ETag");
-    tracker.show(await resp.json(), false);
+    tracker.show(asView(await resp.json()), false);
   }
 
   function connect(token) {
