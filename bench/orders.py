@@ -17,9 +17,14 @@ Figures (one JSON object, the last line):
   is answered (2xx: its accepted time in this process) to the moment a subscribed client
   gets the `order.status` update with that status (ingest, the worker and the gateway
   included; an update that arrives before this process has read the answer counts as 0).
+  The gateway answers an event once its own view of the order has it (200 with the order;
+  202 only when that takes over `order_reply_timeout_s`), which is about when it pushes it:
+  so this is near 0, and `order_post_to_screen_*` times the same from the moment the POST
+  was sent (the whole path: HTTP, Kafka, the orders agent, the push bridge, the socket).
   `order_events_lost`: accepted events of migrated orders no client saw.
 - `poll_event_to_screen_p50_ms` / `_p95_ms`: the same for polling clients: accepted -> the
-  first GET that shows the status (half the poll period on average, by construction).
+  first GET that shows the status (half the poll period on average, by construction);
+  `poll_statuses_never_shown`: statuses a polling client never saw (superseded between polls).
 - `poll_get_reduction_pct`, against a baseline where every client (migrated or not) polls
   every POLL_EVERY_S s and every GET carries the order: baseline GETs = clients x duration /
   POLL_EVERY_S; the reduction is 100 x (1 - GETs that carried data (200) / baseline GETs).
@@ -90,6 +95,7 @@ def reduction_pct(gets: int, baseline: float) -> float:
 class Tally:
     """What the run saw: accepted and seen times (epoch s) by (order index, status), GETs by status."""
 
+    sent: dict[tuple[int, str], float] = field(default_factory=dict)
     accepted: dict[tuple[int, str], float] = field(default_factory=dict)
     seen: dict[tuple[int, str], float] = field(default_factory=dict)
     polled: dict[tuple[int, str], float] = field(default_factory=dict)
@@ -180,36 +186,39 @@ class OrdersBench:
     async def send_events(self, http: aiohttp.ClientSession, rate: float, count: int) -> None:
         last: dict[int, asyncio.Task[None]] = {}
 
-        async def one(k: int) -> None:
+        async def one(k: int, before: asyncio.Task[None] | None) -> None:
             i, stage = k % self.n, k // self.n
-            before = last.get(i)
             if before is not None:
                 await before  # an order's events one at a time, in order
             body = event_body(i, stage)
+            self.tally.sent[(i, body["status"])] = time.time()
             if 200 <= await self.post(http, f"/v1/orders/{order_id(i)}/events", body, body["event_id"]) < 300:
                 self.tally.accepted[(i, body["status"])] = time.time()
 
         def spawn(k: int) -> asyncio.Task[None]:
-            task = asyncio.ensure_future(one(k))
-            last[k % self.n] = task
+            task = last[k % self.n] = asyncio.ensure_future(one(k, last.get(k % self.n)))
             return task
 
         await _at_rate(count, rate, spawn, "events", self.progress)
 
     def progress(self) -> str:
-        return f"accepted {len(self.tally.accepted)}, seen by subscribers {len(self.tally.seen)}"
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(self.tally.http.items()))
+        return f"accepted {len(self.tally.accepted)}, seen by subscribers {len(self.tally.seen)} ({answers})"
 
     def figures(self, duration_s: float) -> dict[str, Any]:
         t = self.tally
-        live = [(t.seen[key] - at) * 1000 for key, at in t.accepted.items() if key[0] < self.migrated and key in t.seen]
-        polled = [(t.polled[key] - at) * 1000 for key, at in t.accepted.items() if key[0] >= self.migrated and key in t.polled]
+        live = _delays(t.accepted, t.seen, lambda i: i < self.migrated)
+        polled = _delays(t.accepted, t.polled, lambda i: i >= self.migrated)
         live_accepted = sum(1 for key in t.accepted if key[0] < self.migrated)
+        polled_accepted = len(t.accepted) - live_accepted
         baseline = self.n * duration_s / POLL_EVERY_S
         gets_200, gets_304 = t.http["GET 200"], t.http["GET 304"]
         return {
             **percentiles(live, "order_event_to_screen"),
+            **percentiles(_delays(t.sent, t.seen, lambda i: i < self.migrated), "order_post_to_screen"),
             "order_events_accepted": len(t.accepted), "order_events_lost": live_accepted - len(live),
             **{k: v for k, v in percentiles(polled, "poll_event_to_screen").items() if not k.endswith("p99_ms")},
+            "poll_statuses_never_shown": polled_accepted - len(polled),
             "poll_get_reduction_pct": reduction_pct(gets_200, baseline),
             "poll_request_reduction_pct": reduction_pct(gets_200 + gets_304, baseline),
             "clients": self.n, "migrated_clients": self.migrated, "baseline_gets": round(baseline),
@@ -217,6 +226,12 @@ class OrdersBench:
             "http": dict(sorted(t.http.items())),
             "legacy_commit_to_screen_p95_ms": None,
         }
+
+
+def _delays(since: dict[tuple[int, str], float], shown: dict[tuple[int, str], float],
+            watched: Any) -> list[float]:
+    """ms from `since` to `shown` for each (order, status) of the watched orders that was shown."""
+    return [(shown[key] - at) * 1000 for key, at in since.items() if watched(key[0]) and key in shown]
 
 
 async def _at_rate(count: int, rate: float, start: Any, what: str, progress: Any = None) -> None:
@@ -244,20 +259,23 @@ async def measure(settings: Settings, rate: float, duration_s: float, migrated_s
                                      timeout=aiohttp.ClientTimeout(total=30)) as http:
         print(f"creating {n} orders ({migrated} watched over /live, {n - migrated} polled)", flush=True)
         await bench.create_orders(http, rate)
-        await bench.subscribe_all()
-        pollers = [asyncio.ensure_future(bench.poll(http, i, rng)) for i in range(migrated, n)]
-        await asyncio.sleep(POLL_EVERY_S)  # every poller has its first answer (and ETag) before counting starts
-        bench.tally.polling = True
-        started = time.perf_counter()
-        await bench.send_events(http, rate, n * len(STAGES))
-        await asyncio.sleep(max(STRAGGLERS_S, duration_s - (time.perf_counter() - started)))
-        bench.tally.polling = False
-        measured_s = time.perf_counter() - started
-        for task in pollers:
-            task.cancel()
-        await asyncio.gather(*pollers, return_exceptions=True)
-        for client in bench.clients:
-            await client.disconnect()
+        pollers: list[asyncio.Future[None]] = []
+        try:
+            await bench.subscribe_all()
+            pollers += [asyncio.ensure_future(bench.poll(http, i, rng)) for i in range(migrated, n)]
+            await asyncio.sleep(POLL_EVERY_S)  # every poller has its first answer (and ETag) before counting starts
+            bench.tally.polling = True
+            started = time.perf_counter()
+            await bench.send_events(http, rate, n * len(STAGES))
+            await asyncio.sleep(max(STRAGGLERS_S, duration_s - (time.perf_counter() - started)))
+            bench.tally.polling = False
+            measured_s = time.perf_counter() - started
+        finally:
+            for task in pollers:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            for client in bench.clients:
+                await client.disconnect()
     print("legacy_commit_to_screen_p95_ms is null: the legacy bridge is not merged into this tree yet", flush=True)
     return {"order_event_rate": rate, "duration_s": round(measured_s, 1), **bench.figures(measured_s)}
 
