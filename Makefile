@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders clean
+.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,15 @@ $(VENDOR)/.installed: gateway/package.json gateway/package-lock.json
 
 install: $(VENV)/.installed $(VENDOR)/.installed
 	$(BIN)/livetrack broker fetch >/dev/null
+	$(BIN)/livetrack connect fetch >/dev/null
 
 # The page test drives Debian's Chromium (Playwright's own browser download is not used).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# The legacy bridge's tests run Debian's PostgreSQL 15 (binaries in /usr/lib/postgresql/15/bin).
+postgres:
+	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
 demo: install
 	$(BIN)/livetrack demo
@@ -35,7 +40,7 @@ typecheck: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install browser typecheck
+test: install browser postgres typecheck
 	$(BIN)/python -m pytest
 
 bench: install
@@ -70,4 +75,6 @@ bench-features: install
 
 clean:
 	-$(BIN)/livetrack broker stop
+	-$(BIN)/livetrack connect stop
+	-$(BIN)/livetrack postgres stop
 	rm -rf .livetrack $(VENDOR) gateway/node_modules

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import faust
 from mode import Service
 
-from agents import cells, demand, drivers, features, offers, orders, rides
+from agents import cells, demand, drivers, features, legacy_orders, offers, orders, rides
 from agents.activity import ActivityFanout
 from agents.batching import register_batched
 from agents.candidates import CellDriversView, ViewService
@@ -29,8 +29,8 @@ from infra.settings import Settings
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.topics import (
-    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LOCATIONS, LOCATIONS_DLQ, OFFERS, ORDER_EVENTS, ORDERS_DLQ,
-    RIDE_COMMANDS, RIDES, TopicSpec,
+    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LEGACY_ORDER_EVENTS, LOCATIONS, LOCATIONS_DLQ, OFFERS,
+    ORDER_EVENTS, ORDERS_DLQ, RIDE_COMMANDS, RIDES, TopicSpec,
 )
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
@@ -69,6 +69,7 @@ class Components:
     demand: demand.DemandAgent
     features: features.FeaturesAgent
     orders: orders.OrdersAgent
+    legacy_orders: legacy_orders.LegacyOrdersAgent
     view: CellDriversView
     feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
     metrics: WorkerMetrics
@@ -163,6 +164,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
     view = CellDriversView()
     app.add_dependency(ViewService(view, settings, cell_drivers.changelog))
     dispatch_dlq = DeadLetters(DISPATCH_DLQ.name, clock_ms)
+    orders_dlq = DeadLetters(ORDERS_DLQ.name, clock_ms)
     features_dlq = DeadLetters(FEATURES_DLQ.name, clock_ms)
     components = Components(
         producer=producer, runtime=runtime, desk=desk, assignment=assignment,
@@ -183,11 +185,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
             partitions=activity_partitions, metrics=metrics, clock_ms=clock_ms,
         ),
         orders=orders.OrdersAgent(
-            orders=order_states, dead_letters=DeadLetters(ORDERS_DLQ.name, clock_ms), clock_ms=clock_ms,
+            orders=order_states, dead_letters=orders_dlq, clock_ms=clock_ms,
             policy=OrderPolicy(arriving_m=settings.order_arriving_m, arriving_eta_s=settings.order_arriving_eta_s,
                                move_ttl_ms=settings.push_location_ttl_ms, speed=lookup.travel_speed_mps,
                                h3_resolution=settings.h3_resolution),
         ),
+        legacy_orders=legacy_orders.LegacyOrdersAgent(dead_letters=orders_dlq),
         view=view, feature_lookup=lookup, metrics=metrics, tables=tables,
     )
     app.livetrack = components  # type: ignore[attr-defined]
@@ -224,4 +227,6 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                      name="compute_cell_features", batch_max=batch_max, batch_within_s=within_s)
     register_batched(app, bind_topic(app, ORDER_EVENTS, settings), components.orders, runtime,
                      name="track_orders", batch_max=batch_max, batch_within_s=within_s)
+    register_batched(app, bind_topic(app, LEGACY_ORDER_EVENTS, settings), components.legacy_orders, runtime,
+                     name="bridge_legacy_orders", batch_max=batch_max, batch_within_s=within_s)
     return app

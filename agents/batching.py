@@ -6,7 +6,7 @@ a bug stopped are held, so Faust never commits past them, and the partition is p
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import faust
 import faust.types
@@ -23,7 +23,9 @@ __all__ = ["inbound_of", "register_batched"]
 def inbound_of(event: faust.EventT[Any]) -> Inbound:
     """A Faust event as the agents take it."""
     m = event.message
-    return Inbound(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value, event)
+    raw = m.headers or ()
+    headers = tuple((str(k), bytes(v or b"")) for k, v in (raw.items() if isinstance(raw, Mapping) else raw))
+    return Inbound(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.key, m.value, event, headers)
 
 
 def register_batched(app: faust.App, topic: faust.TopicT, agent: Agent, runtime: AgentRuntime, *,

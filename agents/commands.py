@@ -11,12 +11,13 @@ def ride_command(
     product: str | None = None, pickup_lat: float | None = None, pickup_lng: float | None = None,
     dest_lat: float | None = None, dest_lng: float | None = None, driver_id: str | None = None, attempt: int = 0,
     lat: float | None = None, lng: float | None = None, expires_at: int = 0, reason: str | None = None,
+    order_id: str | None = None,
 ) -> typed.RideCommand:
     """A RideCommand (topic `ride-commands`)."""
     return {"ride_id": ride_id, "command": command, "ts": ts, "actor": actor, "actor_id": actor_id,
             "rider_id": rider_id, "product": product, "pickup_lat": pickup_lat, "pickup_lng": pickup_lng,
             "dest_lat": dest_lat, "dest_lng": dest_lng, "driver_id": driver_id, "attempt": attempt, "lat": lat,
-            "lng": lng, "expires_at": expires_at, "reason": reason}
+            "lng": lng, "expires_at": expires_at, "reason": reason, "order_id": order_id}
 
 
 def offer_command(

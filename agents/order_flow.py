@@ -17,19 +17,21 @@ come here); a new courier or a final status DROPs it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.commands import offer_command
+from agents.commands import offer_command, ride_command
 from agents.estimates import SpeedLookup, travel_time_s
 from agents.geo import haversine_m
+from agents.trips import ORDERS_ACTOR
 from schemas import typed
 from schemas.records import ORDER_STATUSES
 
 __all__ = [
-    "FINAL", "ME", "TRANSITIONS", "TRACKED", "OrderPolicy", "OrderStep", "apply_order_event", "order_channel",
-    "order_view",
+    "FINAL", "ME", "TRANSITIONS", "TRACKED", "TRIP_COMMANDS", "OrderPolicy", "OrderStep", "apply_order_event",
+    "order_channel", "order_view", "trip_id_of",
 ]
 
 Order = typed.Order
@@ -74,11 +76,21 @@ class OrderStep:
     order: Order | None = None
     pushes: list[typed.PushMessage] = field(default_factory=list)
     couriers: list[typed.OfferCommand] = field(default_factory=list)
+    trips: list[typed.RideCommand] = field(default_factory=list)  # to the delivery trip (dispatch)
     refusal: str | None = None
 
 
 def order_channel(order_id: str) -> str:
     return f"order:{order_id}"
+
+
+def trip_id_of(order_id: str) -> str:
+    """The ride id of an order's delivery trip: an id of its own (an order id may be 64 characters long)."""
+    return "trip-" + hashlib.sha256(order_id.encode()).hexdigest()[:24]
+
+
+# What an order's status asks of its delivery trip (livetrack's dispatch found the courier).
+TRIP_COMMANDS = {"PICKED_UP": "START", "DELIVERED": "COMPLETE", "FAILED": "CANCEL", "CANCELLED": "CANCEL"}
 
 
 def order_view(o: Order) -> dict[str, Any]:
@@ -147,7 +159,23 @@ class _Apply:
             self.courier("DROP", before)
         if status == "COURIER_ASSIGNED" and o["courier_id"] and o["courier_id"] != before:
             self.courier("CARRY", o["courier_id"])
+        self.trip(status)
         self.changed("order.status", STATUS_PRIORITY, STATUS_TTL_MS)
+
+    def trip(self, status: str) -> None:
+        """Dispatch's part: a confirmed order that asks for it gets a delivery trip (a ride from pickup to
+        drop-off, offered like any ride); the trip starts, completes or ends with its order."""
+        o = self.o
+        trip = o["trip_id"]
+        if status == "CONFIRMED" and o["dispatch"] and not trip:
+            o["trip_id"] = trip = trip_id_of(o["order_id"])
+            self.out.trips.append(ride_command(
+                trip, "REQUEST", self.now, "system", ORDERS_ACTOR, rider_id=o["customer_id"],
+                product="standard", pickup_lat=o["pickup_lat"], pickup_lng=o["pickup_lng"],
+                dest_lat=o["dropoff_lat"], dest_lng=o["dropoff_lng"], order_id=o["order_id"]))
+        elif trip and status in TRIP_COMMANDS:
+            self.out.trips.append(ride_command(trip, TRIP_COMMANDS[status], self.now, "system", ORDERS_ACTOR,
+                                               reason=f"order {status.lower()}"))
 
     def moved(self) -> OrderStep:
         o, ev, p = self.o, self.ev, self.p
@@ -181,7 +209,7 @@ def _created(ev: Event, now_ms: int) -> OrderStep:
         "order_id": ev["order_id"], "version": 1, "status": "CREATED", "status_ts": ev["ts"],
         "customer_id": ev["customer_id"], "source": ev["source"], "pickup_lat": ev["pickup_lat"],
         "pickup_lng": ev["pickup_lng"], "dropoff_lat": ev["dropoff_lat"], "dropoff_lng": ev["dropoff_lng"],
-        "dispatch": ev["dispatch"], "courier_id": None, "courier_lat": None, "courier_lng": None, "courier_ts": 0,
+        "dispatch": ev["dispatch"], "trip_id": None, "courier_id": None, "courier_lat": None, "courier_lng": None, "courier_ts": 0,
         "eta_s": None, "created_ts": now_ms, "updated_ts": now_ms, "timeline": [_step(ev, now_ms)], "push_seq": 1,
     }
     push: typed.PushMessage = {

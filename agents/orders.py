@@ -19,7 +19,7 @@ from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
 from schemas import records, typed
 from schemas.avro import typed_codec
-from schemas.topics import OFFERS, ORDERS, PUSH
+from schemas.topics import OFFERS, ORDERS, PUSH, RIDE_COMMANDS
 from tables.table import Table
 from tables.transaction import TOGETHER, Transaction
 
@@ -44,6 +44,7 @@ class OrdersAgent:
         self.order_codec = typed_codec(records.Order, typed.Order)
         self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
+        self.ride_codec = typed_codec(records.RideCommand, typed.RideCommand)
         self.outcomes: Counter[str] = Counter()
 
     async def prepare(self, batch: Sequence[Inbound]) -> None:
@@ -67,6 +68,8 @@ class OrdersAgent:
             tx.send(PUSH.name, self.push_codec.dumps(p), key=p["channel"].encode())
         for c in step.couriers:
             tx.send(OFFERS.name, self.offer_codec.dumps(c), key=c["driver_id"].encode())
+        for t in step.trips:
+            tx.send(RIDE_COMMANDS.name, self.ride_codec.dumps(t), key=t["ride_id"].encode())
 
     def end(self, tx: Transaction) -> None:
         return None

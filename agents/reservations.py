@@ -26,7 +26,7 @@ from schemas import typed
 
 __all__ = [
     "DRIVER_OPS", "MATCHES", "OPS", "PHASES", "RESERVATIONS", "OfferPolicy", "OfferResult", "Rule", "apply_driver_op",
-    "apply_offer", "command_key", "match_of", "phase_of", "unavailable",
+    "apply_offer", "command_key", "match_of", "phase_of", "placeholder", "unavailable",
 ]
 
 State = typed.DriverState

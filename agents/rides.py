@@ -30,7 +30,7 @@ from infra.producer import AsyncProducer
 from agents.commands import ride_command
 from schemas import records, typed
 from schemas.avro import typed_codec
-from schemas.topics import OFFERS, PUSH, RIDE_COMMANDS, RIDES
+from schemas.topics import OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS, RIDES
 from tables.table import Table
 from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
 
@@ -62,6 +62,7 @@ class RidesAgent:
         self.event_codec = typed_codec(records.RideEvent, typed.RideEvent)
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
         self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
+        self.order_codec = typed_codec(records.OrderEvent, typed.OrderEvent)
         self.deadlines: dict[str, int] = {}  # ride id -> when its timer acts (ms)
         self.busy_until: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
         self.busy_hint_ms = policy.candidate_max_age_ms // 4
@@ -144,6 +145,8 @@ class RidesAgent:
             {"topic": RIDES.name, "key": e["ride_id"], "value": self.event_codec.dumps(e)} for e in step.events]
         out += [{"topic": OFFERS.name, "key": o["driver_id"], "value": self.offer_codec.dumps(o)} for o in step.offers]
         out += [{"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in step.pushes]
+        out += [{"topic": ORDER_EVENTS.name, "key": e["order_id"], "value": self.order_codec.dumps(e)}
+                for e in step.order_events]
         return out
 
     def _count(self, cmd: typed.RideCommand, step: Step) -> None:

@@ -30,7 +30,7 @@ from infra.settings import Settings
 from schemas import typed
 
 __all__ = [
-    "ACTIVE", "FINAL", "TRANSITIONS", "CandidateQuery", "DispatchPolicy", "IllegalTransition", "Step",
+    "ACTIVE", "FINAL", "ORDERS_ACTOR", "TRANSITIONS", "CandidateQuery", "DispatchPolicy", "IllegalTransition", "Step",
     "apply_command", "held_until", "next_state", "may_cancel", "ride_channel",
 ]
 
@@ -61,6 +61,9 @@ STATE_PRIORITY = 8  # ride state changes: above location moves (3), below offers
 DRIVER_PRIORITY = 5
 RIDE_PUSH_TTL_MS = 60_000
 ME = "dispatch"  # actor_id of what the rides agent asks for itself
+ORDERS_ACTOR = "orders"  # actor_id of the orders agent's commands to its delivery trips
+# What a delivery trip tells its order: the courier found, or none.
+ORDER_NEWS = {"ACCEPTED": "COURIER_ASSIGNED", "NO_DRIVERS": "FAILED"}
 
 
 class IllegalTransition(Rejected):
@@ -75,12 +78,18 @@ def next_state(state: str | None, event: str) -> str:
         raise IllegalTransition(f"{event} is not allowed in state {state}") from None
 
 
+def _by_its_order(ride: Ride, cmd: Command) -> bool:
+    """A delivery trip's command from the orders agent: its order was picked up, delivered or ended."""
+    return bool(ride["order_id"]) and cmd["actor"] == "system" and cmd["actor_id"] == ORDERS_ACTOR
+
+
 def may_cancel(ride: Ride, actor: str, actor_id: str) -> bool:
-    """Ops may cancel any unfinished ride; the rider until the trip starts; the assigned driver before it starts."""
+    """Ops may cancel any unfinished ride; the rider until the trip starts; the assigned driver before it
+    starts; a delivery trip's order (the orders agent) when the order ends."""
     state = ride["state"]
     if state in FINAL:
         return False
-    if actor == "ops":
+    if actor == "ops" or (ride["order_id"] and actor == "system" and actor_id == ORDERS_ACTOR):
         return True
     if actor == "rider":
         return actor_id == ride["rider_id"] and state != "ONGOING"
@@ -134,6 +143,7 @@ class Step:
     events: list[typed.RideEvent] = field(default_factory=list)
     offers: list[typed.OfferCommand] = field(default_factory=list)
     pushes: list[typed.PushMessage] = field(default_factory=list)
+    order_events: list[typed.OrderEvent] = field(default_factory=list)  # a delivery trip's, for its order
     refusal: str | None = None  # why the command changed nothing, when it was not simply stale
 
 
@@ -185,8 +195,10 @@ class _Apply:
             "actor": actor, "rider_id": r["rider_id"], "product": r["product"], "pickup_lat": r["pickup_lat"],
             "pickup_lng": r["pickup_lng"], "dest_lat": r["dest_lat"], "dest_lng": r["dest_lng"],
             "pickup_cell": r["pickup_cell"], "driver_id": logged_driver, "fare_estimate": r["fare_estimate"],
-            "pickup_eta_s": r["pickup_eta_s"], "reason": reason,
+            "pickup_eta_s": r["pickup_eta_s"], "reason": reason, "order_id": r["order_id"],
         })
+        if r["order_id"] and event in ORDER_NEWS:
+            self.order_event(event, reason)
         data = {
             "ride_id": r["ride_id"], "state": r["state"], "event": event, "version": r["version"],
             "rider_id": r["rider_id"], "product": r["product"], "fare_estimate": r["fare_estimate"],
@@ -196,6 +208,17 @@ class _Apply:
             "driver_id": r["driver_id"], **(extra or {}),  # the rider learns who once assigned
         }
         self.push("ride.state", data, STATE_PRIORITY)
+
+    def order_event(self, event: str, reason: str | None) -> None:
+        """What a delivery trip's order learns: its courier (ACCEPTED), or that none was found."""
+        r = self.r
+        assert r["order_id"] is not None
+        self.step.order_events.append({
+            "order_id": r["order_id"], "event_id": f"{r['ride_id']}:v{r['version']}", "source": "livetrack",
+            "type": ORDER_NEWS[event], "ts": self.now, "customer_id": None, "pickup_lat": None, "pickup_lng": None,
+            "dropoff_lat": None, "dropoff_lng": None, "courier_id": r["driver_id"] if event == "ACCEPTED" else None,
+            "dispatch": False, "lat": None, "lng": None, "reason": reason if event != "NO_DRIVERS" else "no courier found",
+        })
 
     def push(self, kind: str, data: Mapping[str, Any], priority: int) -> None:
         r = self.r
@@ -288,7 +311,8 @@ class _Apply:
             "fare_estimate": fare_estimate(distance, duration, product, surge=p.surge(pickup_cell)),
             "pickup_eta_s": None, "driver_id": None, "offer_driver": None, "attempt": 0, "deadline_ms": 0, "ring": 0,
             "tried": [], "busy": [], "push_seq": 0, "driver_lat": None, "driver_lng": None, "pushed_lat": None,
-            "pushed_lng": None, "pushed_eta_s": None, "reason": None, "applied_offset": -1, "outbox": [],
+            "pushed_lng": None, "pushed_eta_s": None, "reason": None, "order_id": c["order_id"], "applied_offset": -1,
+            "outbox": [],
         }
         ranked = self.candidates()
         self.r["pickup_eta_s"] = ranked[0].eta_s if ranked else None
@@ -382,7 +406,7 @@ class _Apply:
     def by_assigned_driver(self, state: str, event: str) -> Step:
         r, c = self.r, self.cmd
         driver = r["driver_id"]
-        if c["actor"] != "ops" and (c["actor"] != "driver" or c["actor_id"] != driver):
+        if c["actor"] != "ops" and not _by_its_order(r, c) and (c["actor"] != "driver" or c["actor_id"] != driver):
             return self.unchanged(f"{c['actor']} {c['actor_id']} is not the ride's driver")
         if r["state"] != state or driver is None:
             return self.unchanged(f"{event} needs state {state}, ride is {r['state']}")

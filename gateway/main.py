@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[STORE] = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
     app[RIDES] = rides = RideDesk(settings, RideView())
-    app[ORDERS] = orders = OrderDesk(settings, OrderView())
+    app[ORDERS] = orders = OrderDesk(settings, OrderView(keep_final_ms=settings.order_view_replay_ms))
     setup_live(app, tokens, rides, orders)
     setup_routes(app)
     app.cleanup_ctx.append(_kafka_ctx)

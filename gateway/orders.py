@@ -24,7 +24,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
-from agents.order_flow import order_view
+from agents.order_flow import FINAL, order_view
 from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
 from gateway.rides import point_of
@@ -48,6 +48,7 @@ EVENT_ID_MAX = 128
 REASON_MAX = 500
 FUTURE_SLACK_MS = 5 * 60_000  # a source clock this far ahead is wrong, not early
 WRITERS = ("system", "ops")
+SWEEP_EVERY = 10_000  # orders applied between sweeps of the finished ones
 
 
 def _problem(field: str, reason: str) -> dict[str, Any]:
@@ -161,8 +162,10 @@ def _digest(*parts: str) -> str:
 class OrderView:
     """Latest state of each order seen on `orders`, what was refused on `orders-dlq`, and waiters."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_final_ms: int = 30 * 24 * 3600 * 1000) -> None:
         self.orders: dict[str, typed.Order] = {}
+        self.keep_final_ms = keep_final_ms  # a finished order is forgotten this long after its last change
+        self._applied = 0
         self.refused: OrderedDict[str, str] = OrderedDict()  # event_id -> the agent's reason
         self._waiters: Waiters[tuple[str, str | None]] = Waiters()
         self._event_codec = typed_codec(records.OrderEvent, typed.OrderEvent)
@@ -192,6 +195,17 @@ class OrderView:
             if held is None or order["version"] > held["version"]:
                 self.orders[order["order_id"]] = order
                 self._waiters.wake(order["order_id"])
+        self._applied += len(batch)
+        if self._applied >= SWEEP_EVERY:
+            self._applied = 0
+            self.sweep(now_ms())
+
+    def sweep(self, now: int) -> int:
+        """Forget finished orders older than `keep_final_ms` (memory stays bounded); how many."""
+        old = [k for k, o in self.orders.items() if o["status"] in FINAL and o["updated_ts"] < now - self.keep_final_ms]
+        for k in old:
+            del self.orders[k]
+        return len(old)
 
     async def apply_refused(self, batch: list[dict[str, Any]]) -> None:
         """Take decoded DeadLetters of `orders-dlq`: the refused event's id and the reason."""

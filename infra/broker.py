@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -22,6 +20,8 @@ from typing import Iterator
 
 from confluent_kafka.admin import AdminClient
 
+from infra.maven import fetch_jars
+from infra.processes import pid_from_file, port_in_use, spawn_server, stop_pid
 from infra.settings import Settings
 from infra.topics import ensure_topics
 
@@ -33,21 +33,6 @@ KAFKA_DIR = Path(__file__).parent / "kafka"
 
 class BrokerError(RuntimeError):
     """The local broker could not be fetched, started or reached."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 def wait_for_cluster(bootstrap: str, timeout_s: float = 60.0) -> None:
@@ -91,26 +76,8 @@ class LocalBroker:
     # --- fetch -------------------------------------------------------------
     def fetch(self) -> Path:
         """Copy the broker jars from Maven Central into the cache unless already there."""
-        marker = self.libs / ".complete"
-        if marker.exists():
-            return self.libs
-        if not shutil.which("mvn"):
-            raise BrokerError("Maven (mvn) is needed to fetch the Kafka jars")
-        tmp = self.libs.with_name("libs.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        cmd = [
-            "mvn", "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies",
-            f"-Dkafka.version={self.settings.kafka_version}", "-DincludeScope=runtime",
-            f"-DoutputDirectory={tmp}",
-        ]
-        log.info("fetching Kafka %s jars with Maven", self.settings.kafka_version)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BrokerError(f"mvn failed ({proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        tmp.rename(self.libs)
-        marker.touch()
-        return self.libs
+        return fetch_jars(KAFKA_DIR / "pom.xml", self.libs, {"kafka.version": self.settings.kafka_version},
+                          error=BrokerError)
 
     # --- lifecycle -----------------------------------------------------------
     def _properties(self) -> str:
@@ -157,58 +124,33 @@ class LocalBroker:
 
     def pid(self) -> int | None:
         """PID of the running broker, or None."""
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _pid_alive(pid) else None
-
-    def _port_in_use(self) -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.settings.kafka_port)) == 0
+        return pid_from_file(self.pid_file)
 
     def start(self, timeout_s: float = 90.0) -> int:
         """Start the broker unless it runs already; return its PID once it is ready."""
         if (pid := self.pid()) is not None:
             wait_for_cluster(self.settings.bootstrap, timeout_s)
             return pid
-        if self._port_in_use():
+        if port_in_use(self.settings.kafka_port):
             raise BrokerError(f"port {self.settings.kafka_port} is taken by another process")
         self.fetch()
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
         config.write_text(self._properties())
         self._format(config)
-        with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(config)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the JVM; we stop it by PID
-            )
-        self.pid_file.write_text(str(proc.pid))
+        pid = spawn_server(self._java("kafka.Kafka", str(config)), self.log_file, self.pid_file)
         try:
             wait_for_cluster(self.settings.bootstrap, timeout_s)
         except BrokerError:
             self.stop()
             raise BrokerError(f"broker did not become ready; see {self.log_file}") from None
         log.info("Kafka broker %s ready at %s (pid %d)", self.settings.kafka_version,
-                 self.settings.bootstrap, proc.pid)
-        return proc.pid
+                 self.settings.bootstrap, pid)
+        return pid
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker by its PID (SIGTERM, then SIGKILL); True if one was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_pid(self.pid_file, signal.SIGTERM, timeout_s)
 
     def status(self) -> str:
         pid = self.pid()

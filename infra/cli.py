@@ -1,14 +1,35 @@
-"""`livetrack`: the project's own commands (broker, topics, schemas, gateway, simulator, demo)."""
+"""`livetrack`: the project's own commands (broker, topics, schemas, gateway, simulator, demo, legacy bridge)."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from infra.logs import setup_logging
 from infra.settings import Settings
 
 __all__ = ["main"]
+
+
+class _Server(Protocol):
+    """A local server livetrack runs: the broker, PostgreSQL, the Connect worker."""
+
+    def pid(self) -> int | None: ...
+    def start(self, timeout_s: float = ...) -> int: ...
+    def stop(self, timeout_s: float = ...) -> bool: ...
+    def status(self) -> str: ...
+
+
+def _serve(server: _Server, action: str, where: str) -> int:
+    """start, stop or status of a local server; status exits 3 when it is not running."""
+    if action == "start":
+        print(f"running (pid {server.start()}) at {where}")
+    elif action == "stop":
+        print("stopped" if server.stop() else "not running")
+    else:
+        print(server.status())
+        return 0 if server.pid() else 3
+    return 0
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> int:
@@ -22,13 +43,66 @@ def _broker(args: argparse.Namespace, settings: Settings) -> int:
     broker = LocalBroker(settings)
     if args.action == "fetch":
         print(broker.fetch())
-    elif args.action == "start":
-        print(f"broker running (pid {broker.start()}) at {settings.bootstrap}")
-    elif args.action == "stop":
-        print("stopped" if broker.stop() else "not running")
-    else:
-        print(broker.status())
-        return 0 if broker.pid() else 3
+        return 0
+    return _serve(broker, args.action, settings.bootstrap)
+
+
+def _postgres(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.postgres import LocalPostgres, wait_ready
+
+    if not settings.embedded_postgres:
+        if args.action in ("start", "status"):
+            wait_ready(settings.postgres_dsn, timeout_s=10)
+            print("using the existing PostgreSQL of LIVETRACK_POSTGRES_DSN; nothing started")
+        return 0
+    return _serve(LocalPostgres(settings), args.action, f"127.0.0.1:{settings.postgres_port}")
+
+
+def _connect(args: argparse.Namespace, settings: Settings) -> int:
+    """The Connect worker; `start` also creates the topics and the legacy tables, and registers the connector."""
+    from infra.broker import wait_for_cluster
+    from infra.connect import LocalConnect, register, wait_running
+    from infra.postgres import conninfo
+    from infra.topics import ensure_topics
+    from legacy.db import apply_schema
+
+    worker = LocalConnect(settings)
+    if args.action == "fetch":
+        print(worker.fetch())
+        return 0
+    if args.action == "start":
+        wait_for_cluster(settings.bootstrap, timeout_s=10)
+        ensure_topics(settings)
+        dsn = conninfo(settings)
+        apply_schema(dsn)
+        worker.start()
+        register(settings, dsn)
+        wait_running(settings)
+        print(f"running (pid {worker.pid()}) at {settings.connect_url}; connector {settings.connect_connector} RUNNING")
+        return 0
+    return _serve(worker, args.action, settings.connect_url)
+
+
+def _legacy(args: argparse.Namespace, settings: Settings) -> int:
+    """The legacy database: its tables (`init`), or its simulated scheduled job writing orders (`run`)."""
+    import asyncio
+    import random
+
+    from infra.postgres import conninfo
+    from legacy.db import apply_schema
+    from legacy.jobs import LegacyJob, run_writers
+
+    dsn = conninfo(settings)
+    apply_schema(dsn)
+    if args.action == "init":
+        print("legacy tables exist")
+        return 0
+    job = LegacyJob(args.prefix, orders=args.orders, rng=random.Random())
+    try:
+        written = asyncio.run(run_writers(dsn, job, events=args.events, writers=args.writers, rate_hz=args.rate))
+    except KeyboardInterrupt:
+        return 0
+    print(f"{sum(w.committed for w in written)} rows committed")
     return 0
 
 
@@ -54,7 +128,7 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     print("| variable | default | meaning |\n|---|---|---|")
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "~/.cache/livetrack/kafka" if name == "kafka_home" else default
+        shown = f"~/.cache/livetrack/{name.removesuffix('_home')}" if name.endswith("_home") else default
         print(f"| `LIVETRACK_{name.upper()}` | `{shown}` | {field.description} |")
     return 0
 
@@ -154,7 +228,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "broker": _broker, "topics": _topics, "schemas": _schemas, "settings": _settings,
+    "broker": _broker, "postgres": _postgres, "connect": _connect, "legacy": _legacy, "topics": _topics, "schemas": _schemas, "settings": _settings,
     "reservations": _reservations, "gateway": _gateway,
     "sim": _sim, "shop": _shop, "demo": _demo, "token": _token, "watch": _watch,
 }
@@ -166,6 +240,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("broker", help="the embedded Kafka broker")
     b.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    pg = sub.add_parser("postgres", help="the local PostgreSQL of the legacy bridge")
+    pg.add_argument("action", choices=["start", "stop", "status"])
+    c = sub.add_parser("connect", help="the legacy bridge's Kafka Connect worker and Debezium connector")
+    c.add_argument("action", choices=["fetch", "start", "stop", "status"])
+    lg = sub.add_parser("legacy", help="the legacy database: create its tables, or run its simulated job")
+    lg.add_argument("action", choices=["init", "run"])
+    lg.add_argument("--events", type=int, default=1000, help="run: commit this many queue rows")
+    lg.add_argument("--rate", type=float, default=50.0, help="run: steps per second overall")
+    lg.add_argument("--orders", type=int, default=200, help="run: orders in flight at once")
+    lg.add_argument("--writers", type=int, default=4, help="run: concurrent connections")
+    lg.add_argument("--prefix", default="legacy", help="run: order ids are PREFIX-000001, ...")
     t = sub.add_parser("topics", help="create the declared topics (idempotent)")
     t.add_argument("action", choices=["create"])
     s = sub.add_parser("schemas", help="write schemas/avsc/ (current and history) and schemas/typed.py from the Records")

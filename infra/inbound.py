@@ -18,6 +18,12 @@ class Inbound:
     key: bytes | None
     value: bytes | None
     source: Any = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header `name`, if the record has it."""
+        found = [v for k, v in self.headers if k == name]
+        return found[-1] if found else None
 
     @property
     def where(self) -> str:

@@ -5,6 +5,7 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,10 +22,68 @@ from infra.settings import Settings
 
 PR_SET_PDEATHSIG = 1
 
-__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "raise_open_files_limit", "scrape", "set_switch_interval",
-           "spawn", "wait_http_ok", "worker_args", "gateway_args", "sim_args", "shop_args"]
+__all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "pid_alive", "pid_from_file", "port_in_use", "raise_open_files_limit", "scrape",
+           "set_switch_interval", "spawn", "spawn_server", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args",
+           "shop_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie child of ours is reaped and counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def pid_from_file(pid_file: Path) -> int | None:
+    """The PID a server's pid file names while that process runs, else None."""
+    try:
+        pid = int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def spawn_server(args: Sequence[str], log_file: Path, pid_file: Path) -> int:
+    """Start a server (broker, PostgreSQL, Connect worker) in its own session, so a terminal's Ctrl-C
+    reaches us, not it: we stop it by the PID written to `pid_file`. Output is appended to `log_file`."""
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_pid(pid_file: Path, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bool:
+    """Stop the server a pid file names (`sig`, then SIGKILL after `timeout_s`); True if one was running."""
+    pid = pid_from_file(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def port_in_use(port: int) -> bool:
+    """True when something listens on 127.0.0.1:`port`."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def raise_open_files_limit() -> int:

@@ -5,6 +5,7 @@ no other module reads the environment.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -219,6 +220,49 @@ class Settings(BaseSettings):
     sim_order_rate_hz: float = Field(0.2, ge=0, description="Orders per second the simulated shop creates (0 = none).")
     sim_couriers: int = Field(10, ge=1, description="The simulated shop's couriers (drivers shop-courier-001...).")
 
+    # --- legacy bridge (PostgreSQL, Kafka Connect) ---
+    postgres_dsn: str = Field(
+        "", description="Existing PostgreSQL's libpq DSN (wal_level=logical); empty = run the local PostgreSQL 15."
+    )
+    postgres_port: int = Field(15432, description="Port of the local PostgreSQL (binds 127.0.0.1).")
+    postgres_bin: Path = Field(
+        Path("/usr/lib/postgresql/15/bin"), description="initdb and postgres of the local server (Debian's postgresql-15)."
+    )
+    postgres_os_user: str = Field(
+        "postgres", description="System user the local server runs as when livetrack runs as root (postgres refuses root)."
+    )
+    postgres_password: SecretStr = Field(
+        SecretStr(""), description="Local server's password of user livetrack; '' = a random one kept in "
+        "state_dir/postgres/password (0600)."
+    )
+    postgres_slot: str = Field("livetrack_legacy", description="Logical replication slot Debezium reads the queue from.")
+    postgres_publication: str = Field(
+        "livetrack_legacy", description="pgoutput publication of the queue table (Debezium creates it: order_events only)."
+    )
+    connect_rest_port: int = Field(18083, description="Kafka Connect worker's REST port (binds 127.0.0.1).")
+    connect_home: Path = Field(
+        Path.home() / ".cache" / "livetrack" / "connect",
+        description="Where the Kafka Connect and Debezium jars are cached (outside git, fetched once).",
+    )
+    connect_debezium_version: str = Field("3.6.1.Final", description="Debezium version fetched from Maven Central.")
+    connect_heap: str = Field("512m", description="Max heap of the Kafka Connect worker JVM.")
+    connect_jvm_opts: str = Field(
+        "-XX:+UseSerialGC -XX:TieredStopAtLevel=1", description="Connect worker JVM options (C1-only JIT, as the broker)."
+    )
+    connect_group_id: str = Field(
+        "livetrack-connect", description="Connect worker group; names its internal topics `<id>-configs`, `-offsets`, `-status`."
+    )
+    connect_connector: str = Field("livetrack-legacy-orders", description="Name of the Debezium connector.")
+    connect_offset_flush_ms: int = Field(
+        1000, ge=10, description="Connect commits source offsets this often: what a killed worker sends again, at most."
+    )
+    connect_poll_ms: int = Field(
+        50, ge=1, description="Debezium hands its queued rows to Connect at least this often (poll.interval.ms)."
+    )
+    connect_retry_wait_ms: int = Field(
+        2000, ge=0, description="Debezium reconnects this long after losing PostgreSQL (a retriable error)."
+    )
+
     @field_validator("features_windows_s")
     @classmethod
     def _window_sizes(cls, v: str) -> str:
@@ -233,6 +277,13 @@ class Settings(BaseSettings):
         weights = number_list(v, float)
         if not weights or weights[0] <= 0 or min(weights) < 0:
             raise ValueError("ring weights must be >= 0 with the cell's own (the first) > 0, e.g. 1.0,0.5")
+        return v
+
+    @field_validator("postgres_slot", "postgres_publication")
+    @classmethod
+    def _pg_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", v):
+            raise ValueError("slot and publication names are 1-63 of a-z 0-9 _ (PostgreSQL's rule for slots)")
         return v
 
     @model_validator(mode="after")
@@ -259,6 +310,15 @@ class Settings(BaseSettings):
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def embedded_postgres(self) -> bool:
+        """True when livetrack runs its own PostgreSQL for the legacy bridge."""
+        return not self.postgres_dsn
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://127.0.0.1:{self.connect_rest_port}"
 
 
 def number_list(text: str, kind: Callable[[str], _N]) -> list[_N]:

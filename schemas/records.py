@@ -280,7 +280,8 @@ class RideEvent(_Record, namespace="livetrack.RideEvent"):  # type: ignore[call-
     fare_estimate: Optional[float] = FloatField(required=False, default=None)
     pickup_eta_s: Optional[float] = FloatField(required=False, default=None)
     reason: Optional[str] = StringField(required=False, default=None)
-
+    # A delivery trip: the order livetrack's dispatch found this ride's driver for (its courier).
+    order_id: Optional[str] = StringField(required=False, default=None)
 
 
 class RideCommand(_Record, namespace="livetrack.RideCommand"):  # type: ignore[call-arg]
@@ -308,6 +309,7 @@ class RideCommand(_Record, namespace="livetrack.RideCommand"):  # type: ignore[c
     lng: Optional[float] = FloatField(required=False, default=None)
     expires_at: int = IntegerField(min_value=0, required=False, default=0)
     reason: Optional[str] = StringField(required=False, default=None)
+    order_id: Optional[str] = StringField(required=False, default=None)  # REQUEST of a delivery trip
 
 
 class OfferCommand(_Record, namespace="livetrack.OfferCommand"):  # type: ignore[call-arg]
@@ -373,6 +375,7 @@ class Ride(_Record, namespace="livetrack.Ride"):  # type: ignore[call-arg]
     # is written before its outputs, and a replayed command re-sends them instead of re-deciding.
     applied_offset: int = IntegerField(required=False, default=-1)
     outbox: List[Outgoing] = []
+    order_id: Optional[str] = StringField(required=False, default=None)  # a delivery trip's order
 
 
 class OrderEvent(_Record, namespace="livetrack.OrderEvent"):  # type: ignore[call-arg]
@@ -441,6 +444,7 @@ class Order(_Record, namespace="livetrack.Order"):  # type: ignore[call-arg]
     updated_ts: int = _epoch_ms()
     timeline: List[OrderStep] = []
     push_seq: int = IntegerField(min_value=0, required=False, default=0)
+    trip_id: Optional[str] = StringField(required=False, default=None)  # the ride dispatch found the courier by
 
 
 class CellSighting(_Record, namespace="livetrack.CellSighting"):  # type: ignore[call-arg]

@@ -17,7 +17,8 @@ from schemas.records import (
 
 __all__ = [
     "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
-    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ORDER_EVENTS", "ORDERS", "ORDERS_DLQ", "ALL_TOPICS",
+    "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ORDER_EVENTS", "ORDERS", "ORDERS_DLQ",
+    "LEGACY_ORDER_EVENTS", "ALL_TOPICS",
 ]
 
 
@@ -27,7 +28,8 @@ class TopicSpec:
 
     name: str
     key: str
-    value_type: Type[faust.Record]
+    # None: the value is JSON text written outside livetrack (the legacy bridge), not an Avro Record.
+    value_type: Type[faust.Record] | None
     # None = settings.partitions; co-partitioned topics must agree.
     partitions: int | None = None
     compacted: bool = False
@@ -36,6 +38,11 @@ class TopicSpec:
 
     def partition_count(self, default: int) -> int:
         return self.partitions or default
+
+    @property
+    def json_value(self) -> bool:
+        """True when the value is JSON text rather than an Avro single-object record."""
+        return self.value_type is None
 
 
 # Batch topics: no key; the record sits on the partition murmur2(driver_id or cell) picks for
@@ -73,8 +80,14 @@ ORDER_EVENTS = TopicSpec("order-events", "order_id", OrderEvent, retention_setti
 # Each order as last decided, compacted: what every gateway node serves GET /v1/orders/{id} from.
 ORDERS = TopicSpec("orders", "order_id", Order, compacted=True)
 ORDERS_DLQ = TopicSpec("orders-dlq", "order_id", DeadLetter, partitions=1)
+# The legacy bridge: each committed `order_events` row of the legacy PostgreSQL, by Debezium (Kafka
+# Connect, outbox EventRouter). Key the order id (text); value the row's payload as JSON text;
+# headers `row_id` (decimal) and `event_type`. At least once: readers drop repeated row_ids.
+LEGACY_ORDER_EVENTS = TopicSpec(
+    "legacy-order-events", "order_id", None, retention_setting="locations_retention_ms"
+)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
-    CELL_FEATURES, FEATURES_DLQ, ORDER_EVENTS, ORDERS, ORDERS_DLQ,
+    CELL_FEATURES, FEATURES_DLQ, ORDER_EVENTS, ORDERS, ORDERS_DLQ, LEGACY_ORDER_EVENTS,
 )

@@ -210,6 +210,7 @@ class Order(TypedDict):
     updated_ts: int
     timeline: list[OrderStep]
     push_seq: int
+    trip_id: str | None
 
 
 class RideEvent(TypedDict):
@@ -232,6 +233,7 @@ class RideEvent(TypedDict):
     fare_estimate: float | None
     pickup_eta_s: float | None
     reason: str | None
+    order_id: str | None
 
 
 class RideCommand(TypedDict):
@@ -254,6 +256,7 @@ class RideCommand(TypedDict):
     lng: float | None
     expires_at: int
     reason: str | None
+    order_id: str | None
 
 
 class OfferCommand(TypedDict):
@@ -315,6 +318,7 @@ class Ride(TypedDict):
     reason: str | None
     applied_offset: int
     outbox: list[Outgoing]
+    order_id: str | None
 
 
 class CellSighting(TypedDict):

@@ -1,4 +1,5 @@
-"""Session fixtures: one real Kafka broker for the test session, started lazily, stopped at the end."""
+"""Session fixtures: one real Kafka broker for the test session, started lazily, stopped at the end; the legacy
+bridge's PostgreSQL and Kafka Connect worker likewise, for the tests that ask for them."""
 from __future__ import annotations
 
 import random
@@ -10,7 +11,10 @@ from typing import Iterator
 import pytest
 
 from infra.broker import kafka_running
+from infra.connect import LocalConnect, connect_running
+from infra.postgres import postgres_running
 from infra.settings import Settings
+from legacy.db import apply_schema
 
 
 def _free_port(pairs: bool = False) -> int:
@@ -43,3 +47,29 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     )
     with kafka_running(settings):
         yield settings
+
+
+@pytest.fixture(scope="session")
+def legacy_settings(kafka_settings: Settings) -> Settings:
+    """kafka_settings plus this session's own PostgreSQL and Connect worker (free ports, own group)."""
+    return kafka_settings.model_copy(update={
+        "postgres_port": _free_port(), "connect_rest_port": _free_port(),
+        "connect_group_id": f"{kafka_settings.app_id}-connect",
+        # Reconnect to a restarted PostgreSQL within a second; commit source offsets every second.
+        "connect_retry_wait_ms": 1000, "connect_offset_flush_ms": 1000,
+    })
+
+
+@pytest.fixture(scope="session")
+def legacy_dsn(legacy_settings: Settings) -> Iterator[str]:
+    """The session's PostgreSQL, with the legacy tables."""
+    with postgres_running(legacy_settings) as dsn:
+        apply_schema(dsn)
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def connect_worker(legacy_settings: Settings, legacy_dsn: str) -> Iterator[LocalConnect]:
+    """The session's Connect worker with the Debezium connector running (stopped at the end)."""
+    with connect_running(legacy_settings, legacy_dsn) as worker:
+        yield worker

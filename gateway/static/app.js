@@ -13,7 +13,8 @@
   function statusColours() {
     const css = getComputedStyle(document.documentElement);
     const v = (name) => css.getPropertyValue(name).trim();
-    return { AVAILABLE: v("--available"), EN_ROUTE: v("--en-route"), ON_TRIP: v("--on-trip"), OFFLINE: v("--offline") };
+    return { AVAILABLE: v("--available"), EN_ROUTE: v("--en-route"), ON_TRIP: v("--on-trip"), OFFLINE: v("--offline"),
+             ON_BREAK: v("--on-break") };
   }
 
   /** The drivers on the map: newest update per channel wins, older or repeated seqs are ignored. */

@@ -198,3 +198,50 @@ async def test_a_driver_goes_on_a_break_and_back_from_its_app(pipeline: Pipeline
     code, body, _ = await call(pipeline, "POST", f"/v1/drivers/{driver}/status", {"status": "break"},
                                role="driver", sub=uid("d"))
     assert code == 403, body
+
+
+async def next_of(sub: Subscriber, kind: str, timeout_s: float = 20, **match: Any) -> dict[str, Any]:
+    """The next update of type `kind` whose data has the `match` items (others are skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        update = await sub.next(max(0.1, deadline - time.monotonic()))
+        if update["type"] == kind and all(update["data"].get(k) == v for k, v in match.items()):
+            return update
+
+
+async def test_livetracks_dispatch_finds_the_courier_when_the_order_asks(pipeline: Pipeline) -> None:
+    """The same candidates, offers and reservations as rides: the courier is offered a delivery trip,
+    accepts it, and the order follows the trip (courier assigned, picked up, delivered, driver freed)."""
+    centre = (62.0, 26.0)  # nobody else's drivers are here
+    courier, customer = uid("d"), uid("c")
+    pickup = {"lat": centre[0], "lng": centre[1]}
+    async with Subscriber(pipeline.url, pipeline.token("driver", courier)) as phone:
+        code, body, _ = await call(pipeline, "POST", "/v1/locations", ping(courier, 1, centre[0], centre[1] + 0.001),
+                                   role="driver", sub=courier)
+        assert code == 202, body
+        assert (await phone.subscribe(f"driver:{courier}"))["ok"]
+        await asyncio.sleep(1.0)  # the membership reaches the worker's candidate replica
+        status, created, _ = await call(pipeline, "POST", "/v1/orders", {
+            "customer_id": customer, "pickup": pickup, "dropoff": {"lat": centre[0] + 0.01, "lng": centre[1]},
+            "dispatch": True})
+        assert status == 201, created
+        order_id = created["order_id"]
+        assert (await event(pipeline, order_id, "CONFIRMED"))[0] == 200
+        offer = await next_of(phone, "offer")
+        trip = offer["data"]["ride_id"]
+        code, accepted, _ = await call(pipeline, "POST", f"/v1/rides/{trip}/accept", role="driver", sub=courier)
+        assert code == 200, accepted
+        async with Subscriber(pipeline.url, pipeline.token("customer", customer)) as sub:
+            ack = await sub.subscribe(f"order:{order_id}")
+            if ack["snapshot"]["data"]["status"] != "COURIER_ASSIGNED":
+                await next_of(sub, "order.status", status="COURIER_ASSIGNED")
+        code, order, _ = await call(pipeline, "GET", f"/v1/orders/{order_id}", role="customer", sub=customer)
+        assert order["status"] == "COURIER_ASSIGNED" and order["courier_id"] == courier
+        assert order["timeline"][-1]["source"] == "livetrack"
+        assert (await event(pipeline, order_id, "PICKED_UP"))[0] == 200
+        assert (await next_of(phone, "ride.started", ride_id=trip))["data"]["status"] == "ON_TRIP"
+        assert (await event(pipeline, order_id, "OUT_FOR_DELIVERY"))[0] == 200
+        assert (await event(pipeline, order_id, "DELIVERED"))[0] == 200
+        assert (await next_of(phone, "ride.ended", ride_id=trip))["data"]["status"] == "AVAILABLE"
+    code, ride, _ = await call(pipeline, "GET", f"/v1/rides/{trip}", role="ops", sub="it-ops")
+    assert ride["state"] == "COMPLETED" and ride["driver_id"] == courier

@@ -11,6 +11,7 @@ import h3
 import pytest
 
 from agents.pings import ACCEPTED, DUPLICATE, JUMP, STALE, DriverPolicy, PingResult, apply_ping
+from agents.reservations import placeholder
 from infra.settings import Settings
 from schemas.avro import codec_for
 from schemas.records import CellMembership, DriverState, PushMessage
@@ -305,3 +306,23 @@ def test_a_ping_keeps_the_offer_and_tells_the_assigned_ride_of_a_move() -> None:
     assert (moved.ride_move["ride_id"], moved.ride_move["lat"]) == ("r-1", HOME[0] + 0.001)
     reserved = {**first, "reserved_until": T0 + 5000}  # an open offer is not a trip: no move to tell
     assert _apply(reserved, _ping(2, HOME[0] + 0.001, HOME[1], T0 + 1000)).ride_move is None
+
+
+def test_a_couriers_first_ping_after_a_command_named_it_is_a_first_ping() -> None:
+    named = {**placeholder("d-1"), "orders": ["o-1"], "push_seq": 1}
+    result = _apply(named, _ping(0, *HOME, T0))
+    assert result.verdict == ACCEPTED and result.state is not None
+    assert [m["op"] for m in result.memberships] == ["JOIN"]
+    assert [(m["order_id"], m["type"], m["courier_id"], m["lat"]) for m in result.order_moves] == [
+        ("o-1", "COURIER_MOVED", "d-1", HOME[0])]
+
+
+def test_a_courier_carrying_orders_tells_each_of_its_significant_moves_only() -> None:
+    first = _apply(None, _ping(1, *HOME, T0))
+    assert first.state is not None
+    carrying = {**first.state, "orders": ["o-1", "o-2"]}
+    small = _apply(carrying, _ping(2, *_moved(*HOME, north_m=3), T0 + 1000))
+    assert small.order_moves == ()
+    big = _apply(carrying, _ping(3, *_moved(*HOME, north_m=80), T0 + 2000))
+    assert [m["order_id"] for m in big.order_moves] == ["o-1", "o-2"]
+    assert {m["event_id"] for m in big.order_moves} == {"d-1:3"}  # the ping's: a replay is a duplicate

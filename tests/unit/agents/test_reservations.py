@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agents.reservations import RESERVATIONS, OfferPolicy, apply_offer, as_markdown, phase_of
+from agents.reservations import RESERVATIONS, OfferPolicy, apply_driver_op, apply_offer, as_markdown, phase_of
 
 T0 = 1_732_170_000_000
 POLICY = OfferPolicy(driver_max_age_ms=30_000)
@@ -248,3 +248,48 @@ def test_the_table_in_the_readme_is_the_codes() -> None:
     start, end = "<!-- reservations -->\n", "<!-- /reservations -->"
     copy = notes[notes.index(start) + len(start):notes.index(end)]
     assert copy == as_markdown(), "README.md is stale: paste `livetrack reservations` between its markers"
+
+
+# --- outside the protocol: the driver's own status, and the orders a courier carries ---------------
+
+@pytest.mark.parametrize("op,status", [("BREAK", "ON_BREAK"), ("OFFLINE", "OFFLINE"), ("ONLINE", "AVAILABLE")])
+def test_a_driver_sets_its_own_status_and_its_cell_learns_it(op: str, status: str) -> None:
+    start = driver(status="ON_BREAK" if op == "ONLINE" else "AVAILABLE")
+    result = apply_driver_op(start, offer(op, ride="d-1", attempt=T0), POLICY, T0)
+    assert result.state is not None and result.state["status"] == status
+    assert [(s["status"]) for s in result.statuses] == [status]
+    assert [(m["op"], m["status"]) for m in result.memberships] == [("REFRESH", status)]
+    assert [(p["type"], json.loads(p["data"])["status"]) for p in result.pushes] == [("driver.status", status)]
+
+
+@pytest.mark.parametrize("held", [{"ride_id": "r-0", "status": "EN_ROUTE"}, {"orders": ["o-1"], "status": "EN_ROUTE"}])
+def test_a_driver_holding_a_ride_or_an_order_stays_as_it_is(held: dict[str, Any]) -> None:
+    result = apply_driver_op(driver(**held), offer("BREAK", ride="d-1", attempt=T0), POLICY, T0)
+    assert not result.statuses
+    assert json.loads(result.pushes[0]["data"]) == {"driver_id": "d-1", "ride_id": "d-1", "status": "EN_ROUTE",
+                                                    "refused": "ON_BREAK", "reason": "busy"}
+
+
+@pytest.mark.parametrize("status", ["ON_BREAK", "OFFLINE"])
+def test_a_driver_on_a_break_or_offline_is_not_reserved(status: str) -> None:
+    result = apply_offer(driver(status=status), offer("RESERVE"), POLICY, T0)
+    assert result.state is None and result.replies[0]["reason"] == "offline"
+
+
+def test_a_courier_carries_orders_en_route_and_is_free_after_the_last() -> None:
+    one = apply_driver_op(driver(), offer("CARRY", ride="o-1"), POLICY, T0)
+    assert one.state is not None and (one.state["orders"], one.state["status"]) == (["o-1"], "EN_ROUTE")
+    two = apply_driver_op(one.state, offer("CARRY", ride="o-2"), POLICY, T0)
+    assert two.state is not None and two.state["orders"] == ["o-1", "o-2"] and not two.statuses
+    assert apply_driver_op(two.state, offer("CARRY", ride="o-2"), POLICY, T0).state is None  # replayed
+    assert apply_offer(two.state, offer("RESERVE"), POLICY, T0).replies[0]["reason"] == "busy"
+    left = apply_driver_op(two.state, offer("DROP", ride="o-1"), POLICY, T0)
+    assert left.state is not None and (left.state["orders"], left.state["status"]) == (["o-2"], "EN_ROUTE")
+    free = apply_driver_op(left.state, offer("DROP", ride="o-2"), POLICY, T0)
+    assert free.state is not None and (free.state["orders"], free.state["status"]) == ([], "AVAILABLE")
+
+
+def test_a_courier_named_before_its_first_ping_is_remembered() -> None:
+    result = apply_driver_op(None, offer("CARRY", ride="o-1"), POLICY, T0)
+    assert result.state is not None and result.state["orders"] == ["o-1"] and result.state["fix_ts"] == 0
+    assert phase_of(result.state, T0, POLICY) == "FREE" and not result.memberships  # no cell yet

@@ -40,7 +40,8 @@ class Area:
 
 def cmd(command: str, **kw: Any) -> dict[str, Any]:
     base = {"ride_id": "r-1", "command": command, "ts": T0, "actor": "system", "actor_id": "offers",
-            "driver_id": None, "attempt": 0, "lat": None, "lng": None, "expires_at": 0, "reason": None}
+            "driver_id": None, "attempt": 0, "lat": None, "lng": None, "expires_at": 0, "reason": None,
+            "order_id": None}
     return {**base, **kw}
 
 
@@ -115,9 +116,10 @@ def test_final_states_have_no_way_out() -> None:
 
 
 def test_who_may_cancel() -> None:
-    ride = {"state": "ACCEPTED", "rider_id": "u-1", "driver_id": "d-1"}
+    ride = {"state": "ACCEPTED", "rider_id": "u-1", "driver_id": "d-1", "order_id": None}
     assert may_cancel(ride, "rider", "u-1") and may_cancel(ride, "driver", "d-1") and may_cancel(ride, "ops", "x")
     assert not may_cancel(ride, "rider", "u-2") and not may_cancel(ride, "driver", "d-2")
+    assert not may_cancel(ride, "system", "orders") and may_cancel({**ride, "order_id": "o-1"}, "system", "orders")
     assert not may_cancel({**ride, "state": "ONGOING"}, "rider", "u-1")
     assert may_cancel({**ride, "state": "ONGOING"}, "ops", "x")
     assert not may_cancel({**ride, "state": "COMPLETED"}, "ops", "x")

@@ -102,13 +102,13 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "ride_id": "r-1", "version": 2, "event": "OFFERED", "state": "OFFERED", "ts": T0, "actor": "system",
         "rider_id": "u-1", "product": "standard", "pickup_lat": 37.7749, "pickup_lng": -122.4194,
         "dest_lat": 37.79, "dest_lng": -122.40, "pickup_cell": "8928308280fffff", "driver_id": "d-1",
-        "fare_estimate": 12.5, "pickup_eta_s": 240.0, "reason": None,
+        "fare_estimate": 12.5, "pickup_eta_s": 240.0, "reason": None, "order_id": None,
     },
     RideCommand: {
         "ride_id": "r-1", "command": "RESERVED", "ts": T0, "actor": "system", "actor_id": "offers",
         "rider_id": None, "product": None, "pickup_lat": None, "pickup_lng": None, "dest_lat": None,
         "dest_lng": None, "driver_id": "d-1", "attempt": 2, "lat": 37.77, "lng": -122.41, "expires_at": T0 + 10_000,
-        "reason": None,
+        "reason": None, "order_id": "o-1",
     },
     OfferCommand: {
         "driver_id": "d-1", "op": "RESERVE", "ride_id": "r-1", "ts": T0, "actor": "system", "attempt": 2,
@@ -122,7 +122,7 @@ SAMPLES: dict[Type[faust.Record], dict[str, Any]] = {
         "pickup_cell": "8928308280fffff", "requested_ts": T0, "updated_ts": T0 + 5, "fare_estimate": 12.5,
         "pickup_eta_s": 240.0, "driver_id": None, "offer_driver": "d-1", "attempt": 2, "deadline_ms": T0 + 10_500,
         "ring": 1, "tried": ["d-0"], "busy": [], "push_seq": 3, "driver_lat": 37.77, "driver_lng": -122.41,
-        "pushed_lat": None, "pushed_lng": None, "pushed_eta_s": None, "reason": None, "applied_offset": 41,
+        "pushed_lat": None, "pushed_lng": None, "pushed_eta_s": None, "reason": None, "order_id": None, "applied_offset": 41,
         "outbox": [{"topic": "offers", "key": "d-1", "value": b"\xc3\x01\x00"}],
     },
     CellActivityBatch: {
@@ -161,7 +161,7 @@ SAMPLES[OrderStep] = {"status": "CREATED", "ts": T0, "received_ts": T0 + 4, "sou
 SAMPLES[Order] = {
     "order_id": "o-1", "version": 2, "status": "CONFIRMED", "status_ts": T0 + 9, "customer_id": "c-1",
     "source": "shop-1", "pickup_lat": 37.77, "pickup_lng": -122.41, "dropoff_lat": 37.78, "dropoff_lng": -122.42,
-    "dispatch": False, "courier_id": "d-1", "courier_lat": 37.771, "courier_lng": -122.411, "courier_ts": T0 + 8,
+    "dispatch": True, "trip_id": "trip-1", "courier_id": "d-1", "courier_lat": 37.771, "courier_lng": -122.411, "courier_ts": T0 + 8,
     "eta_s": 120.5, "created_ts": T0, "updated_ts": T0 + 10, "timeline": [
         SAMPLES[OrderStep], {**SAMPLES[OrderStep], "status": "CONFIRMED", "ts": T0 + 9, "event_id": "e-8"}],
     "push_seq": 2,

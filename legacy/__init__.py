@@ -1,0 +1,1 @@
+"""The legacy platform livetrack replaces, as far as the bridge sees it: its PostgreSQL queue table and the jobs filling it."""
