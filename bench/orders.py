@@ -31,11 +31,16 @@ Figures (one JSON object, the last line):
   `poll_request_reduction_pct` counts the 304s too: 100 x (1 - (200s + 304s) / baseline).
   The raw counts: `gets_200`, `gets_304`, `baseline_gets`, and `subscriptions` (subscribe
   calls, resumes included), which replace the migrated clients' GETs.
-- `legacy_commit_to_screen_p95_ms`: a row committed into the legacy PostgreSQL queue table
-  `order_events` -> a customer client sees it. null: the legacy bridge (`legacy/`, Debezium
-  into `legacy-order-events`) is not merged into this tree yet.
+- `legacy_commit_to_screen_p50_ms` / `_p95_ms`, after the rest, on the same servers plus a local
+  PostgreSQL and the Kafka Connect worker with Debezium (docs/legacy.md): the legacy platform's
+  job (`legacy.jobs`, one transaction a step) moves orders through their lifecycle at
+  `--legacy-rate` steps/s for `--legacy-duration` s, from a queue row's commit (the time the
+  COMMIT returned) to the moment the order's customer, subscribed on /live, sees that status
+  (WAL, Debezium, `legacy-order-events`, the legacy orders agent, `order-events`, the orders
+  agent, the push). `legacy_events`, `legacy_lost`: committed steps, and those no client saw.
+  null with `--no-legacy`, or when PostgreSQL or Connect cannot start here (the reason is printed).
 
-    python -m bench.orders [--rate 200] [--duration 30] [--migrated 0.5]
+    python -m bench.orders [--rate 200] [--duration 30] [--migrated 0.5] [--legacy-rate 20] [--no-legacy]
 """
 from __future__ import annotations
 
@@ -46,14 +51,19 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
+import psycopg
 
 from bench.harness import CpuMeter, bench_settings, emit, percentiles, pipeline_running
 from gateway.auth import Tokens
 from gateway.client import LiveClient, SubscribeRefused
+from infra.connect import ConnectError, connect_running
+from infra.postgres import PostgresError, postgres_running
 from infra.settings import Settings
+from legacy.db import LegacyError, apply_schema
+from legacy.jobs import LatLng, advance_order, create_order
 
 STAGES = ("CONFIRMED", "COURIER_ASSIGNED", "PICKED_UP", "OUT_FOR_DELIVERY", "DELIVERED")
 POLL_EVERY_S = 10.0
@@ -61,6 +71,7 @@ ORDERS_PER_CUSTOMER = 10  # a migrated customer's connection watches this many o
 CONCURRENCY = 64  # HTTP requests in flight at most
 SUBSCRIBE_TRIES = 50  # a new order's channel may be refused until the gateway has seen its CREATED
 STRAGGLERS_S = 5.0
+LEGACY_STEPS_PER_ORDER = 6  # CREATED, then about five steps to a final status
 PROGRESS_EVERY_S = 5.0
 
 
@@ -97,11 +108,48 @@ class Tally:
 
     sent: dict[tuple[int, str], float] = field(default_factory=dict)
     accepted: dict[tuple[int, str], float] = field(default_factory=dict)
-    seen: dict[tuple[int, str], float] = field(default_factory=dict)
+    seen: dict[Any, float] = field(default_factory=dict)  # filled by Screens
     polled: dict[tuple[int, str], float] = field(default_factory=dict)
     http: Counter[str] = field(default_factory=Counter)
-    subscriptions: int = 0
     polling: bool = False  # GETs are counted while the events run
+
+
+class Screens:
+    """Customers' screens: one /live connection a customer (a `customer` token), subscribed to its
+    orders' channels; when each (key of the order, status) was first seen, into `seen`."""
+
+    def __init__(self, url: str, tokens: Tokens, seen: dict[Any, float], key: Callable[[str], Any]) -> None:
+        self.url, self.tokens, self.seen, self.key = url, tokens, seen, key
+        self.clients: dict[str, LiveClient] = {}
+        self.subscriptions = 0
+
+    def on_update(self, update: dict[str, Any]) -> None:
+        data = update.get("data") or {}
+        key = self.key(str(data.get("order_id")))
+        if update.get("type") == "order.status" and key is not None:
+            self.seen.setdefault((key, str(data.get("status"))), time.time())
+
+    async def watch(self, orders: list[tuple[str, str]]) -> None:
+        """Subscribe each (customer, order); a customer's connection is opened with its first order."""
+        for customer in dict.fromkeys(c for c, _ in orders):
+            client = LiveClient(self.url, self.tokens.mint("customer", customer), on_update=self.on_update)
+            await client.connect()
+            self.clients[customer] = client
+        await asyncio.gather(*(self._subscribe(self.clients[c], o) for c, o in orders))
+
+    async def _subscribe(self, client: LiveClient, order: str) -> None:
+        for _ in range(SUBSCRIBE_TRIES):
+            self.subscriptions += 1
+            try:
+                await client.subscribe(f"order:{order}")
+                return
+            except SubscribeRefused:
+                await asyncio.sleep(0.2)  # the gateway has not seen the order yet
+        raise RuntimeError(f"order:{order} refused {SUBSCRIBE_TRIES} times")
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.disconnect()
 
 
 class OrdersBench:
@@ -115,7 +163,7 @@ class OrdersBench:
         self.system = {"Authorization": f"Bearer {self.tokens.mint('system', 'bench-shop')}"}
         self.tally = Tally()
         self.index = {order_id(i): i for i in range(n_orders)}
-        self.clients: list[LiveClient] = []
+        self.screens = Screens(self.url, self.tokens, self.tally.seen, self.index.get)
         self.gate = asyncio.Semaphore(CONCURRENCY)
 
     async def post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any], key: str) -> int:
@@ -136,30 +184,10 @@ class OrdersBench:
                        "created")
 
     # --- migrated clients ------------------------------------------------------------------------------
-    def on_update(self, update: dict[str, Any]) -> None:
-        data = update.get("data") or {}
-        i = self.index.get(str(data.get("order_id")))
-        if update.get("type") == "order.status" and i is not None:
-            self.tally.seen.setdefault((i, str(data.get("status"))), time.time())
-
     async def subscribe_all(self) -> None:
-        customers = sorted({customer_of(i) for i in range(self.migrated)})
-        for customer in customers:
-            client = LiveClient(self.url, self.tokens.mint("customer", customer), on_update=self.on_update)
-            await client.connect()
-            self.clients.append(client)
-        await asyncio.gather(*(self._subscribe(self.clients[i // ORDERS_PER_CUSTOMER], i) for i in range(self.migrated)))
-        print(f"subscribed: {self.migrated} orders on {len(self.clients)} customer connections", flush=True)
-
-    async def _subscribe(self, client: LiveClient, i: int) -> None:
-        for _ in range(SUBSCRIBE_TRIES):
-            self.tally.subscriptions += 1
-            try:
-                await client.subscribe(f"order:{order_id(i)}")
-                return
-            except SubscribeRefused:
-                await asyncio.sleep(0.2)  # the gateway has not seen the order yet
-        raise RuntimeError(f"order:{order_id(i)} refused {SUBSCRIBE_TRIES} times")
+        watched = [(customer_of(i), order_id(i)) for i in range(self.migrated)]
+        await self.screens.watch(watched)
+        print(f"subscribed: {self.migrated} orders on {len(self.screens.clients)} customer connections", flush=True)
 
     # --- polling clients -------------------------------------------------------------------------------
     async def poll(self, http: aiohttp.ClientSession, i: int, rng: random.Random) -> None:
@@ -222,13 +250,12 @@ class OrdersBench:
             "poll_get_reduction_pct": reduction_pct(gets_200, baseline),
             "poll_request_reduction_pct": reduction_pct(gets_200 + gets_304, baseline),
             "clients": self.n, "migrated_clients": self.migrated, "baseline_gets": round(baseline),
-            "gets_200": gets_200, "gets_304": gets_304, "subscriptions": t.subscriptions,
+            "gets_200": gets_200, "gets_304": gets_304, "subscriptions": self.screens.subscriptions,
             "http": dict(sorted(t.http.items())),
-            "legacy_commit_to_screen_p95_ms": None,
         }
 
 
-def _delays(since: dict[tuple[int, str], float], shown: dict[tuple[int, str], float],
+def _delays(since: dict[Any, float], shown: dict[Any, float],
             watched: Any) -> list[float]:
     """ms from `since` to `shown` for each (order, status) of the watched orders that was shown."""
     return [(shown[key] - at) * 1000 for key, at in since.items() if watched(key[0]) and key in shown]
@@ -274,19 +301,72 @@ async def measure(settings: Settings, rate: float, duration_s: float, migrated_s
             for task in pollers:
                 task.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
-            for client in bench.clients:
-                await client.disconnect()
-    print("legacy_commit_to_screen_p95_ms is null: the legacy bridge is not merged into this tree yet", flush=True)
+            await bench.screens.close()
     return {"order_event_rate": rate, "duration_s": round(measured_s, 1), **bench.figures(measured_s)}
 
 
-def run(rate: float, duration_s: float, migrated_share: float) -> dict[str, Any]:
+async def measure_legacy(settings: Settings, dsn: str, rate: float, duration_s: float) -> dict[str, Any]:
+    """The legacy job's steps at `rate` for `duration_s`: queue row committed -> the customer's screen."""
+    n = max(1, math.ceil(rate * duration_s / (LEGACY_STEPS_PER_ORDER - 1)))
+    orders = [(f"legacy-c-{i // ORDERS_PER_CUSTOMER:04d}", f"legacy-o-{i:05d}") for i in range(n)]
+    committed: dict[tuple[str, str], float] = {}
+    seen: dict[Any, float] = {}
+    screens = Screens(settings.gateway_url, Tokens(settings), seen, lambda oid: oid if oid.startswith("legacy-o-") else None)
+    rng = random.Random(21)
+    print(f"legacy: {n} orders created in PostgreSQL, then {rate:g} steps/s for {duration_s:g} s", flush=True)
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            for customer, order in orders:
+                pickup: LatLng = {"lat": 37.7749 + rng.uniform(-0.02, 0.02), "lng": -122.4194 + rng.uniform(-0.02, 0.02)}
+                await create_order(conn, order, customer, pickup, {"lat": pickup["lat"] + 0.01, "lng": pickup["lng"]})
+            await screens.watch(orders)
+            await _legacy_steps(conn, [order for _, order in orders], rate, duration_s, rng, committed)
+        await asyncio.sleep(STRAGGLERS_S)
+    finally:
+        await screens.close()
+    delays = _delays(committed, seen, lambda _: True)
+    figures = {k: v for k, v in percentiles(delays, "legacy_commit_to_screen").items() if not k.endswith("p99_ms")}
+    return {**figures, "legacy_events": len(committed), "legacy_lost": len(committed) - len(delays)}
+
+
+async def _legacy_steps(conn: psycopg.AsyncConnection[Any], live: list[str], rate: float, duration_s: float,
+                        rng: random.Random, committed: dict[tuple[str, str], float]) -> None:
+    """Advance the orders round-robin, step k due at t0 + k / rate, until the time is up or all are final."""
+    t0, k = time.perf_counter(), 0
+    while live and k < rate * duration_s:
+        await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        order = live[k % len(live)]
+        step = await advance_order(conn, order, rng)
+        if step is None:
+            live.remove(order)  # final
+            continue
+        committed[(order, step.status)] = step.at
+        k += 1
+
+
+def legacy_figures(settings: Settings, rate: float, duration_s: float) -> dict[str, Any]:
+    """measure_legacy on a local PostgreSQL and Connect worker started for it (stopped after), or nulls."""
+    try:
+        with postgres_running(settings) as dsn:
+            apply_schema(dsn)
+            with connect_running(settings, dsn):
+                return asyncio.run(measure_legacy(settings, dsn, rate, duration_s))
+    except (PostgresError, ConnectError, LegacyError, OSError) as exc:
+        print(f"legacy figures are null: {type(exc).__name__}: {exc}", flush=True)
+        return {"legacy_commit_to_screen_p50_ms": None, "legacy_commit_to_screen_p95_ms": None}
+
+
+def run(rate: float, duration_s: float, migrated_share: float, legacy: tuple[float, float] | None) -> dict[str, Any]:
     settings = bench_settings(app_id=f"livetrack-orders-{int(time.time())}")
     with pipeline_running(settings, "orders") as (worker, gateway):
         meter = CpuMeter(settings, worker, gateway, loadgen=True)
         meter.start()
         figures = asyncio.run(measure(settings, rate, duration_s, migrated_share))
         figures.update(meter.stop())
+        if legacy is None:
+            figures.update({"legacy_commit_to_screen_p50_ms": None, "legacy_commit_to_screen_p95_ms": None})
+        else:
+            figures.update(legacy_figures(settings, *legacy))
     return figures
 
 
@@ -295,8 +375,11 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=200.0, help="order events per second")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of events")
     p.add_argument("--migrated", type=float, default=0.5, help="share of the orders watched over /live (0-1)")
+    p.add_argument("--legacy-rate", type=float, default=20.0, help="legacy job steps per second")
+    p.add_argument("--legacy-duration", type=float, default=15.0, help="seconds of legacy steps")
+    p.add_argument("--no-legacy", action="store_true", help="skip the legacy phase (no PostgreSQL, no Connect)")
     args = p.parse_args()
-    emit(run(args.rate, args.duration, args.migrated))
+    emit(run(args.rate, args.duration, args.migrated, None if args.no_legacy else (args.legacy_rate, args.legacy_duration)))
 
 
 if __name__ == "__main__":
