@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features clean
+.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-dispatch: install
 
 bench-push: install
 	$(BIN)/python -m bench.push $(if $(CLIENTS),--clients $(CLIENTS)) $(if $(DURATION),--duration $(DURATION))
+
+bench-orders: install
+	$(BIN)/python -m bench.orders $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(MIGRATED),--migrated $(MIGRATED))
 
 bench-faust: install
 	$(BIN)/python -m bench.faust_floor

@@ -26,6 +26,7 @@ def bench_settings(**overrides: Any) -> Settings:
     values = {
         "kafka_port": base.kafka_port + 100, "state_dir": base.state_dir / "bench",
         "gateway_port": base.gateway_port + 100, "worker_web_port": base.worker_web_port + 100,
+        "postgres_port": base.postgres_port + 100, "connect_rest_port": base.connect_rest_port + 100,
         **overrides,
     }
     return base.model_copy(update=values)

@@ -167,6 +167,22 @@ def _sim(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _shop(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from gateway.auth import Tokens
+    from sim.shop import FirstOrder, run_shop
+
+    tokens = Tokens(settings)
+    first = FirstOrder(args.first_order, args.first_customer) if args.first_order else None
+    try:
+        asyncio.run(run_shop(settings, lambda role, sub: tokens.mint(role, sub, 30 * 24 * 3600),
+                             duration_s=args.duration, first=first))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how the simulator is meant to stop
+    return 0
+
+
 def _token(args: argparse.Namespace, settings: Settings) -> int:
     """Print a token for development and the demo (signed with the configured or dev key)."""
     from gateway.auth import Tokens
@@ -214,7 +230,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "broker": _broker, "postgres": _postgres, "connect": _connect, "legacy": _legacy, "topics": _topics, "schemas": _schemas, "settings": _settings,
     "reservations": _reservations, "gateway": _gateway,
-    "sim": _sim, "demo": _demo, "token": _token, "watch": _watch,
+    "sim": _sim, "shop": _shop, "demo": _demo, "token": _token, "watch": _watch,
 }
 
 
@@ -244,7 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run the HTTP + Socket.IO gateway")
     sim = sub.add_parser("sim", help="run the fleet simulator against the gateway")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    sub.add_parser("demo", help="broker, topics, worker, gateway and simulator together")
+    shop = sub.add_parser("shop", help="run the shop simulator: orders for simulated customers, its couriers deliver them")
+    shop.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    shop.add_argument("--first-order", default=None, help="id of the order the shop places first")
+    shop.add_argument("--first-customer", default="sim-customer-demo", help="that order's customer")
+    sub.add_parser("demo", help="broker, topics, worker, gateway and the simulators (fleet, shop) together")
     w = sub.add_parser("watch", help="print the updates of channels on /live (the Python client)")
     w.add_argument("channels", nargs="+", help="driver:{id}, ride:{id}, cell:{h3} or fleet")
     w.add_argument("--token", default=None, help="a token (default: an ops token minted with the local key)")

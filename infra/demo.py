@@ -1,4 +1,4 @@
-"""`livetrack demo`: broker, topics, worker, gateway and fleet simulator, until Ctrl-C."""
+"""`livetrack demo`: broker, topics, worker, gateway, fleet and shop simulators, until Ctrl-C."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,8 @@ import threading
 
 from gateway.auth import Tokens
 from infra.broker import kafka_running
-from infra.processes import Proc, gateway_args, sim_args, spawn, wait_http_ok, worker_args
+from infra.clock import now_ms
+from infra.processes import Proc, gateway_args, shop_args, sim_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 __all__ = ["run_demo"]
@@ -25,7 +26,7 @@ def run_demo(settings: Settings) -> int:
 
 
 def _run(settings: Settings) -> int:
-    """Worker, gateway and simulator until a signal; returns the exit code."""
+    """Worker, gateway and simulators until a signal; returns the exit code."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -35,10 +36,16 @@ def _run(settings: Settings) -> int:
         procs.append(spawn(gateway_args(), settings, "gateway"))
         wait_http_ok(f"{settings.gateway_url}/healthz", procs)
         procs.append(spawn(sim_args(), settings, "sim"))
-        token = Tokens(settings).mint("ops", "demo", ttl_s=24 * 3600)
+        order, customer = f"demo-{now_ms():x}", "sim-customer-demo"  # the shop places this order first
+        procs.append(spawn(shop_args(order, customer), settings, "shop"))
+        tokens = Tokens(settings)
+        token = tokens.mint("ops", "demo", ttl_s=24 * 3600)
         print(f"\n  livetrack is running: open {settings.gateway_url}/#token={token}")
         print(f"  (an ops token for 24 h; logs in {settings.state_dir / 'logs'})")
-        print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz. Ctrl-C stops everything.\n",
+        print(f"  a customer's tracking page: {settings.gateway_url}/track/{order}"
+              f"#token={tokens.mint('customer', customer, ttl_s=24 * 3600)}")
+        print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz; a shop with "
+              f"{settings.sim_couriers} couriers, {settings.sim_order_rate_hz} orders/s. Ctrl-C stops everything.\n",
               flush=True)
         while not stop.wait(1.0):
             if dead := [p.name for p in procs if not p.alive()]:
@@ -46,5 +53,5 @@ def _run(settings: Settings) -> int:
                 return 1
         return 0
     finally:
-        for proc in reversed(procs):  # simulator, gateway, then worker (commits its offsets)
+        for proc in reversed(procs):  # simulators, gateway, then worker (commits its offsets)
             proc.stop()

@@ -217,6 +217,8 @@ class Settings(BaseSettings):
     sim_ride_rate_hz: float = Field(0.5, description="Ride requests per second by simulated riders (0 = none).")
     sim_accept_p: float = Field(0.8, ge=0, le=1, description="Probability a simulated driver accepts an offer...")
     sim_decline_p: float = Field(0.1, ge=0, le=1, description="...declines it (else it ignores it until the TTL).")
+    sim_order_rate_hz: float = Field(0.2, ge=0, description="Orders per second the simulated shop creates (0 = none).")
+    sim_couriers: int = Field(10, ge=1, description="The simulated shop's couriers (drivers shop-courier-001...).")
 
     # --- legacy bridge (PostgreSQL, Kafka Connect) ---
     postgres_dsn: str = Field(

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypedDict
+from typing import Any, Callable, Protocol, TypedDict
 
 import aiohttp
 
@@ -135,10 +135,11 @@ def bearing_deg(x_m: float, y_m: float, to_x_m: float, to_y_m: float) -> float:
 
 
 def make_fleet(
-    n: int, city: City, rng: random.Random, *, now_s: float, period_s: float, seq_base: int = 1
+    n: int, city: City, rng: random.Random, *, now_s: float, period_s: float, seq_base: int = 1,
+    name: Callable[[int], str] = driver_id,
 ) -> list[Driver]:
-    """n drivers at random places, their pings staggered evenly over one period."""
-    return [_new_driver(driver_id(i), city, rng, now_s, now_s + period_s * i / n, seq_base) for i in range(n)]
+    """n drivers (ids `name(0)`..`name(n - 1)`) at random places, their pings staggered evenly over one period."""
+    return [_new_driver(name(i), city, rng, now_s, now_s + period_s * i / n, seq_base) for i in range(n)]
 
 
 def _new_driver(did: str, city: City, rng: random.Random, now_s: float, due_s: float, seq: int) -> Driver:
@@ -341,36 +342,39 @@ async def run_fleet(
     token: str | None = None,
     seed: int = DEFAULT_SEED,
     dispatch: Dispatch | None = None,
+    drivers: int | None = None,
+    name: Callable[[int], str] = driver_id,
 ) -> FleetStats:
-    """Drive settings.sim_drivers drivers against the gateway for duration_s, or until cancelled;
-    with `dispatch` (sim.dispatch), riders request rides and drivers take them."""
-    if settings.sim_drivers < 1 or settings.sim_rate_hz <= 0:
-        raise ValueError("sim_drivers must be >= 1 and sim_rate_hz > 0")
+    """Drive `drivers` (default settings.sim_drivers) drivers named by `name` against the gateway for
+    duration_s, or until cancelled; with `dispatch` (sim.dispatch, sim.shop), riders request rides and
+    drivers take them, or a shop's couriers deliver its orders."""
+    n = settings.sim_drivers if drivers is None else drivers
+    if n < 1 or settings.sim_rate_hz <= 0:
+        raise ValueError("the fleet needs at least one driver and sim_rate_hz > 0")
     city = City.parse(settings.sim_city, settings.sim_radius_m)
     stats = FleetStats()
     http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
     sender = _Sender(http, f"{settings.gateway_url}/v1/locations", request_headers(token), stats,
                      random.Random(seed + 1), min(CHUNK_MAX, settings.ingest_max_items))
-    log.info("fleet of %d drivers at %s Hz around %s -> %s", settings.sim_drivers, settings.sim_rate_hz,
-             settings.sim_city, sender.url)
+    log.info("fleet of %d drivers at %s Hz around %s -> %s", n, settings.sim_rate_hz, settings.sim_city, sender.url)
     started = time.monotonic()
     try:
         if dispatch is not None:
             await dispatch.start(http, city)
-        await _drive_fleet(settings, city, sender, duration_s, random.Random(seed), dispatch)
+        await _drive_fleet(settings, city, sender, duration_s, random.Random(seed), dispatch, n=n, name=name)
     finally:
         if dispatch is not None:
             await dispatch.stop()
             log.info("dispatch: %s", dict(dispatch.stats))
         if session is None:
             await http.close()
-        log.info("fleet stopped: %s", stats.summary(FleetStats(), time.monotonic() - started, settings.sim_drivers))
+        log.info("fleet stopped: %s", stats.summary(FleetStats(), time.monotonic() - started, n))
     return stats
 
 
 async def _drive_fleet(
     settings: Settings, city: City, sender: _Sender, duration_s: float | None, rng: random.Random,
-    dispatch: Dispatch | None = None,
+    dispatch: Dispatch | None = None, *, n: int, name: Callable[[int], str],
 ) -> None:
     """The tick loop: advance due drivers, send their pings, log a summary every SUMMARY_EVERY_S."""
     loop = asyncio.get_running_loop()
@@ -379,7 +383,7 @@ async def _drive_fleet(
     start = next_tick = last_log = loop.time()
     end = math.inf if duration_s is None else start + duration_s
     # Seqs start at the start time in ms, so a restarted simulator is not taken for a replay.
-    drivers = make_fleet(settings.sim_drivers, city, rng, now_s=start, period_s=period_s, seq_base=clock.now_ms())
+    drivers = make_fleet(n, city, rng, now_s=start, period_s=period_s, seq_base=clock.now_ms(), name=name)
     since = replace(sender.stats)
     while next_tick < end:
         now = loop.time()
