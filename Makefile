@@ -32,7 +32,7 @@ browser:
 postgres:
 	@test -x /usr/lib/postgresql/15/bin/postgres || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
-demo: install
+demo: install postgres
 	$(BIN)/livetrack demo
 
 # Static checks: mypy (strict, setup.cfg [mypy]) and the layer contract (setup.cfg [importlinter]).

@@ -271,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--url", default=None, help="gateway URL (default: LIVETRACK_GATEWAY_HOST/PORT)")
     w.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     tok = sub.add_parser("token", help="mint a JWT for a device or client (development, demo)")
-    tok.add_argument("--role", required=True, choices=["driver", "rider", "ops"])
+    tok.add_argument("--role", required=True, choices=["driver", "rider", "ops", "system", "customer"])
     tok.add_argument("--sub", required=True, help="driver id, rider id or operator name")
     tok.add_argument("--ttl", type=float, default=None, help="seconds (default LIVETRACK_TOKEN_TTL_S)")
     return p

@@ -1,4 +1,5 @@
-"""`livetrack demo`: broker, topics, worker, gateway, fleet and shop simulators, until Ctrl-C."""
+"""`livetrack demo`: broker, topics, the legacy bridge (PostgreSQL, Kafka Connect), worker, gateway, the fleet
+and shop simulators and the legacy platform's simulated job, until Ctrl-C."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +8,12 @@ import threading
 
 from gateway.auth import Tokens
 from infra.broker import kafka_running
+from infra.connect import connect_running
+from infra.postgres import postgres_running
 from infra.clock import now_ms
-from infra.processes import Proc, gateway_args, shop_args, sim_args, spawn, wait_http_ok, worker_args
+from infra.processes import Proc, gateway_args, legacy_args, shop_args, sim_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
+from legacy.db import apply_schema
 
 __all__ = ["run_demo"]
 
@@ -19,8 +23,10 @@ log = logging.getLogger(__name__)
 def run_demo(settings: Settings) -> int:
     """Run the whole pipeline on this machine and block until SIGINT/SIGTERM; stop all of it."""
     try:
-        with kafka_running(settings):
-            return _run(settings)
+        with kafka_running(settings), postgres_running(settings) as dsn:
+            apply_schema(dsn)  # the queue table exists before the connector is registered
+            with connect_running(settings, dsn):
+                return _run(settings)
     finally:
         print("  stopped.", flush=True)
 
@@ -38,6 +44,10 @@ def _run(settings: Settings) -> int:
         procs.append(spawn(sim_args(), settings, "sim"))
         order, customer = f"demo-{now_ms():x}", "sim-customer-demo"  # the shop places this order first
         procs.append(spawn(shop_args(order, customer), settings, "shop"))
+        if settings.sim_legacy_rate_hz > 0:  # the legacy platform's job, its queue rows bridged by Debezium
+            procs.append(spawn(legacy_args("run", "--events", "10000000", "--rate", str(settings.sim_legacy_rate_hz),
+                                           "--orders", "20", "--writers", "1", "--prefix", f"legacy-{now_ms():x}"),
+                               settings, "legacy"))
         tokens = Tokens(settings)
         token = tokens.mint("ops", "demo", ttl_s=24 * 3600)
         print(f"\n  livetrack is running: open {settings.gateway_url}/#token={token}")
@@ -45,7 +55,8 @@ def _run(settings: Settings) -> int:
         print(f"  a customer's tracking page: {settings.gateway_url}/track/{order}"
               f"#token={tokens.mint('customer', customer, ttl_s=24 * 3600)}")
         print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz; a shop with "
-              f"{settings.sim_couriers} couriers, {settings.sim_order_rate_hz} orders/s. Ctrl-C stops everything.\n",
+              f"{settings.sim_couriers} couriers, {settings.sim_order_rate_hz} orders/s; the legacy job, "
+              f"{settings.sim_legacy_rate_hz} queue rows/s through Debezium. Ctrl-C stops everything.\n",
               flush=True)
         while not stop.wait(1.0):
             if dead := [p.name for p in procs if not p.alive()]:

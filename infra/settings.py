@@ -219,6 +219,9 @@ class Settings(BaseSettings):
     sim_decline_p: float = Field(0.1, ge=0, le=1, description="...declines it (else it ignores it until the TTL).")
     sim_order_rate_hz: float = Field(0.2, ge=0, description="Orders per second the simulated shop creates (0 = none).")
     sim_couriers: int = Field(10, ge=1, description="The simulated shop's couriers (drivers shop-courier-001...).")
+    sim_legacy_rate_hz: float = Field(
+        1.0, ge=0, description="Queue rows per second the demo's simulated legacy job commits (0 = none)."
+    )
 
     # --- legacy bridge (PostgreSQL, Kafka Connect) ---
     postgres_dsn: str = Field(
