@@ -58,7 +58,7 @@ bench-dispatch: install
 bench-push: install
 	$(BIN)/python -m bench.push $(if $(CLIENTS),--clients $(CLIENTS)) $(if $(DURATION),--duration $(DURATION))
 
-bench-orders: install
+bench-orders: install postgres
 	$(BIN)/python -m bench.orders $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(MIGRATED),--migrated $(MIGRATED))
 
 bench-faust: install

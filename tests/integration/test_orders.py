@@ -235,8 +235,13 @@ async def test_livetracks_dispatch_finds_the_courier_when_the_order_asks(pipelin
             ack = await sub.subscribe(f"order:{order_id}")
             if ack["snapshot"]["data"]["status"] != "COURIER_ASSIGNED":
                 await next_of(sub, "order.status", status="COURIER_ASSIGNED")
-        code, order, _ = await call(pipeline, "GET", f"/v1/orders/{order_id}", role="customer", sub=customer)
-        assert order["status"] == "COURIER_ASSIGNED" and order["courier_id"] == courier
+        # GET reads the gateway's view of `orders`, which may trail its `push` by a moment.
+        deadline = time.monotonic() + 5
+        while (order := (await call(pipeline, "GET", f"/v1/orders/{order_id}", role="customer",
+                                    sub=customer))[1])["status"] != "COURIER_ASSIGNED":
+            assert time.monotonic() < deadline, order
+            await asyncio.sleep(0.1)
+        assert order["courier_id"] == courier
         assert order["timeline"][-1]["source"] == "livetrack"
         assert (await event(pipeline, order_id, "PICKED_UP"))[0] == 200
         assert (await next_of(phone, "ride.started", ride_id=trip))["data"]["status"] == "ON_TRIP"
