@@ -10,18 +10,25 @@ import fastavro
 from fastavro.types import Schema
 
 from agents.ops.catalog import spec_of
-from schemas.avro import AVSC_DIR, HISTORY_DIR, read_history
+from schemas import records
+from schemas.avro import AVSC_DIR, HISTORY_DIR, codec_for, read_history
 
 __all__ = ["AvscDecoder", "decoded", "shown"]
 
 
 class AvscDecoder:
-    """Single-object Avro of record `name`: read with the writer's kept version, into the current `.avsc`."""
+    """Single-object Avro of record `name`: read with the writer's kept version (`avsc/history/`) into
+    the current one (its published `.avsc`, or for a table's value the kept version the code writes)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.reader: Schema = fastavro.parse_schema(json.loads((AVSC_DIR / f"{name}.avsc").read_text()))
-        self.writers = {fp: fastavro.parse_schema(s) for fp, s in read_history(name, HISTORY_DIR).items()}
+        kept = read_history(name, HISTORY_DIR)
+        self.writers = {fp: fastavro.parse_schema(s) for fp, s in kept.items()}
+        published = AVSC_DIR / f"{name}.avsc"
+        if published.exists():
+            self.reader: Schema = fastavro.parse_schema(json.loads(published.read_text()))
+        else:
+            self.reader = self.writers[codec_for(getattr(records, name)).header[2:10]]
 
     def decode(self, value: bytes) -> Any:
         """The record; ValueError when the bytes are no kept version of it."""

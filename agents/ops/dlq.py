@@ -118,12 +118,9 @@ def revalidated(source: str, partition: int, value: bytes | None, partitions: in
             _checked_item(item, partition, partitions)
         return value, partition
     except ValueError as whole:
-        if source != LOCATIONS.name:
+        if source != LOCATIONS.name or value[:10] != codec_for(records.LocationEvent).header:
             raise
-        try:
-            ping = _checked(records.LocationEvent, value)
-        except Exception:
-            raise whole from None
+        ping = _checked(records.LocationEvent, value)  # one ping of a batch: its own reason if any
         batch = codec_for(records.LocationBatch).dumps({"events": [ping]})
         return batch, partition_for(ping["driver_id"], partitions)
 

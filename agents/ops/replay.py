@@ -138,7 +138,8 @@ def _free_port() -> int:
 
 
 def _start_worker(settings: Settings, shadow: Shadow) -> Proc:
-    worker_settings = shadows.shadow_settings(settings, shadow, worker_web_port=_free_port(),
+    shadow.web_port = shadow.web_port or _free_port()
+    worker_settings = shadows.shadow_settings(settings, shadow, worker_web_port=shadow.web_port,
                                               worker_instance_id=f"{shadow.app_id}-1", fault_at="")
     (settings.state_dir / "worker").mkdir(parents=True, exist_ok=True)
     return spawn(worker_args(), worker_settings, f"shadow-{shadow.name}")

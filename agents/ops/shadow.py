@@ -38,6 +38,8 @@ class Shadow:
     created_ms: int = 0
     finished_ms: int = 0
     worker_pid: int = 0
+    # Kept for a resumed replay: Faust's assignor refuses a static member whose web URL changed.
+    web_port: int = 0
 
 
 def _dir(settings: Settings) -> Path:

@@ -25,7 +25,7 @@ from schemas import records
 from schemas.avro import codec_for
 from schemas.partitioning import partition_for
 from tests.conftest import _free_port
-from tests.integration.fixtures import Pipeline, end_offsets
+from tests.integration.fixtures import Pipeline, end_offsets, read_topic
 from tests.integration.replay_stream import ROOT, faust_cli, produce_pings, produce_ride, stream_pings
 
 pytestmark = pytest.mark.integration
@@ -169,3 +169,50 @@ def test_a_push_distance_override_shows_in_the_push_diff(live: Live) -> None:
     drop = faust_cli(live.settings, "drop", "far", "--json")
     assert drop.code == 0, drop.err
     assert not (live.settings.state_dir / "shadows" / "far.json").exists()
+
+
+def _letter(settings: Settings, driver: str, lat: float, reason: str) -> None:
+    now = int(time.time() * 1000)
+    ping = {"driver_id": driver, "seq": 1, "lat": lat, "lng": -122.4, "fix_ts": now, "received_ts": now,
+            "accuracy": None, "speed": 5.0, "bearing": None}
+    letter = {"topic": "locations", "partition": partition_for(driver, settings.partitions), "offset": 7,
+              "reason": reason, "key": None, "value": codec_for(records.LocationEvent).dumps(ping), "ts": now}
+    _write(settings, "locations-dlq", driver, codec_for(records.DeadLetter).dumps(letter), 0)
+
+
+def test_dlq_redrive_re_enters_a_transient_letter_once_and_keeps_the_invalid_one(live: Live) -> None:
+    _letter(live.settings, "redrive-ok", 37.77, "produce failed: broker unavailable (transient)")
+    _letter(live.settings, "redrive-bad", 999.0, "lat must be at most 90")
+    listed = faust_cli(live.settings, "dlq", "list", "--json")
+    assert listed.code == 0, listed.err
+    assert {r["dlq"]: r["pending"] for r in listed.json()}["locations-dlq"] == 2
+    first = faust_cli(live.settings, "dlq", "redrive", "locations-dlq", "--json").json()
+    assert [r["source"] for r in first["redriven"]] == [f"locations:{partition_for('redrive-ok', 4)}:7"]
+    [refused] = first["refused"]
+    assert "lat" in refused["reason"]
+    second = faust_cli(live.settings, "dlq", "redrive", "locations-dlq", "--json").json()
+    assert second["redriven"] == [] and len(second["refused"]) == 1  # still there, with its reason
+    shown = faust_cli(live.settings, "dlq", "show", "locations-dlq", "--pending", "--json").json()
+    assert [s["reason"].startswith("redrive refused: ") for s in shown] == [True]
+    deadline = time.monotonic() + 30
+    while True:  # the redriven ping reached the live worker, once
+        found = faust_cli(live.settings, "tables", "driver_to_state", "redrive-ok", "--json")
+        if found.code == 0:
+            break
+        assert time.monotonic() < deadline, found.out + found.err
+    assert found.json()["value"]["seq"] == 1
+    redriven = [m for m in read_topic(live.settings, "locations")
+                if any(k == "livetrack-redriven-from" for k, _ in (m.headers() or []))]
+    assert len(redriven) == 1
+
+
+def test_operator_commands_answer_in_json_and_text(live: Live) -> None:
+    lag = faust_cli(live.settings, "lag", "--json")
+    assert lag.code == 0 and {r["group"] for r in lag.json()} == {live.settings.app_id,
+                                                                 f"{live.settings.app_id}-feed"}
+    tables = faust_cli(live.settings, "tables")
+    assert tables.code == 0 and "driver_to_state" in tables.out and "changelog" in tables.out
+    tail = faust_cli(live.settings, "tail", "locations", "-n", "1", "--json")
+    rows = [json.loads(line) for line in tail.out.splitlines()]
+    assert tail.code == 0 and rows and all("events" in r["value"] for r in rows)
+    assert faust_cli(live.settings, "tail", "no-such-topic").code == 2
