@@ -10,6 +10,7 @@ and the command prints how to start the workers under the shadow's app id.
 from __future__ import annotations
 
 import shutil
+import time
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -70,9 +71,12 @@ def promote(settings: Settings, name: str) -> dict[str, Any]:
     if settings.topic_prefix:
         raise OpsError("promote from the live settings (LIVETRACK_TOPIC_PREFIX empty)")
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-    busy = {g: n for g, _, _ in consumed(settings.app_id, "") if (n := _live_members(admin, g))}
-    if busy:
-        raise OpsError(f"stop the live workers first: {busy} member(s) still in the live groups")
+    # A stopped worker is a static member: it stays in the group until its session times out.
+    deadline = time.monotonic() + settings.worker_session_timeout_s + 10
+    while busy := {g: n for g, _, _ in consumed(settings.app_id, "") if (n := _live_members(admin, g))}:
+        if time.monotonic() > deadline:
+            raise OpsError(f"stop the live workers first: {busy} member(s) still in the live groups")
+        time.sleep(1.0)
     declared = {s.name for s in ALL_TOPICS}
     c = consumer(settings.bootstrap)
     offsets: dict[str, dict[int, int]] = {}

@@ -216,3 +216,23 @@ def test_operator_commands_answer_in_json_and_text(live: Live) -> None:
     rows = [json.loads(line) for line in tail.out.splitlines()]
     assert tail.code == 0 and rows and all("events" in r["value"] for r in rows)
     assert faust_cli(live.settings, "tail", "no-such-topic").code == 2
+
+
+def test_a_promoted_shadow_goes_on_from_where_its_replay_stopped(live: Live) -> None:
+    """Last in the module: the live worker is stopped and a worker under the shadow's app id takes over."""
+    ran = faust_cli(live.settings, "replay", "next", "--json")
+    assert ran.code == 0, ran.err
+    live.pipeline.stop_worker()
+    promoted = faust_cli(live.settings, "promote", "next", "--json")
+    assert promoted.code == 0, promoted.err
+    app_id = promoted.json()["app_id"]
+    live.pipeline.settings = live.settings.model_copy(update={"app_id": app_id})
+    before = end_offsets(live.settings, "push")
+    live.pipeline.start_worker()
+    produce_pings(live.settings, stream_pings(["after-promote"], 2))
+    _drained(live.pipeline.settings)
+    states = read_table(live.settings.bootstrap, f"{app_id}-driver_to_state-changelog", 30)
+    assert {*DRIVERS_A, *DRIVERS_B, "after-promote"} <= set(states)
+    pushed = [m.key().decode() for m in read_topic(live.settings, "push", since=before)]
+    # Driver pushes of the new pings only: nothing of the replayed range decided again.
+    assert sorted(c for c in pushed if c.startswith("driver:")) == ["driver:after-promote"] * 2, pushed
