@@ -130,6 +130,6 @@ def _row(topic: str, m: Any) -> dict[str, Any]:
 def rows_text(rows: list[dict[str, Any]], columns: list[str]) -> Iterator[str]:
     """Rows as an aligned text table."""
     widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
-    yield "  ".join(c.ljust(widths[c]) for c in columns)
+    yield "  ".join(c.ljust(widths[c]) for c in columns).rstrip()
     for r in rows:
-        yield "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns)
+        yield "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip()
