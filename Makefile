@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders clean
+.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders bench-replay clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,9 @@ bench-producers: install
 
 bench-features: install
 	$(BIN)/python -m bench.features
+
+bench-replay: install
+	$(BIN)/python -m bench.replay $(if $(PINGS),--pings $(PINGS)) $(if $(KEYS),--keys $(KEYS))
 
 clean:
 	-$(BIN)/livetrack broker stop

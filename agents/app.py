@@ -22,10 +22,11 @@ from agents.pings import DriverPolicy
 from agents.reservations import OfferPolicy
 from agents.runtime import AgentRuntime, DeadLetters, Faults
 from agents.trips import DispatchPolicy
-from infra.clock import now_ms
+from infra.clock import InputClock, now_ms
 from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
+from infra.shadow import PrefixedProducer
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.topics import (
@@ -49,7 +50,7 @@ __all__ = ["Components", "ProducerService", "bind_topic", "create_app", "now_ms"
 def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:
     """A Faust topic for a declaration; values stay bytes so agents decode and dead-letter themselves."""
     return app.topic(
-        spec.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        settings.topic_prefix + spec.name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
         partitions=spec.partition_count(settings.partitions), replicas=settings.replication_factor,
     )
 
@@ -112,15 +113,26 @@ def _faust_app(settings: Settings, store: str) -> faust.App:
     )
 
 
+def _producer(settings: Settings, clock: InputClock | None) -> AsyncProducer:
+    """The agents' producer; a shadow's (topic_prefix set) sends every declared topic under its prefix,
+    stamped with its input's time."""
+    if settings.topic_prefix:
+        return PrefixedProducer(settings.bootstrap, settings.topic_prefix, stamp=clock)
+    return AsyncProducer(settings.bootstrap)
+
+
 def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Callable[[], int] = now_ms,
                producer: AsyncProducer | None = None) -> faust.App:
     """Build the worker app. Tests pass `store="memory://"` and a producer of their own."""
     app = _faust_app(settings, store)
     app.on_worker_init.connect(lambda *_, **__: set_switch_interval(settings))
-    producer = producer if producer is not None else AsyncProducer(settings.bootstrap)
+    # A shadow (a replay) decides at its input's time: see infra.clock.InputClock.
+    input_clock = InputClock() if settings.topic_prefix and clock_ms is now_ms else None
+    clock_ms = input_clock or clock_ms
+    producer = producer if producer is not None else _producer(settings, input_clock)
     app.add_dependency(ProducerService(producer))  # started before agents, stopped after
     metrics = WorkerMetrics()
-    runtime = AgentRuntime(producer, metrics, clock_ms, faults=Faults(settings.fault_at))
+    runtime = AgentRuntime(producer, metrics, clock_ms, faults=Faults(settings.fault_at), input_clock=input_clock)
     serve_metrics(app, metrics, runtime)
     partitions = settings.partitions
     if len({spec.partition_count(partitions) for spec in (LOCATIONS, RIDE_COMMANDS, OFFERS, DRIVER_CELLS)}) != 1:
@@ -215,10 +227,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                      name="track_cell_drivers", batch_max=batch_max, batch_within_s=within_s)
     rides.register(app, components.rides, producer, tick_s=settings.dispatch_tick_ms / 1000)
     # The pings and dispatch are read in whole batches, outside Faust's per-record path (agents.feed).
+    prefix = settings.topic_prefix
     app.add_dependency(BatchFeed(
         app, settings.bootstrap, group_id(settings.app_id),
-        {LOCATIONS.name: components.drivers, RIDE_COMMANDS.name: components.rides, OFFERS.name: components.offers},
-        runtime=runtime, follow=DRIVER_CELLS.name, batch_max=settings.worker_batch_max, assignment=assignment,
+        {prefix + LOCATIONS.name: components.drivers, prefix + RIDE_COMMANDS.name: components.rides,
+         prefix + OFFERS.name: components.offers},
+        runtime=runtime, follow=prefix + DRIVER_CELLS.name, batch_max=settings.worker_batch_max, assignment=assignment,
         on_taken=resend,
     ))
     register_batched(app, bind_topic(app, RIDES, settings), components.demand, runtime,

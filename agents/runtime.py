@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 from agents.errors import Rejected
 from agents.metrics import WorkerMetrics
+from infra.clock import InputClock
 from infra.inbound import Inbound
 from infra.producer import AsyncProducer, ProduceError
 from schemas.avro import AvroCodec, codec_for
@@ -154,6 +155,7 @@ class AgentRuntime:
     faults: Faults = field(default_factory=lambda: Faults(""))
     backoff: Backoff = field(default_factory=Backoff)
     stopped: dict[TP, Stopped] = field(default_factory=dict)
+    input_clock: InputClock | None = None  # a replay's: each record is decided at its own time
 
     @property
     def healthy(self) -> bool:
@@ -198,6 +200,8 @@ class AgentRuntime:
         try:
             bugs = self.faults.step if self.faults.agent == agent.name else None
             for record in records:
+                if self.input_clock is not None:
+                    self.input_clock.deciding(record.timestamp_ms)
                 point = tx.savepoint()
                 if bugs is not None:
                     bugs(agent.name)
@@ -215,6 +219,9 @@ class AgentRuntime:
             for r in [record] if record is not None else records:
                 self._stop(agent, r, exc)
             return None
+        finally:
+            if self.input_clock is not None:
+                self.input_clock.decided()
         return tx
 
     def _stop(self, agent: Agent, record: Inbound, exc: BaseException) -> None:

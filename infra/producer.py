@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -80,14 +80,17 @@ class DeliveryGroup:
                                transient=all(is_transient(e) for e in self.errors))
 
 
-Record = tuple[DeliveryGroup, str, bytes | None, bytes | None, int | None]
+Record = tuple[DeliveryGroup, str, bytes | None, bytes | None, int | None, int | None]  # ..., timestamp ms
 
 
 class AsyncProducer:
     """aiokafka producer behind a synchronous `send`: records queue in order and one task hands
     them to aiokafka, so code without an await (a table flush) can produce."""
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 0, **extra: Any) -> None:
+    def __init__(self, bootstrap: str, *, linger_ms: int = 0, stamp: Callable[[], int] | None = None,
+                 **extra: Any) -> None:
+        """`stamp`: the timestamp each record gets when sent (default: the broker client's wall clock)."""
+        self._stamp = stamp
         self._config = {
             "bootstrap_servers": bootstrap, "enable_idempotence": True, "acks": "all", "linger_ms": linger_ms,
             "request_timeout_ms": DELIVERY_TIMEOUT_MS, **extra,
@@ -113,10 +116,10 @@ class AsyncProducer:
                 self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
-            group, topic, value, key, partition = self._queue.popleft()
+            group, topic, value, key, partition, ts = self._queue.popleft()
             record = (topic, value, key, partition)
             try:
-                fut = await self._producer.send(topic, value, key=key, partition=partition)
+                fut = await self._producer.send(topic, value, key=key, partition=partition, timestamp_ms=ts)
             except Exception as exc:  # noqa: BLE001 - too large, unknown topic: that record's group fails
                 group._settle(exc, record)
             else:
@@ -133,7 +136,7 @@ class AsyncProducer:
         if self._sender is None:
             raise ProduceError(f"cannot produce to {topic}: the producer is not started")
         group._pending += 1
-        self._queue.append((group, topic, value, key, partition))
+        self._queue.append((group, topic, value, key, partition, self._stamp() if self._stamp else None))
         self._drained.clear()
         self._wake.set()
 
@@ -149,7 +152,7 @@ class AsyncProducer:
         await asyncio.gather(self._sender, return_exceptions=True)
         self._sender = None
         while self._queue:  # never handed over: their groups fail rather than wait forever
-            group, topic, value, key, partition = self._queue.popleft()
+            group, topic, value, key, partition, _ = self._queue.popleft()
             group._settle(ProduceError(f"producer closed before a record for {topic} was sent"),
                           (topic, value, key, partition))
         if self._producer is not None:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     # --- worker ------------------------------------------------------------
     app_id: str = Field("livetrack", description="Faust app id: names the consumer group and changelogs.")
+    topic_prefix: str = Field(
+        "", description="Prefix of every declared topic the worker reads and writes ('' = live; a shadow's: replay)."
+    )
     worker_web_port: int = Field(6066, description="Faust worker web server port (binds 127.0.0.1).")
     worker_instance_id: str = Field(
         "", description="Static consumer-group member id ('' = hostname-webport); unique per worker."

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ANALYTICS = Path(__file__).resolve().parents[3] / "analytics"
-ALLOWED = {"__future__", "argparse", "csv", "io", "json", "sys", "time", "pathlib", "typing", "fastavro",
+ALLOWED = {"__future__", "argparse", "csv", "io", "json", "sys", "time", "pathlib", "typing", "fastavro", "pyarrow",
+           "analytics",
            "confluent_kafka"}
 
 
