@@ -135,7 +135,7 @@ def test_a_replay_killed_midway_and_run_again_ends_equal(live: Live) -> None:
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = live.settings.state_dir / "shadows" / "killed.json"
     changelog = f"{live.settings.app_id}-shadow-killed-driver_to_state-changelog"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 150
     shown: dict[str, Any] = {}
     while not (shown.get("worker_pid") and shown.get("copied") and end_offsets_or_none(live.settings, changelog)):
         assert time.monotonic() < deadline and proc.poll() is None, "the replay never got going"
