@@ -1,0 +1,65 @@
+"""SMS through Twilio's Messages API (the twilio SDK, async), its base URL configurable.
+
+Twilio's creates are not idempotent: a create that timed out may have been taken, so it is
+"unknown" and never sent blindly again (providers.Channel). Retry-After is read off the response
+(the SDK's exception does not carry headers).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from infra.notify.providers import PERMANENT, TRANSIENT, Accepted, ProviderError
+from schemas import typed
+
+__all__ = ["TwilioProvider"]
+
+RETRIED = frozenset({408, 429})
+
+
+class _HeadersKept(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """The SDK's async client, keeping the last response's Retry-After."""
+
+    retry_after: str | None = None
+
+    async def request(self, *args: Any, **kwargs: Any) -> Response:
+        response: Response = await super().request(*args, **kwargs)
+        headers = response.headers or {}
+        self.retry_after = headers.get("Retry-After")
+        return response
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class TwilioProvider:
+    """One Messages API endpoint (`base_url`: Twilio's, or the local simulator)."""
+
+    def __init__(self, base_url: str, *, account_sid: str, auth_token: str, sender: str) -> None:
+        self.name = f"twilio:{base_url}"
+        self.base_url = base_url.rstrip("/")
+        self.account_sid, self.auth_token, self.sender = account_sid, auth_token, sender
+        logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs request headers at INFO
+
+    async def send(self, d: typed.NotificationDelivery) -> Accepted:
+        http = _HeadersKept()
+        client = Client(self.account_sid, self.auth_token, http_client=http)
+        client.api.base_url = self.base_url
+        try:
+            message = await client.messages.create_async(to=d["address"], from_=self.sender,
+                                                         body=f"{d['title']}: {d['body']}"[:640])
+        except TwilioRestException as exc:
+            kind = TRANSIENT if exc.status in RETRIED or exc.status >= 500 else PERMANENT
+            raise ProviderError(kind, f"HTTP {exc.status} code {exc.code}", _seconds(http.retry_after)) from None
+        except OSError as exc:  # not connected: nothing was taken
+            raise ProviderError(TRANSIENT, f"{type(exc).__name__}") from None
+        return Accepted(self.name, str(message.sid or ""))
