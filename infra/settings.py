@@ -234,6 +234,9 @@ class Settings(BaseSettings):
         None, description="VAPID private key (PEM); None = one made once in state_dir/vapid.pem (0600)."
     )
     notify_vapid_subject: str = Field("mailto:ops@livetrack.local", description="VAPID `sub` claim.")
+    notify_api_rate_per_s: float = Field(
+        200.0, gt=0, description="Notification API calls per second per caller (a burst of twice that)."
+    )
     notify_sinks_port: int = Field(
         2527, description="`livetrack demo`'s local push service and mailbox/SMS pages (SMTP 2525, SMS 2526)."
     )

@@ -51,7 +51,7 @@ class TwilioProvider:
         logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs request headers at INFO
 
     async def send(self, d: typed.NotificationDelivery) -> Accepted:
-        http = _HeadersKept()
+        http = _HeadersKept(pool_connections=False)
         client = Client(self.account_sid, self.auth_token, http_client=http)
         client.api.base_url = self.base_url
         try:
