@@ -7,7 +7,7 @@ import threading
 
 from gateway.auth import Tokens
 from infra.broker import kafka_running
-from infra.processes import Proc, gateway_args, sim_args, spawn, wait_http_ok, worker_args
+from infra.processes import Proc, gateway_args, sim_args, sinks_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 
 __all__ = ["run_demo"]
@@ -31,6 +31,7 @@ def _run(settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     procs: list[Proc] = []
     try:
+        procs.append(spawn(sinks_args(), settings, "sinks"))  # the local SMTP, SMS and web push servers
         procs.append(spawn(worker_args(), settings, "worker"))
         procs.append(spawn(gateway_args(), settings, "gateway"))
         wait_http_ok(f"{settings.gateway_url}/healthz", procs)
@@ -38,6 +39,7 @@ def _run(settings: Settings) -> int:
         token = Tokens(settings).mint("ops", "demo", ttl_s=24 * 3600)
         print(f"\n  livetrack is running: open {settings.gateway_url}/#token={token}")
         print(f"  (an ops token for 24 h; logs in {settings.state_dir / 'logs'})")
+        print(f"  notifications' mailbox, SMS and web push: http://127.0.0.1:{settings.notify_sinks_port}/")
         print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz. Ctrl-C stops everything.\n",
               flush=True)
         while not stop.wait(1.0):

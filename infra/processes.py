@@ -23,7 +23,8 @@ from infra.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 __all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "pid_alive", "pid_from_file", "port_in_use", "raise_open_files_limit", "scrape",
-           "set_switch_interval", "spawn", "spawn_server", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args"]
+           "set_switch_interval", "spawn", "spawn_server", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args",
+           "sinks_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
 
@@ -224,3 +225,8 @@ def gateway_args() -> list[str]:
 
 def sim_args() -> list[str]:
     return [sys.executable, "-m", "infra.cli", "sim"]
+
+
+def sinks_args() -> list[str]:
+    """The local SMTP, SMS and web push servers (`livetrack notifications sinks`)."""
+    return [sys.executable, "-m", "infra.cli", "notifications", "sinks"]

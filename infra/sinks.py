@@ -37,7 +37,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-__all__ = ["Sinks", "sinks_running"]
+from infra.settings import Settings
+
+__all__ = ["Sinks", "ports_of", "serve_sinks", "sinks_running"]
 
 URGENCIES = frozenset({"very-low", "low", "normal", "high"})
 MAX_PAYLOAD = 4096
@@ -254,3 +256,19 @@ async def sinks_running(smtp_ports: list[int], http_port: int) -> AsyncIterator[
         for s in servers:
             s.close()
             await s.wait_closed()
+
+
+def ports_of(settings: Settings) -> tuple[list[int], int]:
+    """The SMTP ports of the configured servers on 127.0.0.1, and the HTTP port (SMS, push, pages)."""
+    smtp = [int(hp.rpartition(":")[2]) for hp in settings.notify_smtp_servers.split(",")
+            if hp.strip().startswith("127.0.0.1:")]
+    return smtp, settings.notify_sinks_port
+
+
+async def serve_sinks(settings: Settings, duration_s: float | None = None) -> None:
+    """Run the local servers for `settings` (`livetrack notifications sinks`, the demo) until cancelled."""
+    smtp, http = ports_of(settings)
+    async with sinks_running(smtp, http):
+        print(f"SMTP on 127.0.0.1:{','.join(map(str, smtp))}; SMS API, web push and the pages on "
+              f"http://127.0.0.1:{http}/", flush=True)
+        await asyncio.sleep(duration_s if duration_s is not None else float("inf"))

@@ -7,7 +7,7 @@ import pytest
 
 from infra.processes import raise_open_files_limit
 from infra.settings import Settings
-from infra.sinks import Sinks, sinks_running
+from infra.sinks import Sinks, ports_of, sinks_running
 from tests.integration.fixtures import Pipeline
 
 
@@ -29,6 +29,6 @@ async def pipeline(kafka_settings: Settings) -> AsyncIterator[Pipeline]:
 @pytest.fixture(scope="session")
 async def sinks(kafka_settings: Settings) -> AsyncIterator[Sinks]:
     """This session's SMTP servers (primary, secondary), SMS provider and web push service."""
-    smtp = [int(hp.rpartition(":")[2]) for hp in kafka_settings.notify_smtp_servers.split(",")]
-    async with sinks_running(smtp, kafka_settings.notify_sinks_port) as s:
+    smtp, http = ports_of(kafka_settings)
+    async with sinks_running(smtp, http) as s:
         yield s

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import aiohttp
 import pytest
 
+from infra.notify.redrive import redrive
 from infra.sinks import Sinks
 from schemas.avro import codec_for
 from schemas.records import NotificationAudit
@@ -190,6 +191,21 @@ async def test_an_expired_driver_offer_is_never_delivered_late(pipeline: Pipelin
                    channels=["webpush"])
     await until(lambda: ("expired", "webpush") in [s[:2] for s in audit(pipeline, u.id)], 10)
     assert u.pushes() == []
+
+
+async def test_a_permanent_failure_is_dead_lettered_and_a_redrive_twice_delivers_once(pipeline: Pipeline,
+                                                                                     sinks: Sinks) -> None:
+    u = await User(pipeline, sinks).setup()
+    sinks.script(f"smtp:{sinks.smtp_ports[0]}", ["550"])
+    await u.notify("refused", channels=["email"])
+    await until(lambda: any(s[:2] == ("failed", "email") for s in audit(pipeline, u.id)), 10)
+    assert u.mail() == []
+    first = await asyncio.to_thread(redrive, pipeline.settings)
+    assert first.redriven >= 1
+    await until(lambda: bool(u.mail()), 10)
+    await asyncio.to_thread(redrive, pipeline.settings)
+    await asyncio.sleep(1.5)
+    assert len(u.mail()) == 1
 
 
 async def test_a_worker_sigkill_loses_nothing_and_sends_nothing_twice(pipeline: Pipeline, sinks: Sinks) -> None:
