@@ -73,7 +73,7 @@ class NotifyPolicy:
     inbox_max: int
     caps: dict[str, int]  # channel -> non-critical sends per cap window (absent: no cap)
     cap_window_ms: int = 3_600_000
-    seen_max: int = 2_000
+    seen_max: int = 256  # idempotency keys kept per user (the newest): the dedupe window is also bounded by it
 
 
 @dataclass
@@ -238,16 +238,19 @@ class _Decision:
             return False
         return True
 
-    def capped(self, channel: str) -> bool:
+    def cap(self, channel: str) -> int | None:
         cap: int | None = (self.prefs.get("caps") or {}).get(channel, self.policy.caps.get(channel))
-        if cap is None:
-            return False
+        return cap
+
+    def capped(self, channel: str) -> bool:
+        """Whether `channel` is at its cap; forgets the sends older than the cap window."""
+        cap = self.cap(channel)
         since = self.now - self.policy.cap_window_ms
         self.user["sends"] = [s for s in self.user["sends"] if s["ts"] > since]
-        return sum(1 for s in self.user["sends"] if s["channel"] == channel) >= cap
+        return cap is not None and sum(1 for s in self.user["sends"] if s["channel"] == channel) >= cap
 
     def send(self, n: Note, channel: str) -> None:
-        if n["priority"] != "critical":
+        if n["priority"] != "critical" and self.cap(channel) is not None:  # only capped channels are counted
             self.user["sends"].append({"channel": channel, "ts": self.now})
         if channel == "inapp":
             ttl = max(1, n["expires_at"] - self.now) if n["expires_at"] else 0

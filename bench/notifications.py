@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 
 from agents.commands import notification_request
 from agents.notify_flow import notification_id
-from bench.harness import bench_settings, emit, percentiles, pipeline_running
+from bench.harness import CpuMeter, bench_settings, emit, percentiles, pipeline_running
 from bench.wire import WireClient
 from gateway.auth import Tokens
 from infra.settings import Settings
@@ -135,9 +135,11 @@ class Run:
         return float("inf")
 
 
-async def bench(settings: Settings, rate: float, duration_s: float, users: int, burst: int) -> dict[str, Any]:
+async def bench(settings: Settings, rate: float, duration_s: float, users: int, burst: int,
+                meter: CpuMeter) -> dict[str, Any]:
     smtp, http = ports_of(settings)
-    async with sinks_running(smtp, http) as sinks, aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(limit=0)  # a websocket per user: past the default 100 connections
+    async with sinks_running(smtp, http) as sinks, aiohttp.ClientSession(connector=connector) as session:
         run = Run(settings, sinks, users)
         await run.setup(session)
         await asyncio.sleep(2.0)  # preferences applied before the first request
@@ -145,15 +147,18 @@ async def bench(settings: Settings, rate: float, duration_s: float, users: int, 
         await run.drained(ids, DRAIN_S)
         accepted = run.accepted_ms(set(ids))
         run.phase = "burst"
+        meter.start()
         started = time.perf_counter()
         burst_ids = []
         for i in range(burst):
             burst_ids.append(run.request(i, "burst"))
         run.producer.flush(30)
         done = await run.drained(burst_ids, DRAIN_S * 2)
+        cpu = meter.stop()  # over the burst: which process saturates
         got = run.received()
         for c in run.clients:
             await c.close()
+        run.producer.flush(10)
     all_ids = set(run.sent)
     dup = sum(n - 1 for c in CHANNELS for n in got[c].values() if n > 1)
     lost = sum(1 for c in CHANNELS for i in all_ids if i not in got[c])
@@ -164,6 +169,7 @@ async def bench(settings: Settings, rate: float, duration_s: float, users: int, 
         "event_to_inapp_p50_ms": percentiles(run.inapp_ms, "x")["x_p50_ms"],
         "event_to_email_accepted_p95_ms": percentiles(accepted["email"], "x")["x_p95_ms"],
         "event_to_sms_accepted_p95_ms": percentiles(accepted["sms"], "x")["x_p95_ms"],
+        **{f"burst_{k}": v for k, v in cpu.items()},
         "sends": sum(sum(got[c].values()) for c in CHANNELS), "duplicates": dup, "lost": lost,
     }
 
@@ -181,8 +187,9 @@ def main() -> None:
         notify_sms_base_urls=f"http://127.0.0.1:{base.notify_sinks_port + 101}",
         notify_sinks_port=base.notify_sinks_port + 101, notify_caps="", notify_escalation_s=3600.0,
         notify_send_concurrency=128)
-    with pipeline_running(settings, "bench-notifications"):
-        figures = asyncio.run(bench(settings, args.rate, args.duration, args.users, args.burst))
+    with pipeline_running(settings, "bench-notifications") as (worker, gateway):
+        meter = CpuMeter(settings, worker, gateway, loadgen=True)
+        figures = asyncio.run(bench(settings, args.rate, args.duration, args.users, args.burst, meter))
     emit(figures)
 
 

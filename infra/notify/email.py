@@ -5,6 +5,7 @@ repeated in the ledger's window carries the same Message-ID and a mail store can
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -44,11 +45,12 @@ class Templates:
 
 
 class SmtpProvider:
-    """One SMTP server (host:port)."""
+    """One SMTP server (host:port), over a small pool of kept connections (connect, EHLO, STARTTLS and
+    AUTH once per connection, not per message); a connection that saw any error is closed."""
 
     def __init__(self, host: str, port: int, *, sender: str, starttls: bool, username: str | None,
                  password: str | None, templates: Templates, domain: str = "livetrack.local",
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, pool: int = 16) -> None:
         self.name = f"smtp:{host}:{port}"
         self.host, self.port = host, port
         self.sender = sender
@@ -57,6 +59,8 @@ class SmtpProvider:
         self.templates = templates
         self.domain = domain
         self.timeout_s = timeout_s
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(pool)
 
     def message(self, d: typed.NotificationDelivery) -> EmailMessage:
         text, html = self.templates.render(d)
@@ -69,17 +73,46 @@ class SmtpProvider:
         m.add_alternative(html, subtype="html")
         return m
 
+    async def _connection(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+        client = aiosmtplib.SMTP(hostname=self.host, port=self.port, start_tls=self.starttls, timeout=self.timeout_s)
+        await client.connect()
+        if self.username and self.password:
+            await client.login(self.username, self.password)
+        return client
+
+    async def close(self) -> None:
+        for client in self._idle:
+            client.close()
+        self._idle.clear()
+
     async def send(self, d: typed.NotificationDelivery) -> Accepted:
-        try:
-            await aiosmtplib.send(self.message(d), hostname=self.host, port=self.port, start_tls=self.starttls,
-                                  username=self.username, password=self.password, timeout=self.timeout_s)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            kind = TRANSIENT if all(400 <= c < 500 for c in codes) else PERMANENT
-            raise ProviderError(kind, f"recipient refused ({','.join(map(str, codes))})") from None
-        except aiosmtplib.SMTPResponseException as exc:
-            kind = TRANSIENT if 400 <= exc.code < 500 else PERMANENT
-            raise ProviderError(kind, f"SMTP {exc.code}") from None
-        except (aiosmtplib.SMTPException, OSError) as exc:  # cannot connect, dropped, timed out
-            raise ProviderError(TRANSIENT, f"SMTP {type(exc).__name__}") from None
+        async with self._slots:
+            client: aiosmtplib.SMTP | None = None
+            try:
+                client = await self._connection()
+                await client.send_message(self.message(d))
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                codes = [r.code for r in exc.recipients]
+                kind = TRANSIENT if all(400 <= c < 500 for c in codes) else PERMANENT
+                raise ProviderError(kind, f"recipient refused ({','.join(map(str, codes))})") from None
+            except aiosmtplib.SMTPResponseException as exc:
+                kind = TRANSIENT if 400 <= exc.code < 500 else PERMANENT
+                raise ProviderError(kind, f"SMTP {exc.code}") from None
+            except (aiosmtplib.SMTPException, OSError) as exc:  # cannot connect, dropped, timed out
+                raise ProviderError(TRANSIENT, f"SMTP {type(exc).__name__}") from None
+            else:
+                self._idle.append(client)
+                client = None
+            finally:
+                _closed(client)
         return Accepted(self.name)
+
+
+def _closed(client: aiosmtplib.SMTP | None) -> None:
+    """Drop a connection that saw an error (or a cancellation): its state is unknown."""
+    if client is not None:
+        client.close()

@@ -48,6 +48,9 @@ class Provider(Protocol):
     async def send(self, d: typed.NotificationDelivery) -> Accepted:
         """Send `d`; Accepted, or ProviderError."""
 
+    async def close(self) -> None:
+        """Close kept connections."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -111,6 +114,10 @@ class Channel:
         if b is None:
             b = self.breakers[p.name] = Breaker(self.breaker_failures, self.breaker_cooldown_s)
         return b
+
+    async def close(self) -> None:
+        for p in self.providers:
+            await p.close()
 
     async def send(self, d: typed.NotificationDelivery, now_ms: "Clock") -> Outcome:
         """Send `d` through the first provider that takes it; never after `d.expires_at`."""

@@ -45,6 +45,17 @@ class WebPushProvider:
         self.key = key
         self.subject = subject
         self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One HTTP session (kept connections per push service) for every send, made on first use."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def payload(self, d: typed.NotificationDelivery) -> str:
         return json.dumps({"notification_id": d["notification_id"], "title": d["title"], "body": d["body"],
@@ -58,15 +69,14 @@ class WebPushProvider:
             ttl = max(1, min(MAX_TTL_S, (d["expires_at"] - int(time.time() * 1000)) // 1000))
         headers: dict[str, str | int | float] = {
             "Urgency": "high" if d["priority"] == "critical" else "normal", "Topic": topic_of(d)}
-        async with aiohttp.ClientSession() as session:
-            try:
-                resp = await webpush_async(sub, self.payload(d), vapid_private_key=self.key,
-                                           vapid_claims={"sub": self.subject}, ttl=ttl, headers=headers,
-                                           timeout=self.timeout_s, aiohttp_session=session)
-            except WebPushException as exc:
-                raise _error(exc) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise ProviderError(TRANSIENT, type(exc).__name__) from None
+        try:
+            resp = await webpush_async(sub, self.payload(d), vapid_private_key=self.key,
+                                       vapid_claims={"sub": self.subject}, ttl=ttl, headers=headers,
+                                       timeout=self.timeout_s, aiohttp_session=self.session())
+        except WebPushException as exc:
+            raise _error(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProviderError(TRANSIENT, type(exc).__name__) from None
         if isinstance(resp, str):
             raise ProviderError(PERMANENT, "no response")
         return Accepted(self.name)

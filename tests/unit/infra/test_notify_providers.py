@@ -28,12 +28,25 @@ async def sinks() -> AsyncIterator[Sinks]:
         yield s
 
 
+OPEN: list[Channel] = []
+
+
+@pytest.fixture(autouse=True)
+async def closed() -> AsyncIterator[None]:
+    """Every channel a test made is closed after it (kept connections and sessions)."""
+    yield
+    while OPEN:
+        await OPEN.pop().close()
+
+
 def channels(sinks: Sinks, tmp_path: Path, smtp: list[int] | None = None, **kw: object) -> dict[str, Channel]:
     ports = smtp if smtp is not None else sinks.smtp_ports[:1]
     settings = Settings(state_dir=tmp_path, notify_smtp_servers=",".join(f"127.0.0.1:{p}" for p in ports),
                         notify_sms_base_urls=sinks.sms_base, notify_retry_first_s=0.2, notify_retry_max_s=1.0,
                         **kw)  # type: ignore[arg-type]
-    return channels_from(settings)
+    made = channels_from(settings)
+    OPEN.extend(made.values())
+    return made
 
 
 def now_ms() -> int:
