@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 VENDOR := gateway/static/vendor
 
-.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders bench-replay clean
+.PHONY: install browser postgres demo test typecheck bench bench-e2e bench-worker bench-faust bench-broker bench-producers bench-dispatch bench-push bench-features bench-orders bench-replay bench-notifications clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,9 @@ bench-features: install
 
 bench-replay: install
 	$(BIN)/python -m bench.replay $(if $(PINGS),--pings $(PINGS)) $(if $(KEYS),--keys $(KEYS))
+
+bench-notifications: install
+	$(BIN)/python -m bench.notifications $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(BURST),--burst $(BURST))
 
 clean:
 	-$(BIN)/livetrack broker stop

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import faust
 from mode import Service
 
-from agents import cells, demand, drivers, features, legacy_orders, offers, orders, rides
+from agents import cells, demand, drivers, features, legacy_orders, notifications, offers, orders, rides, senders
 from agents.activity import ActivityFanout
 from agents.batching import register_batched
 from agents.candidates import CellDriversView, ViewService
@@ -17,12 +17,14 @@ from agents.feed import Assignment, BatchFeed, group_id
 from agents.features_math import FeaturePolicy
 from agents.lookup import FeatureLookup
 from agents.metrics import WorkerMetrics, serve_metrics
+from agents.notify_flow import NotifyPolicy
 from agents.order_flow import OrderPolicy
 from agents.pings import DriverPolicy
 from agents.reservations import OfferPolicy
 from agents.runtime import AgentRuntime, DeadLetters, Faults
 from agents.trips import DispatchPolicy
 from infra.clock import InputClock, now_ms
+from infra.notify.channels import channels_from
 from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
 from infra.settings import Settings
@@ -30,21 +32,24 @@ from infra.shadow import PrefixedProducer
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.topics import (
-    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LEGACY_ORDER_EVENTS, LOCATIONS, LOCATIONS_DLQ, OFFERS,
-    ORDER_EVENTS, ORDERS_DLQ, RIDE_COMMANDS, RIDES, TopicSpec,
+    CELL_ACTIVITY, DISPATCH_DLQ, DRIVER_CELLS, FEATURES_DLQ, LEGACY_ORDER_EVENTS, LOCATIONS, LOCATIONS_DLQ,
+    NOTIFICATION_DELIVERIES, NOTIFICATION_REQUESTS, NOTIFICATIONS_DLQ, OFFERS, ORDER_EVENTS, ORDERS_DLQ, RIDE_COMMANDS,
+    RIDES, TopicSpec,
 )
 from tables.cell_to_activity import cell_to_activity
 from tables.cell_to_drivers import cell_to_drivers
 from tables.cell_to_features import cell_to_features
+from tables.delivery_to_receipt import delivery_to_receipt
 from tables.driver_to_outbox import driver_to_outbox
 from tables.driver_to_state import driver_to_state
 from tables.order_to_state import order_to_state
 from tables.partition_to_watermark import partition_to_watermark
 from tables.ride_to_state import ride_to_state
+from tables.user_to_notifications import user_to_notifications
 from tables.table import Table
 from tables.transaction import TOGETHER, Transaction, commit
 
-__all__ = ["Components", "ProducerService", "bind_topic", "create_app", "now_ms"]
+__all__ = ["Components", "ProducerService", "bind_topic", "create_app", "notify_policy", "now_ms"]
 
 
 def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:
@@ -71,6 +76,8 @@ class Components:
     features: features.FeaturesAgent
     orders: orders.OrdersAgent
     legacy_orders: legacy_orders.LegacyOrdersAgent
+    notifications: notifications.NotificationsAgent
+    senders: senders.SendersAgent
     view: CellDriversView
     feature_lookup: FeatureLookup  # surge and travel speed per cell, for dispatch
     metrics: WorkerMetrics
@@ -121,6 +128,13 @@ def _producer(settings: Settings, clock: InputClock | None) -> AsyncProducer:
     return AsyncProducer(settings.bootstrap)
 
 
+def notify_policy(settings: Settings) -> NotifyPolicy:
+    caps = {c: int(n) for c, _, n in (part.strip().partition(":") for part in settings.notify_caps.split(",") if part)}
+    return NotifyPolicy(escalation_ms=int(settings.notify_escalation_s * 1000),
+                        dedupe_window_ms=settings.notify_dedupe_window_s * 1000,
+                        inbox_max=settings.notify_inbox_max, caps=caps)
+
+
 def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Callable[[], int] = now_ms,
                producer: AsyncProducer | None = None) -> faust.App:
     """Build the worker app. Tests pass `store="memory://"` and a producer of their own."""
@@ -158,8 +172,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                    cache_max=cache_max)
     order_states = Table(order_to_state(app, ORDER_EVENTS.partition_count(partitions)),
                          typed_codec(records.Order, typed.Order), cache_max=cache_max)
+    users = Table(user_to_notifications(app, NOTIFICATION_REQUESTS.partition_count(partitions)),
+                  typed_codec(records.NotificationUser, typed.NotificationUser), cache_max=cache_max)
+    ledger = Table(delivery_to_receipt(app, NOTIFICATION_DELIVERIES.partition_count(partitions)),
+                   typed_codec(records.Receipt, typed.Receipt), cache_max=cache_max)
     tables: dict[str, Table[Any]] = {t.name: t for t in (
-        states, outboxes, cell_drivers, ride_states, panes, watermarks, latest, order_states)}
+        states, outboxes, cell_drivers, ride_states, panes, watermarks, latest, order_states, users, ledger)}
 
     def fanout() -> ActivityFanout:
         return ActivityFanout(partitions=activity_partitions, resolution=policy.resolution, k=policy.k,
@@ -203,6 +221,12 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                                h3_resolution=settings.h3_resolution),
         ),
         legacy_orders=legacy_orders.LegacyOrdersAgent(dead_letters=orders_dlq),
+        notifications=notifications.NotificationsAgent(
+            users=users, dead_letters=DeadLetters(NOTIFICATIONS_DLQ.name, clock_ms), policy=notify_policy(settings),
+            clock_ms=clock_ms),
+        senders=senders.SendersAgent(ledger=ledger, channels=channels_from(settings), clock_ms=clock_ms,
+                                     dead_letters=DeadLetters(NOTIFICATIONS_DLQ.name, clock_ms),
+                                     concurrency=settings.notify_send_concurrency),
         view=view, feature_lookup=lookup, metrics=metrics, tables=tables,
     )
     app.livetrack = components  # type: ignore[attr-defined]
@@ -243,4 +267,10 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
                      name="track_orders", batch_max=batch_max, batch_within_s=within_s)
     register_batched(app, bind_topic(app, LEGACY_ORDER_EVENTS, settings), components.legacy_orders, runtime,
                      name="bridge_legacy_orders", batch_max=batch_max, batch_within_s=within_s)
+    register_batched(app, bind_topic(app, NOTIFICATION_REQUESTS, settings), components.notifications, runtime,
+                     name="notify_users", batch_max=batch_max, batch_within_s=within_s)
+    notifications.register(app, components.notifications, producer, tick_s=settings.notify_tick_ms / 1000)
+    if not settings.topic_prefix:  # a shadow (a replay) decides deliveries but never sends them to people
+        register_batched(app, bind_topic(app, NOTIFICATION_DELIVERIES, settings), components.senders, runtime,
+                         name="send_notifications", batch_max=batch_max, batch_within_s=within_s)
     return app

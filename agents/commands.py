@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from schemas import typed
 
-__all__ = ["offer_command", "ride_command"]
+__all__ = ["notification_request", "offer_command", "ride_command"]
 
 
 def ride_command(
@@ -29,3 +29,17 @@ def offer_command(
     return {"driver_id": driver_id, "op": op, "ride_id": ride_id, "ts": ts, "actor": actor, "attempt": attempt,
             "ttl_ms": ttl_ms, "pickup_lat": pickup_lat, "pickup_lng": pickup_lng, "dest_lat": dest_lat,
             "dest_lng": dest_lng, "fare_estimate": fare_estimate, "reason": reason}
+
+
+def notification_request(
+    op: str, user_id: str, ts: int, *, idempotency_key: str | None = None, category: str | None = None,
+    priority: str = "normal", expires_at: int = 0, title: str | None = None, body: str | None = None,
+    data: str | None = None, channels: list[str] | None = None, source: str | None = None,
+    notification_id: str | None = None, seq: int = 0, channel: str | None = None, result: str | None = None,
+    payload: str | None = None,
+) -> typed.NotificationRequest:
+    """A NotificationRequest (topic `notification-requests`)."""
+    return {"op": op, "user_id": user_id, "ts": ts, "idempotency_key": idempotency_key, "category": category,
+            "priority": priority, "expires_at": expires_at, "title": title, "body": body, "data": data,
+            "channels": channels or [], "source": source, "notification_id": notification_id, "seq": seq,
+            "channel": channel, "result": result, "payload": payload}

@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable
 
+from agents.notify_triggers import offer_notification
 from agents.pings import DriverPolicy, PingResult, apply_ping
 from agents.reservations import (
     DRIVER_OPS, NOTICE_TTL_MS, OfferPolicy, OfferResult, apply_driver_op, apply_offer, command_key,
@@ -31,7 +32,7 @@ from agents.reservations import (
 from schemas import records, typed
 from schemas.avro import typed_codec
 from schemas.partitioning import partition_for
-from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS
+from schemas.topics import DRIVER_CELLS, DRIVER_STATUS, NOTIFICATION_REQUESTS, OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS
 from tables.table import Table
 from tables.transaction import Transaction
 
@@ -70,6 +71,7 @@ class DriverDesk:
         self.owned = owned  # the driver partitions this worker holds now (agents.feed.Assignment)
         self.clock_ms = clock_ms
         self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
+        self.notify_codec = typed_codec(records.NotificationRequest, typed.NotificationRequest)
         self.ride_codec = typed_codec(records.RideCommand, typed.RideCommand)
         self.status_codec = typed_codec(records.DriverStatusChanged, typed.DriverStatusChanged)
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
@@ -191,4 +193,7 @@ class DriverDesk:
                 for st in result.statuses]
         out += [{"topic": DRIVER_CELLS.name, "key": m["cell"], "value": self.cells_codec.dumps({"changes": [m]})}
                 for m in result.memberships]
+        offers = [offer_notification(p) for p in result.pushes]  # the driver's (agents.notify_triggers)
+        out += [{"topic": NOTIFICATION_REQUESTS.name, "key": n["user_id"], "value": self.notify_codec.dumps(n)}
+                for n in offers if n is not None]
         return out

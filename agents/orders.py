@@ -14,12 +14,13 @@ from collections import Counter
 from typing import Callable, Sequence
 
 from agents.errors import Rejected
+from agents.notify_triggers import order_notification
 from agents.order_flow import OrderPolicy, apply_order_event
 from agents.runtime import DeadLetters, decode
 from infra.inbound import Inbound
 from schemas import records, typed
 from schemas.avro import typed_codec
-from schemas.topics import OFFERS, ORDERS, PUSH, RIDE_COMMANDS
+from schemas.topics import NOTIFICATION_REQUESTS, OFFERS, ORDERS, PUSH, RIDE_COMMANDS
 from tables.table import Table
 from tables.transaction import TOGETHER, Transaction
 
@@ -45,6 +46,7 @@ class OrdersAgent:
         self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
         self.ride_codec = typed_codec(records.RideCommand, typed.RideCommand)
+        self.notify_codec = typed_codec(records.NotificationRequest, typed.NotificationRequest)
         self.outcomes: Counter[str] = Counter()
 
     async def prepare(self, batch: Sequence[Inbound]) -> None:
@@ -64,6 +66,8 @@ class OrdersAgent:
             order = step.order
             tx.put(self.orders, order["order_id"], order, record.partition)
             tx.send(ORDERS.name, self.order_codec.dumps(order), key=order["order_id"].encode())
+            if (n := order_notification(prev, order)) is not None:  # the customer's (agents.notify_triggers)
+                tx.send(NOTIFICATION_REQUESTS.name, self.notify_codec.dumps(n), key=n["user_id"].encode())
         for p in step.pushes:
             tx.send(PUSH.name, self.push_codec.dumps(p), key=p["channel"].encode())
         for c in step.couriers:

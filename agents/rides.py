@@ -14,6 +14,7 @@ when this worker holds the driver's partition, sent to `offers` otherwise. Read 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections import Counter
 from typing import Callable, Collection, Sequence
@@ -28,9 +29,10 @@ from agents.trips import FINAL, ME, DispatchPolicy, Step, apply_command, held_un
 from infra.inbound import Inbound
 from infra.producer import AsyncProducer
 from agents.commands import ride_command
+from agents.notify_triggers import arriving_notification, ride_notification
 from schemas import records, typed
 from schemas.avro import typed_codec
-from schemas.topics import OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS, RIDES
+from schemas.topics import NOTIFICATION_REQUESTS, OFFERS, ORDER_EVENTS, PUSH, RIDE_COMMANDS, RIDES
 from tables.table import Table
 from tables.transaction import STATE_FIRST, TOGETHER, Transaction, commit
 
@@ -63,6 +65,7 @@ class RidesAgent:
         self.offer_codec = typed_codec(records.OfferCommand, typed.OfferCommand)
         self.push_codec = typed_codec(records.PushMessage, typed.PushMessage)
         self.order_codec = typed_codec(records.OrderEvent, typed.OrderEvent)
+        self.notify_codec = typed_codec(records.NotificationRequest, typed.NotificationRequest)
         self.deadlines: dict[str, int] = {}  # ride id -> when its timer acts (ms)
         self.busy_until: dict[str, int] = {}  # driver id -> until when it is reserved or busy (a hint)
         self.busy_hint_ms = policy.candidate_max_age_ms // 4
@@ -147,7 +150,16 @@ class RidesAgent:
         out += [{"topic": PUSH.name, "key": p["channel"], "value": self.push_codec.dumps(p)} for p in step.pushes]
         out += [{"topic": ORDER_EVENTS.name, "key": e["order_id"], "value": self.order_codec.dumps(e)}
                 for e in step.order_events]
-        return out
+        return out + self._notifications(step)
+
+    def _notifications(self, step: Step) -> list[typed.Outgoing]:
+        """The rider's notifications of the step (agents.notify_triggers), in the ride's outbox like the rest."""
+        asks = [ride_notification(e) for e in step.events]
+        if step.ride is not None:
+            asks += [arriving_notification(step.ride, json.loads(p["data"]).get("eta_s"), p["sent_ts"])
+                     for p in step.pushes if p["type"] == "ride.driver"]
+        return [{"topic": NOTIFICATION_REQUESTS.name, "key": n["user_id"], "value": self.notify_codec.dumps(n)}
+                for n in asks if n is not None]
 
     def _count(self, cmd: typed.RideCommand, step: Step) -> None:
         self.outcomes[cmd["command"]] += 1

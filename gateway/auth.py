@@ -170,11 +170,13 @@ def _nobody(_ident: str) -> str | None:
 
 def may_subscribe(principal: Principal, channel: str, ride_rider: Callable[[str], str | None],
                   order_customer: Callable[[str], str | None] = _nobody) -> bool:
-    """Ops see everything; a driver its own channel; a rider the channels of its own rides; a customer
+    """Ops see everything; anyone its own notifications (user:{sub}); a driver its own channel; a rider the channels of its own rides; a customer
     those of its own orders; a system those of every order (it writes them)."""
     if principal.role == "ops":
         return True
     kind, _, ident = channel.partition(":")
+    if kind == "user":  # a user's notifications: its own only, whatever its role
+        return ident == principal.sub
     if principal.role == "driver":
         return kind == "driver" and ident == principal.sub
     if principal.role == "rider":

@@ -27,9 +27,9 @@ __all__ = [
     "channel_problem", "update_from_push",
 ]
 
-# driver:{id}, ride:{id}, order:{id}, cell:{h3}, or the ops firehose `fleet` (the syntax; channel_problem
+# driver:{id}, ride:{id}, order:{id}, user:{id} (a user's notifications), cell:{h3}, or the ops firehose `fleet` (the syntax; channel_problem
 # says the rest).
-CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|order|cell):{ID_PATTERN}|fleet)\Z")
+CHANNEL_RE = re.compile(rf"(?:(?:driver|ride|order|user|cell):{ID_PATTERN}|fleet)\Z")
 FLEET = "fleet"
 NAMESPACE = "/live"
 UPDATE_EVENT = "update"
@@ -39,7 +39,7 @@ def channel_problem(channel: object, h3_resolution: int) -> str | None:
     """Why `channel` cannot be subscribed to, or None. A cell must be an H3 cell of the resolution the
     agents push (`Settings.h3_resolution`), spelt as H3 spells it: any other would never get an update."""
     if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
-        return "channel must be driver:{id}, ride:{id}, order:{id}, cell:{h3} or fleet"
+        return "channel must be driver:{id}, ride:{id}, order:{id}, user:{id}, cell:{h3} or fleet"
     if channel.startswith("cell:"):
         cell = channel[5:]
         if not h3.is_valid_cell(cell) or h3.int_to_str(h3.str_to_int(cell)) != cell:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge", "Unauthorized", "Forbidden", "Conflict"]
+__all__ = [
+    "GatewayError", "InvalidInput", "NotFound", "PayloadTooLarge", "Unauthorized", "Forbidden", "Conflict", "TooManyRequests",
+]
 
 
 class GatewayError(Exception):
@@ -60,3 +62,16 @@ class Conflict(GatewayError):
     """The request is valid but the resource's state does not allow it now (a ride already final)."""
 
     status = 409
+
+
+class TooManyRequests(GatewayError):
+    """The caller is over its rate limit; retry after `retry_after_s`."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self), "retry_after_s": round(self.retry_after_s, 3)}

@@ -9,6 +9,7 @@ from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
+from gateway.notifications import NotifyDesk
 from gateway.orders import OrderDesk
 from gateway.rides import RideDesk
 from gateway.sockets import LiveNamespace
@@ -26,3 +27,4 @@ MANAGER = web.AppKey("manager", LiveManager)
 LIVE = web.AppKey("live", LiveNamespace)
 RIDES = web.AppKey("rides", RideDesk)
 ORDERS = web.AppKey("orders", OrderDesk)
+NOTIFY = web.AppKey("notify", NotifyDesk)

@@ -12,10 +12,11 @@ from gateway.auth import Tokens, auth_middleware
 from gateway.batcher import IngestBatcher
 from gateway.bridge import PushBridge
 from gateway.channels import ChannelStore
-from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, ORDERS, PRODUCER, RIDES, SETTINGS, SIO, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, NOTIFY, ORDERS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 from gateway.middlewares import error_middleware
+from gateway.notifications import NotifyDesk
 from gateway.orders import OrderDesk, OrderView
 from gateway.rides import RideDesk, RideView
 from gateway.routes import setup_routes
@@ -48,6 +49,7 @@ async def _kafka_ctx(app: web.Application) -> AsyncIterator[None]:
     await bridge.start()
     await app[RIDES].start(producer)
     await app[ORDERS].start(producer)
+    await app[NOTIFY].start(producer)
     ticker = asyncio.create_task(live.run_ticker(settings.push_tick_ms / 1000), name="live-ticker")
     yield
     ticker.cancel()
@@ -68,7 +70,7 @@ def _no_state(channel: str) -> dict[str, Any] | None:
 
 
 def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = None,
-               orders: OrderDesk | None = None) -> LiveNamespace:
+               orders: OrderDesk | None = None, notify: NotifyDesk | None = None) -> LiveNamespace:
     """Socket.IO on the app: the server, its client manager (the fan-out) and the /live namespace.
 
     Needs SETTINGS, METRICS and STORE in the app; the namespace's `ready` is set by the push bridge."""
@@ -84,7 +86,8 @@ def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = No
                          decide=rides.decide if rides else None,
                          order_customer=orders.view.customer_of if orders else _no_ride,
                          state_of=orders.view.state_of if orders else _no_state,
-                         set_status=rides.set_status if rides else None)
+                         set_status=rides.set_status if rides else None,
+                         user_acked=notify.acked if notify else None)
     sio.register_namespace(live)
     sio.attach(app)
     app[SIO], app[MANAGER], app[LIVE] = sio, manager, live
@@ -102,7 +105,8 @@ def create_app(settings: Settings) -> web.Application:
     app[STORE] = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)
     app[RIDES] = rides = RideDesk(settings, RideView())
     app[ORDERS] = orders = OrderDesk(settings, OrderView(keep_final_ms=settings.order_view_replay_ms))
-    setup_live(app, tokens, rides, orders)
+    app[NOTIFY] = notify = NotifyDesk(settings, app[STORE])
+    setup_live(app, tokens, rides, orders, notify)
     setup_routes(app)
     app.cleanup_ctx.append(_kafka_ctx)
     return app

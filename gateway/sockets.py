@@ -41,7 +41,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                  decide: Callable[[Principal, str, str], Awaitable[None]] | None = None,
                  order_customer: Callable[[str], str | None] = lambda order_id: None,
                  state_of: Callable[[str], Ack | None] = lambda channel: None,
-                 set_status: Callable[[Principal, str, Any], Awaitable[None]] | None = None) -> None:
+                 set_status: Callable[[Principal, str, Any], Awaitable[None]] | None = None,
+                 user_acked: Callable[[Principal, str, int], Awaitable[None]] | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.manager = manager  # also the server's client manager: AsyncServer(client_manager=manager)
@@ -54,6 +55,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.order_customer = order_customer  # order id -> its customer's id (gateway.orders)
         # A channel's state where its push history has aged out (an order's, from gateway.orders).
         self.state_of = state_of
+        self.user_acked = user_acked  # an ack of user:{id}: the in-app notifications' receipt (gateway.notifications)
         self.set_status = set_status  # a driver's own status (online, offline, break), to its desk
         # A driver's answer to an offer, sent to where its reservation is decided (gateway.rides).
         self.decide = decide
@@ -162,6 +164,11 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.manager.connection(sid)
         if conn is not None:
             self.manager.ack(conn, channel, seq)
+            if self.user_acked is not None and channel.startswith("user:"):
+                try:
+                    await self.user_acked(conn.principal, channel, seq)
+                except ProduceError:
+                    return {"ok": False, "error": "event log unavailable, retry", "retry": True}
         return None
 
     async def on_accept(self, sid: str, data: Any) -> Ack:

@@ -11,14 +11,16 @@ from agents.order_flow import order_view
 from gateway.auth import may_publish, may_subscribe, principal_of
 from gateway.errors import Forbidden, InvalidInput, NotFound
 from gateway.ingest import parse_locations
-from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, ORDERS, RIDES, SETTINGS, STORE
+from gateway.keys import BATCHER, BRIDGE, LIVE, METRICS, NOTIFY, ORDERS, RIDES, SETTINGS, STORE
 from gateway.orders import etag_of, legacy_shape
 from infra.clock import now_ms
 from schemas.records import LocationEvent
 
 __all__ = [
     "post_locations", "get_driver", "post_driver_status", "post_ride", "get_ride", "ride_action", "post_order",
-    "post_order_event", "get_order", "healthz", "metrics", "index", "track",
+    "post_order_event", "get_order", "post_notification", "post_push_subscription", "get_preferences",
+    "put_preferences", "get_notifications", "read_notifications", "ack_notification", "healthz", "metrics", "index",
+    "track",
 ]
 
 
@@ -154,3 +156,43 @@ async def index(request: web.Request) -> web.FileResponse:
 async def track(request: web.Request) -> web.FileResponse:
     """The customer's tracking page of one order (the order id and token are read by the page)."""
     return web.FileResponse(STATIC / "track.html")
+
+
+# --- notifications (gateway.notifications) ---------------------------------------------------------
+
+async def post_notification(request: web.Request) -> web.Response:
+    """A system's notification request; 202 once Kafka has it (the same idempotency_key is one notification)."""
+    answer = await request.app[NOTIFY].request(principal_of(request), await _json_body(request))
+    return web.json_response(answer, status=202)
+
+
+async def post_push_subscription(request: web.Request) -> web.Response:
+    answer = await request.app[NOTIFY].subscribe(principal_of(request), await _json_body(request))
+    return web.json_response(answer, status=202)
+
+
+async def get_preferences(request: web.Request) -> web.Response:
+    inbox = request.app[NOTIFY].inbox(principal_of(request), request.match_info["user_id"])
+    return web.json_response({"user_id": request.match_info["user_id"], "preferences": inbox.get("preferences")})
+
+
+async def put_preferences(request: web.Request) -> web.Response:
+    answer = await request.app[NOTIFY].put_preferences(principal_of(request), request.match_info["user_id"],
+                                                       await _json_body(request))
+    return web.json_response(answer, status=202)
+
+
+async def get_notifications(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NOTIFY].inbox(principal_of(request), request.match_info["user_id"]))
+
+
+async def read_notifications(request: web.Request) -> web.Response:
+    answer = await request.app[NOTIFY].read(principal_of(request), request.match_info["user_id"],
+                                            await _json_body(request))
+    return web.json_response(answer, status=202)
+
+
+async def ack_notification(request: web.Request) -> web.Response:
+    answer = await request.app[NOTIFY].clicked(principal_of(request), request.match_info["user_id"],
+                                               request.match_info["notification_id"])
+    return web.json_response(answer, status=202)

@@ -221,6 +221,24 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _notifications(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import json
+
+    if args.action == "redrive":
+        from infra.notify.redrive import redrive
+
+        print(json.dumps(vars(redrive(settings, args.from_offset))))
+        return 0
+    from infra.sinks import serve_sinks
+
+    try:
+        asyncio.run(serve_sinks(settings, args.duration))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from infra.demo import run_demo
 
@@ -230,7 +248,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "broker": _broker, "postgres": _postgres, "connect": _connect, "legacy": _legacy, "topics": _topics, "schemas": _schemas, "settings": _settings,
     "reservations": _reservations, "gateway": _gateway,
-    "sim": _sim, "shop": _shop, "demo": _demo, "token": _token, "watch": _watch,
+    "sim": _sim, "shop": _shop, "demo": _demo, "token": _token, "watch": _watch, "notifications": _notifications,
 }
 
 
@@ -270,6 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--token", default=None, help="a token (default: an ops token minted with the local key)")
     w.add_argument("--url", default=None, help="gateway URL (default: LIVETRACK_GATEWAY_HOST/PORT)")
     w.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    n = sub.add_parser("notifications", help="re-drive dead-lettered sends, or run the local channel servers")
+    n.add_argument("action", choices=["redrive", "sinks"])
+    n.add_argument("--from-offset", type=int, default=0, help="redrive: from this notifications-dlq offset")
+    n.add_argument("--duration", type=float, default=None, help="sinks: seconds (default: until Ctrl-C)")
     tok = sub.add_parser("token", help="mint a JWT for a device or client (development, demo)")
     tok.add_argument("--role", required=True, choices=["driver", "rider", "ops", "system", "customer"])
     tok.add_argument("--sub", required=True, help="driver id, rider id or operator name")

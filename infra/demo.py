@@ -11,7 +11,7 @@ from infra.broker import kafka_running
 from infra.connect import connect_running
 from infra.postgres import postgres_running
 from infra.clock import now_ms
-from infra.processes import Proc, gateway_args, legacy_args, shop_args, sim_args, spawn, wait_http_ok, worker_args
+from infra.processes import Proc, gateway_args, legacy_args, shop_args, sim_args, sinks_args, spawn, wait_http_ok, worker_args
 from infra.settings import Settings
 from legacy.db import apply_schema
 
@@ -38,6 +38,7 @@ def _run(settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     procs: list[Proc] = []
     try:
+        procs.append(spawn(sinks_args(), settings, "sinks"))  # the local SMTP, SMS and web push servers
         procs.append(spawn(worker_args(), settings, "worker"))
         procs.append(spawn(gateway_args(), settings, "gateway"))
         wait_http_ok(f"{settings.gateway_url}/healthz", procs)
@@ -52,6 +53,7 @@ def _run(settings: Settings) -> int:
         token = tokens.mint("ops", "demo", ttl_s=24 * 3600)
         print(f"\n  livetrack is running: open {settings.gateway_url}/#token={token}")
         print(f"  (an ops token for 24 h; logs in {settings.state_dir / 'logs'})")
+        print(f"  notifications' mailbox, SMS and web push: http://127.0.0.1:{settings.notify_sinks_port}/")
         print(f"  a customer's tracking page: {settings.gateway_url}/track/{order}"
               f"#token={tokens.mint('customer', customer, ttl_s=24 * 3600)}")
         print(f"  {settings.sim_drivers} simulated drivers at {settings.sim_rate_hz} Hz; a shop with "

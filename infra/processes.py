@@ -24,7 +24,7 @@ PR_SET_PDEATHSIG = 1
 
 __all__ = ["WORKER_READY", "Proc", "env_for", "http_ok", "pid_alive", "pid_from_file", "port_in_use", "raise_open_files_limit", "scrape",
            "set_switch_interval", "spawn", "spawn_server", "stop_pid", "wait_http_ok", "worker_args", "gateway_args", "sim_args",
-           "shop_args", "legacy_args"]
+           "shop_args", "legacy_args", "sinks_args"]
 
 WORKER_READY = "Worker]: Ready"  # what `faust worker` logs once its partitions are assigned
 
@@ -233,3 +233,8 @@ def legacy_args(action: str, *extra: str) -> list[str]:
 
 def shop_args(first_order: str, first_customer: str) -> list[str]:
     return [sys.executable, "-m", "infra.cli", "shop", "--first-order", first_order, "--first-customer", first_customer]
+
+
+def sinks_args() -> list[str]:
+    """The local SMTP, SMS and web push servers (`livetrack notifications sinks`)."""
+    return [sys.executable, "-m", "infra.cli", "notifications", "sinks"]

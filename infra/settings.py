@@ -201,6 +201,49 @@ class Settings(BaseSettings):
     )
     push_tick_ms: int = Field(50, ge=5, description="How often slow connections' queues and due retries are served.")
 
+    # --- notifications -------------------------------------------------------
+    notify_tick_ms: int = Field(250, ge=10, description="How often the notifications timer fires due steps.")
+    notify_escalation_s: float = Field(
+        20.0, ge=0, description="An escalation step (SMS) goes this long after the first unless the user acked."
+    )
+    notify_dedupe_window_s: int = Field(
+        24 * 3600, ge=1, description="A notification request repeating an idempotency key within this is a duplicate."
+    )
+    notify_inbox_max: int = Field(50, ge=1, description="Notifications kept per user's inbox (the oldest go).")
+    notify_caps: str = Field(
+        "sms:10,email:30,webpush:60", description="Non-critical sends per user and hour, per channel (channel:n,...)."
+    )
+    notify_send_concurrency: int = Field(64, ge=1, description="Provider sends in flight per senders batch.")
+    notify_retry_attempts: int = Field(4, ge=1, description="Tries per provider for a transient failure...")
+    notify_retry_first_s: float = Field(0.5, gt=0, description="...the first backoff (doubling, jittered +-20 %)...")
+    notify_retry_max_s: float = Field(8.0, gt=0, description="...capped here; a Retry-After longer than that wins.")
+    notify_provider_timeout_s: float = Field(5.0, gt=0, description="One provider call's time limit.")
+    notify_breaker_failures: int = Field(5, ge=1, description="Failures in a row that open a provider's circuit...")
+    notify_breaker_cooldown_s: float = Field(30.0, gt=0, description="...for this long (the next provider is used).")
+    notify_smtp_servers: str = Field(
+        "127.0.0.1:2525", description="SMTP servers host:port in failover order ('' = no e-mail channel)."
+    )
+    notify_smtp_starttls: bool = Field(False, description="Upgrade SMTP connections with STARTTLS.")
+    notify_smtp_username: str = Field("", description="SMTP AUTH user ('' = no AUTH).")
+    notify_smtp_password: SecretStr = Field(SecretStr(""), description="SMTP AUTH password.")
+    notify_email_from: str = Field("livetrack <noreply@livetrack.local>", description="From: of notification mail.")
+    notify_sms_base_urls: str = Field(
+        "http://127.0.0.1:2526", description="Twilio Messages API base URLs in failover order ('' = no SMS channel)."
+    )
+    notify_twilio_account_sid: str = Field("AC00000000000000000000000000000000", description="Twilio account SID.")
+    notify_twilio_auth_token: SecretStr = Field(SecretStr("local-simulator"), description="Twilio auth token.")
+    notify_sms_from: str = Field("+15005550006", description="Sender number of notification SMS.")
+    notify_vapid_key: Path | None = Field(
+        None, description="VAPID private key (PEM); None = one made once in state_dir/vapid.pem (0600)."
+    )
+    notify_vapid_subject: str = Field("mailto:ops@livetrack.local", description="VAPID `sub` claim.")
+    notify_api_rate_per_s: float = Field(
+        200.0, gt=0, description="Notification API calls per second per caller (a burst of twice that)."
+    )
+    notify_sinks_port: int = Field(
+        2527, description="`livetrack demo`'s local push service and mailbox/SMS pages (SMTP 2525, SMS 2526)."
+    )
+
     # --- auth ----------------------------------------------------------------
     jwt_secret: SecretStr = Field(
         SecretStr(""), description="HS256 key for tokens; '' = a random dev key kept in state_dir/jwt.key (0600)."

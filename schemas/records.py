@@ -51,6 +51,18 @@ __all__ = [
     "CellFeatures",
     "CellLatest",
     "Watermark",
+    "NOTIFICATION_OPS",
+    "NOTIFY_CHANNELS",
+    "NOTIFY_PRIORITIES",
+    "AUDIT_STEPS",
+    "NotificationRequest",
+    "NotificationDelivery",
+    "NotificationAudit",
+    "Receipt",
+    "PendingSend",
+    "UserNotification",
+    "ChannelSend",
+    "NotificationUser",
     "PUBLISHED_RECORDS",
 ]
 
@@ -545,8 +557,145 @@ class Watermark(_Record, namespace="livetrack.Watermark"):  # type: ignore[call-
     ts: int = _epoch_ms()
 
 
+# Notifications (topic `notification-requests`, keyed by user_id): what other systems and the pipeline ask
+# (REQUEST), and what the user's devices and the senders say back (ACK, READ, RESULT), the user's own
+# settings (PREFERENCES, SUBSCRIBE) and the agent's timer (TICK): one stream, so one writer per user.
+NOTIFICATION_OPS = ("REQUEST", "ACK", "READ", "RESULT", "PREFERENCES", "SUBSCRIBE", "TICK")
+NOTIFY_CHANNELS = ("inapp", "webpush", "email", "sms")
+NOTIFY_PRIORITIES = ("normal", "critical")
+AUDIT_STEPS = (
+    "requested", "duplicate", "suppressed", "deferred", "sent", "delivered", "failed", "unknown", "expired",
+    "cancelled", "removed",
+)
+
+
+class NotificationRequest(_Record, namespace="livetrack.NotificationRequest"):  # type: ignore[call-arg]
+    """One input of a user's notifications (topic `notification-requests`, keyed by user_id).
+
+    REQUEST: `idempotency_key` (the caller's; the same key within the dedupe window is one notification),
+    `category`, `priority`, `expires_at` (epoch ms, 0: never), `title`, `body`, `data` (JSON text) and
+    optionally `channels` (else the category's ladder). ACK: the user saw every in-app notification up
+    to `seq` (the client's ack of `user:{id}`), or `notification_id` (a web push click). READ:
+    `notification_id` ('*': all). RESULT: a sender's outcome `result` for `notification_id` on `channel`.
+    PREFERENCES: `payload` is the preferences JSON. SUBSCRIBE: `payload` is a web push subscription JSON.
+    """
+
+    op: str = ChoiceField(choices=NOTIFICATION_OPS, enum_name="NotificationOp")
+    user_id: str = _id()
+    ts: int = _epoch_ms()
+    idempotency_key: Optional[str] = StringField(required=False, default=None, max_length=200)
+    category: Optional[str] = StringField(required=False, default=None, max_length=64)
+    priority: str = ChoiceField(choices=NOTIFY_PRIORITIES, enum_name="NotifyPriority", required=False,
+                                default="normal")
+    expires_at: int = IntegerField(min_value=0, required=False, default=0)
+    title: Optional[str] = StringField(required=False, default=None, max_length=200)
+    body: Optional[str] = StringField(required=False, default=None, max_length=2000)
+    data: Optional[str] = StringField(required=False, default=None, max_length=4000)
+    channels: List[str] = []
+    source: Optional[str] = StringField(required=False, default=None, max_length=64)
+    notification_id: Optional[str] = StringField(required=False, default=None, max_length=64)
+    seq: int = IntegerField(min_value=0, required=False, default=0)
+    channel: Optional[str] = StringField(required=False, default=None, max_length=16)
+    result: Optional[str] = StringField(required=False, default=None, max_length=16)
+    payload: Optional[str] = StringField(required=False, default=None, max_length=8000)
+
+
+class NotificationDelivery(_Record, namespace="livetrack.NotificationDelivery"):  # type: ignore[call-arg]
+    """One send to one provider channel (topic `notification-deliveries`, keyed by user_id), decided by the
+    notifications agent, sent by the senders agent. `address` is the e-mail address, the phone number or
+    the web push subscription (JSON); `event_ts` when the pipeline event or request happened."""
+
+    notification_id: str
+    idempotency_key: str
+    user_id: str
+    channel: str = ChoiceField(choices=NOTIFY_CHANNELS, enum_name="NotifyChannel")
+    address: str
+    category: str
+    priority: str = ChoiceField(choices=NOTIFY_PRIORITIES, enum_name="NotifyPriority")
+    title: str
+    body: str
+    data: Optional[str] = None
+    expires_at: int = 0
+    event_ts: int = 0
+    decided_ts: int = 0
+
+
+class NotificationAudit(_Record, namespace="livetrack.NotificationAudit"):  # type: ignore[call-arg]
+    """One step of a notification (topic `notifications-audit`, keyed by notification_id)."""
+
+    notification_id: str
+    user_id: str
+    step: str = ChoiceField(choices=AUDIT_STEPS, enum_name="AuditStep")
+    ts: int = _epoch_ms()
+    channel: Optional[str] = None
+    reason: Optional[str] = None
+    provider: Optional[str] = None
+    idempotency_key: Optional[str] = None
+    category: Optional[str] = None
+
+
+class Receipt(_Record, namespace="livetrack.Receipt"):  # type: ignore[call-arg]
+    """The delivery ledger's entry for one notification on one channel (table `delivery_to_receipt`):
+    `status` sent (a provider accepted it) or unknown (it timed out: never sent blindly again)."""
+
+    status: str
+    provider: str
+    ts: int = _epoch_ms()
+
+
+class PendingSend(_Record, namespace="livetrack.PendingSend"):  # type: ignore[call-arg]
+    """A step of a notification's ladder not sent yet: its channels, when (`due_ms`), and whether it
+    is an escalation (cancelled by an ack) and was deferred by quiet hours already."""
+
+    channels: List[str]
+    due_ms: int
+    escalation: bool = False
+    deferred: bool = False
+
+
+class UserNotification(_Record, namespace="livetrack.UserNotification"):  # type: ignore[call-arg]
+    """One notification in a user's inbox."""
+
+    notification_id: str
+    idempotency_key: str
+    category: str
+    priority: str
+    title: str
+    body: str
+    data: Optional[str] = None
+    created_ts: int = 0
+    event_ts: int = 0
+    expires_at: int = 0
+    seq: int = 0  # its in-app message's seq on `user:{id}` (0: not shown in-app yet)
+    acked: bool = False
+    read: bool = False
+    pending: List[PendingSend] = []
+
+
+class ChannelSend(_Record, namespace="livetrack.ChannelSend"):  # type: ignore[call-arg]
+    """A non-critical send on a channel, kept for the user's rate cap."""
+
+    channel: str
+    ts: int
+
+
+class NotificationUser(_Record, namespace="livetrack.NotificationUser"):  # type: ignore[call-arg]
+    """A user's notifications as the notifications agent holds them (table `user_to_notifications`):
+    preferences (JSON), web push subscriptions (JSON each), the `user:{id}` push seq, the inbox, the
+    idempotency keys seen within the dedupe window (key -> first seen, ms), recent sends for caps."""
+
+    user_id: str
+    preferences: str = "{}"
+    subscriptions: List[str] = []
+    push_seq: int = 0
+    inbox: List[UserNotification] = []
+    seen: Dict[str, int] = {}
+    sends: List[ChannelSend] = []
+
+
 # The records analytics consumers read off topics; `livetrack schemas export` writes their .avsc.
 PUBLISHED_RECORDS = (
     LocationBatch, DriverStatusChanged, PushMessage, CellMembershipBatch, DeadLetter, RideEvent, RideCommand,
-    OfferCommand, CellActivityBatch, CellFeatures, OrderEvent, Order,
+    OfferCommand, CellActivityBatch, CellFeatures, OrderEvent, Order, NotificationRequest, NotificationDelivery,
+    NotificationAudit,
 )

@@ -11,14 +11,16 @@ from typing import Type
 import faust
 
 from schemas.records import (
-    CellActivityBatch, CellFeatures, CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch, OfferCommand,
-    Order, OrderEvent, PushMessage, RideCommand, RideEvent,
+    CellActivityBatch, CellFeatures, CellMembershipBatch, DeadLetter, DriverStatusChanged, LocationBatch,
+    NotificationAudit, NotificationDelivery, NotificationRequest, OfferCommand, Order, OrderEvent, PushMessage,
+    RideCommand, RideEvent,
 )
 
 __all__ = [
     "TopicSpec", "LOCATIONS", "DRIVER_STATUS", "DRIVER_CELLS", "PUSH", "LOCATIONS_DLQ", "RIDES", "RIDE_COMMANDS", "OFFERS",
     "DISPATCH_DLQ", "CELL_ACTIVITY", "CELL_FEATURES", "FEATURES_DLQ", "ORDER_EVENTS", "ORDERS", "ORDERS_DLQ",
-    "LEGACY_ORDER_EVENTS", "ALL_TOPICS",
+    "LEGACY_ORDER_EVENTS", "NOTIFICATION_REQUESTS", "NOTIFICATION_DELIVERIES", "NOTIFICATIONS_AUDIT",
+    "NOTIFICATIONS_DLQ", "ALL_TOPICS",
 ]
 
 
@@ -87,7 +89,17 @@ LEGACY_ORDER_EVENTS = TopicSpec(
     "legacy-order-events", "order_id", None, retention_setting="locations_retention_ms"
 )
 
+# Notifications: every input of a user's notifications on one partition (one writer per user: the
+# notifications agent); the sends it decides for the provider channels (the senders agent); the audit
+# log of every step, keyed by notification; sends that failed for good, re-drivable.
+NOTIFICATION_REQUESTS = TopicSpec("notification-requests", "user_id", NotificationRequest)
+NOTIFICATION_DELIVERIES = TopicSpec("notification-deliveries", "user_id", NotificationDelivery)
+NOTIFICATIONS_AUDIT = TopicSpec("notifications-audit", "notification_id", NotificationAudit,
+                                retention_setting="locations_retention_ms")
+NOTIFICATIONS_DLQ = TopicSpec("notifications-dlq", "user_id", DeadLetter, partitions=1)
+
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     LOCATIONS, DRIVER_STATUS, DRIVER_CELLS, PUSH, LOCATIONS_DLQ, RIDES, RIDE_COMMANDS, OFFERS, DISPATCH_DLQ, CELL_ACTIVITY,
     CELL_FEATURES, FEATURES_DLQ, ORDER_EVENTS, ORDERS, ORDERS_DLQ, LEGACY_ORDER_EVENTS,
+    NOTIFICATION_REQUESTS, NOTIFICATION_DELIVERIES, NOTIFICATIONS_AUDIT, NOTIFICATIONS_DLQ,
 )

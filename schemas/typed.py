@@ -35,6 +35,14 @@ __all__ = [
     "CellFeatures",
     "CellLatest",
     "Watermark",
+    "NotificationRequest",
+    "NotificationDelivery",
+    "NotificationAudit",
+    "Receipt",
+    "PendingSend",
+    "UserNotification",
+    "ChannelSend",
+    "NotificationUser",
 ]
 
 
@@ -404,3 +412,112 @@ class Watermark(TypedDict):
     """A decoded `schemas.records.Watermark`."""
 
     ts: int
+
+
+class NotificationRequest(TypedDict):
+    """A decoded `schemas.records.NotificationRequest`."""
+
+    op: str
+    user_id: str
+    ts: int
+    idempotency_key: str | None
+    category: str | None
+    priority: str
+    expires_at: int
+    title: str | None
+    body: str | None
+    data: str | None
+    channels: list[str]
+    source: str | None
+    notification_id: str | None
+    seq: int
+    channel: str | None
+    result: str | None
+    payload: str | None
+
+
+class NotificationDelivery(TypedDict):
+    """A decoded `schemas.records.NotificationDelivery`."""
+
+    notification_id: str
+    idempotency_key: str
+    user_id: str
+    channel: str
+    address: str
+    category: str
+    priority: str
+    title: str
+    body: str
+    data: str | None
+    expires_at: int
+    event_ts: int
+    decided_ts: int
+
+
+class NotificationAudit(TypedDict):
+    """A decoded `schemas.records.NotificationAudit`."""
+
+    notification_id: str
+    user_id: str
+    step: str
+    ts: int
+    channel: str | None
+    reason: str | None
+    provider: str | None
+    idempotency_key: str | None
+    category: str | None
+
+
+class Receipt(TypedDict):
+    """A decoded `schemas.records.Receipt`."""
+
+    status: str
+    provider: str
+    ts: int
+
+
+class PendingSend(TypedDict):
+    """A decoded `schemas.records.PendingSend`."""
+
+    channels: list[str]
+    due_ms: int
+    escalation: bool
+    deferred: bool
+
+
+class UserNotification(TypedDict):
+    """A decoded `schemas.records.UserNotification`."""
+
+    notification_id: str
+    idempotency_key: str
+    category: str
+    priority: str
+    title: str
+    body: str
+    data: str | None
+    created_ts: int
+    event_ts: int
+    expires_at: int
+    seq: int
+    acked: bool
+    read: bool
+    pending: list[PendingSend]
+
+
+class ChannelSend(TypedDict):
+    """A decoded `schemas.records.ChannelSend`."""
+
+    channel: str
+    ts: int
+
+
+class NotificationUser(TypedDict):
+    """A decoded `schemas.records.NotificationUser`."""
+
+    user_id: str
+    preferences: str
+    subscriptions: list[str]
+    push_seq: int
+    inbox: list[UserNotification]
+    seen: dict[str, int]
+    sends: list[ChannelSend]

@@ -36,6 +36,7 @@ def _free_port(pairs: bool = False) -> int:
 def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings naming this session's own broker (or LIVETRACK_KAFKA_BOOTSTRAP's cluster), topics created."""
     state = Path(tmp_path_factory.mktemp("livetrack"))
+    sinks_port = _free_port()
     settings = Settings(
         kafka_port=_free_port(pairs=True), state_dir=state, partitions=4,
         app_id=f"livetrack-test-{uuid.uuid4().hex[:8]}",
@@ -44,6 +45,11 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         # Dispatch on a test's time scale: offers live 2 s, a ride searches for 10 s at most.
         offer_ttl_ms=2_000, offer_grace_ms=300, reserve_timeout_ms=1_500, dispatch_retry_ms=500,
         dispatch_max_wait_ms=10_000, ride_reply_timeout_s=5.0, eta_push_threshold_s=5.0,
+        # Notifications to this session's own local servers (tests.integration.conftest starts them), on a
+        # test's time scale: the SMS escalation after 3 s, retries from 0.3 s.
+        notify_smtp_servers=f"127.0.0.1:{_free_port()},127.0.0.1:{_free_port()}",
+        notify_sms_base_urls=f"http://127.0.0.1:{sinks_port}", notify_sinks_port=sinks_port,
+        notify_escalation_s=3.0, notify_retry_first_s=0.3, notify_retry_max_s=2.0, notify_provider_timeout_s=2.0,
     )
     with kafka_running(settings):
         yield settings

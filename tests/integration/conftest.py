@@ -7,6 +7,7 @@ import pytest
 
 from infra.processes import raise_open_files_limit
 from infra.settings import Settings
+from infra.sinks import Sinks, ports_of, sinks_running
 from tests.integration.fixtures import Pipeline
 
 
@@ -23,3 +24,11 @@ async def pipeline(kafka_settings: Settings) -> AsyncIterator[Pipeline]:
     await p.start_gateway()
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="session")
+async def sinks(kafka_settings: Settings) -> AsyncIterator[Sinks]:
+    """This session's SMTP servers (primary, secondary), SMS provider and web push service."""
+    smtp, http = ports_of(kafka_settings)
+    async with sinks_running(smtp, http) as s:
+        yield s

@@ -171,5 +171,6 @@ def test_pushes_are_avro_readable(kafka_settings: Settings) -> None:
     assert records, "earlier tests pushed updates"
     for m in records[:50]:
         msg = fastavro.schemaless_reader(io.BytesIO(m.value()[10:]), schema, None)
-        data = json.loads(msg["data"])  # a driver's move or offer, or a ride's state (dispatch)
-        assert msg["channel"] == m.key().decode() and (data.get("driver_id") or data.get("ride_id") or data.get("cell"))
+        data = json.loads(msg["data"])  # a driver's move or offer, a ride's or order's state, a user's notification
+        named = ("driver_id", "ride_id", "cell", "order_id", "notification_id", "unread")
+        assert msg["channel"] == m.key().decode() and any(data.get(k) is not None for k in named)

@@ -18,6 +18,14 @@ from schemas.avro import (
 )
 from schemas.records import (
     DRIVER_STATUSES,
+    ChannelSend,
+    NotificationAudit,
+    NotificationDelivery,
+    NotificationRequest,
+    NotificationUser,
+    PendingSend,
+    Receipt,
+    UserNotification,
     PUBLISHED_RECORDS,
     CellActivityBatch,
     CellDrivers,
@@ -165,6 +173,33 @@ SAMPLES[Order] = {
     "eta_s": 120.5, "created_ts": T0, "updated_ts": T0 + 10, "timeline": [
         SAMPLES[OrderStep], {**SAMPLES[OrderStep], "status": "CONFIRMED", "ts": T0 + 9, "event_id": "e-8"}],
     "push_seq": 2,
+}
+SAMPLES[NotificationRequest] = {
+    "op": "REQUEST", "user_id": "u-1", "ts": T0, "idempotency_key": "shop-1:k-1", "category": "order.confirmed",
+    "priority": "critical", "expires_at": T0 + 60_000, "title": "Confirmed", "body": "Your order", "data": "{}",
+    "channels": ["inapp", "email"], "source": "shop-1", "notification_id": None, "seq": 0, "channel": None,
+    "result": None, "payload": None,
+}
+SAMPLES[NotificationDelivery] = {
+    "notification_id": "n-1", "idempotency_key": "k-1", "user_id": "u-1", "channel": "sms", "address": "+358401",
+    "category": "order.arriving", "priority": "normal", "title": "Arriving", "body": "2 min", "data": None,
+    "expires_at": 0, "event_ts": T0, "decided_ts": T0 + 3,
+}
+SAMPLES[NotificationAudit] = {
+    "notification_id": "n-1", "user_id": "u-1", "step": "deferred", "ts": T0, "channel": "email",
+    "reason": "quiet hours", "provider": None, "idempotency_key": "k-1", "category": "order.confirmed",
+}
+SAMPLES[Receipt] = {"status": "sent", "provider": "smtp:127.0.0.1:2525", "ts": T0}
+SAMPLES[PendingSend] = {"channels": ["sms"], "due_ms": T0 + 20_000, "escalation": True, "deferred": False}
+SAMPLES[UserNotification] = {
+    "notification_id": "n-1", "idempotency_key": "k-1", "category": "ride.assigned", "priority": "normal",
+    "title": "Driver on the way", "body": "", "data": None, "created_ts": T0, "event_ts": T0, "expires_at": 0,
+    "seq": 3, "acked": False, "read": False, "pending": [SAMPLES[PendingSend]],
+}
+SAMPLES[ChannelSend] = {"channel": "sms", "ts": T0}
+SAMPLES[NotificationUser] = {
+    "user_id": "u-1", "preferences": "{}", "subscriptions": [], "push_seq": 3, "inbox": [SAMPLES[UserNotification]],
+    "seen": {"k-1": T0}, "sends": [SAMPLES[ChannelSend]],
 }
 ALL_RECORDS = tuple(SAMPLES)
 
