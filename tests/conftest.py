@@ -46,10 +46,10 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         offer_ttl_ms=2_000, offer_grace_ms=300, reserve_timeout_ms=1_500, dispatch_retry_ms=500,
         dispatch_max_wait_ms=10_000, ride_reply_timeout_s=5.0, eta_push_threshold_s=5.0,
         # Notifications to this session's own local servers (tests.integration.conftest starts them), on a
-        # test's time scale: the SMS escalation after 3 s, retries from 0.3 s.
+        # test's time scale: the SMS escalation after 6 s, retries from 0.3 s.
         notify_smtp_servers=f"127.0.0.1:{_free_port()},127.0.0.1:{_free_port()}",
         notify_sms_base_urls=f"http://127.0.0.1:{sinks_port}", notify_sinks_port=sinks_port,
-        notify_escalation_s=3.0, notify_retry_first_s=0.3, notify_retry_max_s=2.0, notify_provider_timeout_s=2.0,
+        notify_escalation_s=6.0, notify_retry_first_s=0.3, notify_retry_max_s=2.0, notify_provider_timeout_s=2.0,
     )
     with kafka_running(settings):
         yield settings

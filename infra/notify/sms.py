@@ -51,13 +51,14 @@ class TwilioProvider:
         self.name = f"twilio:{base_url}"
         self.base_url = base_url.rstrip("/")
         self.account_sid, self.auth_token, self.sender = account_sid, auth_token, sender
-        logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs request headers at INFO
         self._client: Client | None = None
 
     def client(self) -> Client:
         """One SDK client and HTTP session for every send (made in the running loop, on first use)."""
         if self._client is None:
-            self._client = Client(self.account_sid, self.auth_token, http_client=_HeadersKept())
+            quiet = logging.getLogger(f"{__name__}.http")  # the SDK logs every request's headers at INFO
+            quiet.setLevel(logging.WARNING)
+            self._client = Client(self.account_sid, self.auth_token, http_client=_HeadersKept(logger=quiet))
             self._client.api.base_url = self.base_url
         return self._client
 

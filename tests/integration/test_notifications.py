@@ -152,8 +152,8 @@ async def test_an_inapp_ack_cancels_the_sms_and_no_ack_gives_exactly_one_at_the_
         await acker.notify("arriving", category="ride.driver_arriving")
         note, _ = await notification(sub)
         await sub.sio.emit("ack", {"channel": f"user:{acker.id}", "seq": note["seq"]}, namespace="/live")
-        await until(lambda: bool(silent.sms()), 6)
-        step = t0 + 3000
+        step = t0 + int(pipeline.settings.notify_escalation_s * 1000)
+        await until(lambda: bool(silent.sms()), pipeline.settings.notify_escalation_s + 3)
         assert step - 200 <= silent.sms()[0]["received_ts"] <= step + 1000
         await asyncio.sleep(1.5)
     assert acker.sms() == [] and len(silent.sms()) == 1
@@ -214,13 +214,15 @@ async def test_a_worker_sigkill_loses_nothing_and_sends_nothing_twice(pipeline: 
     deferred = await User(pipeline, sinks).setup(
         quiet_hours={"start": wall(end - 3_600_000), "end": wall(end), "tz": "UTC"})
     await dup.notify("same", channels=["email", "sms", "webpush"])
-    await ladder.notify("ladder", category="order.failed")  # in-app and e-mail now, SMS after 3 s
+    t0 = now_ms()
+    await ladder.notify("ladder", category="order.failed")  # in-app and e-mail now, the SMS a step later
     await deferred.notify("later", channels=["email", "sms"])
     # Killed once the first sends are committed (their audit `sent` is written with their ledger receipts),
     # while the ladder's SMS is pending and the deferred window is open: not inside the documented window
     # between a provider's accept and that commit (docs/notifications.md).
     await until(lambda: sum(1 for s in audit(pipeline, dup.id) if s[0] == "sent") == 3
                 and ("sent", "email") in [s[:2] for s in audit(pipeline, ladder.id)], 10)
+    assert now_ms() < t0 + pipeline.settings.notify_escalation_s * 1000 - 500, "too slow to kill before the step"
     pipeline.stop_worker(signal.SIGKILL)
     await dup.notify("same", channels=["email", "sms", "webpush"])  # while the worker is down
     await asyncio.to_thread(pipeline.start_worker)
