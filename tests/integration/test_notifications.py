@@ -116,6 +116,8 @@ async def test_quiet_hours_defer_to_the_window_end_on_every_channel_and_critical
     u = await User(pipeline, sinks).setup()
     async with u.live() as sub:
         assert (await sub.subscribe(f"user:{u.id}"))["ok"]
+        await u.notify("warm", priority="critical", channels=["inapp"])  # the path's first use is not timed
+        assert (await notification(sub))[0]["data"]["title"] == "hello warm"
         end = (now_ms() // 1000 + 4) * 1000
         await u.setup(quiet_hours={"start": wall(end - 3_600_000), "end": wall(end), "tz": "UTC"})
         await u.notify("deferred", channels=ALL)
