@@ -49,7 +49,7 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         # test's time scale: the SMS escalation after 6 s, retries from 0.3 s.
         notify_smtp_servers=f"127.0.0.1:{_free_port()},127.0.0.1:{_free_port()}",
         notify_sms_base_urls=f"http://127.0.0.1:{sinks_port}", notify_sinks_port=sinks_port,
-        notify_escalation_s=6.0, notify_retry_first_s=0.3, notify_retry_max_s=2.0, notify_provider_timeout_s=2.0,
+        notify_escalation_s=12.0, notify_retry_first_s=0.3, notify_retry_max_s=2.0, notify_provider_timeout_s=2.0,
     )
     with kafka_running(settings):
         yield settings
