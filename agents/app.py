@@ -216,9 +216,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
         ),
         orders=orders.OrdersAgent(
             orders=order_states, dead_letters=orders_dlq, clock_ms=clock_ms,
-            policy=OrderPolicy(arriving_m=settings.order_arriving_m, arriving_eta_s=settings.order_arriving_eta_s,
-                               move_ttl_ms=settings.push_location_ttl_ms, speed=lookup.travel_speed_mps,
-                               h3_resolution=settings.h3_resolution),
+            policy=OrderPolicy.from_settings(settings, speed=lookup.travel_speed_mps),
         ),
         legacy_orders=legacy_orders.LegacyOrdersAgent(dead_letters=orders_dlq),
         notifications=notifications.NotificationsAgent(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from schemas import typed
 
-__all__ = ["notification_request", "offer_command", "ride_command"]
+__all__ = ["notification_request", "offer_command", "order_event", "ride_command"]
 
 
 def ride_command(
@@ -43,3 +43,16 @@ def notification_request(
             "priority": priority, "expires_at": expires_at, "title": title, "body": body, "data": data,
             "channels": channels or [], "source": source, "notification_id": notification_id, "seq": seq,
             "channel": channel, "result": result, "payload": payload}
+
+
+def order_event(
+    order_id: str, event_id: str, source: str, kind: str, ts: int, *, customer_id: str | None = None,
+    pickup_lat: float | None = None, pickup_lng: float | None = None, dropoff_lat: float | None = None,
+    dropoff_lng: float | None = None, courier_id: str | None = None, dispatch: bool = False,
+    lat: float | None = None, lng: float | None = None, reason: str | None = None,
+) -> typed.OrderEvent:
+    """An OrderEvent (topic `order-events`) of type `kind`."""
+    return {"order_id": order_id, "event_id": event_id, "source": source, "type": kind, "ts": ts,
+            "customer_id": customer_id, "pickup_lat": pickup_lat, "pickup_lng": pickup_lng,
+            "dropoff_lat": dropoff_lat, "dropoff_lng": dropoff_lng, "courier_id": courier_id, "dispatch": dispatch,
+            "lat": lat, "lng": lng, "reason": reason}

@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any, Sequence
 
+from agents.commands import order_event
 from agents.errors import Rejected
 from agents.runtime import DeadLetters
 from infra.inbound import Inbound
@@ -56,11 +57,7 @@ def order_event_of(key: bytes | None, row_id: bytes | None, value: bytes | None)
         raise Rejected(f"status must be one of {', '.join(ORDER_STATUSES)}")
     if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
         raise Rejected("ts must be epoch milliseconds")
-    ev: typed.OrderEvent = {
-        "order_id": order_id, "event_id": f"{LEGACY_SOURCE}:{row_id.decode()}", "source": LEGACY_SOURCE,
-        "type": status, "ts": ts, "customer_id": None, "pickup_lat": None, "pickup_lng": None, "dropoff_lat": None,
-        "dropoff_lng": None, "courier_id": None, "dispatch": False, "lat": None, "lng": None, "reason": None,
-    }
+    ev = order_event(order_id, f"{LEGACY_SOURCE}:{row_id.decode()}", LEGACY_SOURCE, status, ts)
     if status == "CREATED":
         customer = payload.get("customer_id")
         if not (isinstance(customer, str) and ID_RE.fullmatch(customer)):

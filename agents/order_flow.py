@@ -26,6 +26,7 @@ from agents.commands import offer_command, ride_command
 from agents.estimates import SpeedLookup, travel_time_s
 from agents.geo import haversine_m
 from agents.trips import ORDERS_ACTOR
+from infra.settings import Settings
 from schemas import typed
 from schemas.records import ORDER_STATUSES
 
@@ -66,6 +67,11 @@ class OrderPolicy:
     move_ttl_ms: int
     speed: SpeedLookup
     h3_resolution: int = 9
+
+    @classmethod
+    def from_settings(cls, s: Settings, *, speed: SpeedLookup) -> "OrderPolicy":
+        return cls(arriving_m=s.order_arriving_m, arriving_eta_s=s.order_arriving_eta_s,
+                   move_ttl_ms=s.push_location_ttl_ms, speed=speed, h3_resolution=s.h3_resolution)
 
 
 @dataclass
@@ -199,25 +205,23 @@ class _Apply:
         return metres <= self.p.arriving_m or (eta is not None and eta <= self.p.arriving_eta_s)
 
 
-def _created(ev: Event, now_ms: int) -> OrderStep:
+def _created(ev: Event, policy: OrderPolicy, now_ms: int) -> OrderStep:
     missing = [f for f in ("customer_id", "pickup_lat", "pickup_lng", "dropoff_lat", "dropoff_lng") if ev[f] is None]
     if missing:
         return _refused(f"CREATED needs {', '.join(missing)}")
     assert ev["customer_id"] is not None and ev["pickup_lat"] is not None and ev["pickup_lng"] is not None
     assert ev["dropoff_lat"] is not None and ev["dropoff_lng"] is not None
-    order: Order = {
-        "order_id": ev["order_id"], "version": 1, "status": "CREATED", "status_ts": ev["ts"],
+    unborn: Order = {  # version and seq 0: its first change makes them 1
+        "order_id": ev["order_id"], "version": 0, "status": "CREATED", "status_ts": ev["ts"],
         "customer_id": ev["customer_id"], "source": ev["source"], "pickup_lat": ev["pickup_lat"],
         "pickup_lng": ev["pickup_lng"], "dropoff_lat": ev["dropoff_lat"], "dropoff_lng": ev["dropoff_lng"],
-        "dispatch": ev["dispatch"], "trip_id": None, "courier_id": None, "courier_lat": None, "courier_lng": None, "courier_ts": 0,
-        "eta_s": None, "created_ts": now_ms, "updated_ts": now_ms, "timeline": [_step(ev, now_ms)], "push_seq": 1,
+        "dispatch": ev["dispatch"], "trip_id": None, "courier_id": None, "courier_lat": None, "courier_lng": None,
+        "courier_ts": 0, "eta_s": None, "created_ts": now_ms, "updated_ts": now_ms, "timeline": [_step(ev, now_ms)],
+        "push_seq": 0,
     }
-    push: typed.PushMessage = {
-        "channel": order_channel(ev["order_id"]), "seq": 1, "type": "order.status", "priority": STATUS_PRIORITY,
-        "ttl_ms": STATUS_TTL_MS, "sent_ts": now_ms, "event_ts": ev["ts"],
-        "data": json.dumps(order_view(order), separators=(",", ":")),
-    }
-    return OrderStep("applied", order, [push])
+    a = _Apply(unborn, ev, policy, now_ms)
+    a.changed("order.status", STATUS_PRIORITY, STATUS_TTL_MS)
+    return a.out
 
 
 def _is_late(prev: Order, ev: Event) -> bool:
@@ -232,7 +236,7 @@ def apply_order_event(prev: Order | None, ev: Event, policy: OrderPolicy, now_ms
     kind = ev["type"]
     if prev is None:
         if kind == "CREATED":
-            return _created(ev, now_ms)
+            return _created(ev, policy, now_ms)
         return _refused(f"{kind} for an order never created")
     if any(s["event_id"] == ev["event_id"] for s in prev["timeline"]):
         return OrderStep("duplicate")

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from agents.commands import ride_command
+from agents.commands import order_event, ride_command
 from agents.geo import cell_of, haversine_m
 from infra.settings import Settings
 from schemas import typed
@@ -137,12 +137,9 @@ def _ride_move(state: State, ev: Ping) -> typed.RideCommand | None:
 def _order_moves(state: State, ev: Ping) -> tuple[typed.OrderEvent, ...]:
     """The courier's significant move, for each order it carries (the customer's map and ETA).
     The event id is the ping's, so a replayed ping's moves are dropped as duplicates."""
-    return tuple({
-        "order_id": order, "event_id": f"{state['driver_id']}:{ev['seq']}", "source": "livetrack",
-        "type": "COURIER_MOVED", "ts": ev["fix_ts"], "customer_id": None, "pickup_lat": None, "pickup_lng": None,
-        "dropoff_lat": None, "dropoff_lng": None, "courier_id": state["driver_id"], "dispatch": False,
-        "lat": state["lat"], "lng": state["lng"], "reason": None,
-    } for order in state["orders"])
+    return tuple(order_event(order, f"{state['driver_id']}:{ev['seq']}", "livetrack", "COURIER_MOVED", ev["fix_ts"],
+                             courier_id=state["driver_id"], lat=state["lat"], lng=state["lng"])
+                 for order in state["orders"])
 
 
 def _replayed(prev: State, ev: Ping, policy: DriverPolicy, now_ms: int) -> PingResult:

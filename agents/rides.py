@@ -14,7 +14,6 @@ when this worker holds the driver's partition, sent to `offers` otherwise. Read 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections import Counter
 from typing import Callable, Collection, Sequence
@@ -156,7 +155,7 @@ class RidesAgent:
         """The rider's notifications of the step (agents.notify_triggers), in the ride's outbox like the rest."""
         asks = [ride_notification(e) for e in step.events]
         if step.ride is not None:
-            asks += [arriving_notification(step.ride, json.loads(p["data"]).get("eta_s"), p["sent_ts"])
+            asks += [arriving_notification(step.ride, step.ride["pushed_eta_s"], p["sent_ts"])
                      for p in step.pushes if p["type"] == "ride.driver"]
         return [{"topic": NOTIFICATION_REQUESTS.name, "key": n["user_id"], "value": self.notify_codec.dumps(n)}
                 for n in asks if n is not None]

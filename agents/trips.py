@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
-from agents.commands import offer_command
+from agents.commands import offer_command, order_event
 from agents.errors import Rejected
 from agents.estimates import (
     PRODUCTS, AcceptanceScore, Candidate, SpeedLookup, SurgeLookup, any_acceptance, constant_speed, fare_estimate,
@@ -78,9 +78,9 @@ def next_state(state: str | None, event: str) -> str:
         raise IllegalTransition(f"{event} is not allowed in state {state}") from None
 
 
-def _by_its_order(ride: Ride, cmd: Command) -> bool:
+def _by_its_order(ride: Ride, actor: str, actor_id: str) -> bool:
     """A delivery trip's command from the orders agent: its order was picked up, delivered or ended."""
-    return bool(ride["order_id"]) and cmd["actor"] == "system" and cmd["actor_id"] == ORDERS_ACTOR
+    return bool(ride["order_id"]) and actor == "system" and actor_id == ORDERS_ACTOR
 
 
 def may_cancel(ride: Ride, actor: str, actor_id: str) -> bool:
@@ -89,7 +89,7 @@ def may_cancel(ride: Ride, actor: str, actor_id: str) -> bool:
     state = ride["state"]
     if state in FINAL:
         return False
-    if actor == "ops" or (ride["order_id"] and actor == "system" and actor_id == ORDERS_ACTOR):
+    if actor == "ops" or _by_its_order(ride, actor, actor_id):
         return True
     if actor == "rider":
         return actor_id == ride["rider_id"] and state != "ONGOING"
@@ -213,12 +213,10 @@ class _Apply:
         """What a delivery trip's order learns: its courier (ACCEPTED), or that none was found."""
         r = self.r
         assert r["order_id"] is not None
-        self.step.order_events.append({
-            "order_id": r["order_id"], "event_id": f"{r['ride_id']}:v{r['version']}", "source": "livetrack",
-            "type": ORDER_NEWS[event], "ts": self.now, "customer_id": None, "pickup_lat": None, "pickup_lng": None,
-            "dropoff_lat": None, "dropoff_lng": None, "courier_id": r["driver_id"] if event == "ACCEPTED" else None,
-            "dispatch": False, "lat": None, "lng": None, "reason": reason if event != "NO_DRIVERS" else "no courier found",
-        })
+        self.step.order_events.append(order_event(
+            r["order_id"], f"{r['ride_id']}:v{r['version']}", "livetrack", ORDER_NEWS[event], self.now,
+            courier_id=r["driver_id"] if event == "ACCEPTED" else None,
+            reason=reason if event != "NO_DRIVERS" else "no courier found"))
 
     def push(self, kind: str, data: Mapping[str, Any], priority: int) -> None:
         r = self.r
@@ -406,7 +404,7 @@ class _Apply:
     def by_assigned_driver(self, state: str, event: str) -> Step:
         r, c = self.r, self.cmd
         driver = r["driver_id"]
-        if c["actor"] != "ops" and not _by_its_order(r, c) and (c["actor"] != "driver" or c["actor_id"] != driver):
+        if c["actor"] != "ops" and not _by_its_order(r, c["actor"], c["actor_id"]) and (c["actor"] != "driver" or c["actor_id"] != driver):
             return self.unchanged(f"{c['actor']} {c['actor_id']} is not the ride's driver")
         if r["state"] != state or driver is None:
             return self.unchanged(f"{event} needs state {state}, ride is {r['state']}")

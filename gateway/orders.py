@@ -15,7 +15,6 @@ already sees the event in the order's timeline answers from there.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from agents.commands import order_event
 from agents.order_flow import FINAL, order_view
 from gateway.auth import Principal
 from gateway.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -48,6 +48,7 @@ EVENT_ID_MAX = 128
 REASON_MAX = 500
 FUTURE_SLACK_MS = 5 * 60_000  # a source clock this far ahead is wrong, not early
 WRITERS = ("system", "ops")
+LAG_GRACE_S = 0.3  # an order this node has not seen yet may just be on its way through `orders`
 SWEEP_EVERY = 10_000  # orders applied between sweeps of the finished ones
 
 
@@ -82,16 +83,6 @@ def _common(body: Any, allowed: frozenset[str], now: int) -> tuple[dict[str, Any
     return body, problems, ts
 
 
-def _event(order_id: str, source: str, kind: str, ts: int, **fields: Any) -> typed.OrderEvent:
-    ev: typed.OrderEvent = {
-        "order_id": order_id, "event_id": "", "source": source, "type": kind, "ts": ts, "customer_id": None,
-        "pickup_lat": None, "pickup_lng": None, "dropoff_lat": None, "dropoff_lng": None, "courier_id": None,
-        "dispatch": False, "lat": None, "lng": None, "reason": None,
-    }
-    ev.update(fields)  # type: ignore[typeddict-item]
-    return ev
-
-
 def parse_order(body: Any, source: str, now: int) -> tuple[typed.OrderEvent, str | None]:
     """A `POST /v1/orders` body as its CREATED event (order_id "" when the server is to name it) and
     the courier to assign at once, if named; InvalidInput naming every bad field."""
@@ -106,9 +97,9 @@ def parse_order(body: Any, source: str, now: int) -> tuple[typed.OrderEvent, str
     if problems:
         raise InvalidInput(f"{len(problems)} invalid field(s)", problems)
     assert pickup is not None and dropoff is not None
-    ev = _event(order_id, source, "CREATED", ts, customer_id=customer, pickup_lat=pickup[0], pickup_lng=pickup[1],
-                dropoff_lat=dropoff[0], dropoff_lng=dropoff[1], dispatch=dispatch)
-    ev["event_id"] = body.get("event_id") or ""
+    ev = order_event(order_id, body.get("event_id") or "", source, "CREATED", ts, customer_id=customer,
+                     pickup_lat=pickup[0], pickup_lng=pickup[1], dropoff_lat=dropoff[0], dropoff_lng=dropoff[1],
+                     dispatch=dispatch)
     return ev, courier
 
 
@@ -124,8 +115,7 @@ def parse_order_event(body: Any, order_id: str, source: str, now: int) -> typed.
         problems.append(_problem("reason", f"must be a string of at most {REASON_MAX} characters"))
     if problems:
         raise InvalidInput(f"{len(problems)} invalid field(s)", problems)
-    ev = _event(order_id, source, str(status), ts, courier_id=courier, reason=reason)
-    ev["event_id"] = body.get("event_id") or ""
+    ev = order_event(order_id, body.get("event_id") or "", source, str(status), ts, courier_id=courier, reason=reason)
     return ev
 
 
@@ -167,7 +157,7 @@ class OrderView:
         self.keep_final_ms = keep_final_ms  # a finished order is forgotten this long after its last change
         self._applied = 0
         self.refused: OrderedDict[str, str] = OrderedDict()  # event_id -> the agent's reason
-        self._waiters: Waiters[tuple[str, str | None]] = Waiters()
+        self._waiters = Waiters()
         self._event_codec = typed_codec(records.OrderEvent, typed.OrderEvent)
 
     def customer_of(self, order_id: str) -> str | None:
@@ -228,6 +218,10 @@ class OrderView:
         if step is None:
             return None
         return ("late" if step["late"] else "applied"), None
+
+    async def known(self, order_id: str, timeout_s: float) -> typed.Order | None:
+        """The order once this node's view has it (it may be on its way through `orders`), or None."""
+        return await self._waiters.until(order_id, lambda: self.orders.get(order_id), timeout_s)
 
     async def wait_for(self, order_id: str, event_id: str, timeout_s: float) -> tuple[str, str | None] | None:
         """The event's outcome once known, or None after timeout_s."""
@@ -309,19 +303,17 @@ class OrderDesk:
         remembered = self._remembered(principal, key, fingerprint)
         if remembered is not None:
             return remembered
-        if key:
-            ev["event_id"] = ev["event_id"] or f"{principal.sub}:{_digest(principal.sub, key, ev['order_id'])}"
-        ev["event_id"] = ev["event_id"] or f"{principal.sub}:{uuid.uuid4().hex[:24]}"
-        if not created and self.view.get(ev["order_id"]) is None:
-            await asyncio.sleep(0.3)  # the order may just be on its way through `orders`
-            if self.view.get(ev["order_id"]) is None:
-                raise NotFound(f"unknown order {ev['order_id']!r}")
+        if not ev["event_id"]:  # a retry with the same key is the same event
+            ev["event_id"] = f"{principal.sub}:" + (_digest(principal.sub, key, ev["order_id"]) if key
+                                                    else uuid.uuid4().hex[:24])
+        if not created and await self.view.known(ev["order_id"], LAG_GRACE_S) is None:
+            raise NotFound(f"unknown order {ev['order_id']!r}")
         known = self.view.outcome(ev["order_id"], ev["event_id"])
         events = [ev]
         if courier is not None:  # named at creation: confirmed and assigned in the same breath
-            events += [_event(ev["order_id"], ev["source"], "CONFIRMED", ev["ts"], event_id=f"{ev['event_id']}:c"),
-                       _event(ev["order_id"], ev["source"], "COURIER_ASSIGNED", ev["ts"], courier_id=courier,
-                              event_id=f"{ev['event_id']}:a")]
+            events += [order_event(ev["order_id"], f"{ev['event_id']}:c", ev["source"], "CONFIRMED", ev["ts"]),
+                       order_event(ev["order_id"], f"{ev['event_id']}:a", ev["source"], "COURIER_ASSIGNED", ev["ts"],
+                                   courier_id=courier)]
         if known is None:
             await self._produce(events)
             known = await self.view.wait_for(ev["order_id"], events[-1]["event_id"], self.timeout_s)

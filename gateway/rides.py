@@ -96,7 +96,7 @@ class RideView:
 
     def __init__(self) -> None:
         self.rides: dict[str, ViewRide] = {}
-        self._waiters: Waiters[ViewRide] = Waiters()
+        self._waiters = Waiters()
 
     def rider_of(self, ride_id: str) -> str | None:
         """The rider of a ride (may_subscribe's `ride_rider`)."""

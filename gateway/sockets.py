@@ -183,13 +183,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.manager.connection(sid)
         if conn is None or self.decide is None or not isinstance(ride_id, str):
             return {"ok": False, "error": "send {\"ride_id\": ...} on a driver's connection"}
-        try:
-            await self.decide(conn.principal, ride_id, op)
-        except GatewayError as exc:
-            return {"ok": False, "error": str(exc)}
-        except ProduceError:
-            return {"ok": False, "error": "event log unavailable, retry", "retry": True}
-        return {"ok": True, "ride_id": ride_id, "submitted": op.lower()}
+        return await _submitted(self.decide(conn.principal, ride_id, op), {"ride_id": ride_id, "submitted": op.lower()})
 
     async def on_status(self, sid: str, data: Any) -> Ack:
         """A driver's own status, `{"status": "online" | "offline" | "break"}`; the outcome comes on its
@@ -198,13 +192,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         conn = self.manager.connection(sid)
         if conn is None or self.set_status is None or conn.principal.role != "driver":
             return {"ok": False, "error": "send {\"status\": ...} on a driver's connection"}
-        try:
-            await self.set_status(conn.principal, conn.principal.sub, status)
-        except GatewayError as exc:
-            return {"ok": False, "error": str(exc)}
-        except ProduceError:
-            return {"ok": False, "error": "event log unavailable, retry", "retry": True}
-        return {"ok": True, "submitted": status}
+        return await _submitted(self.set_status(conn.principal, conn.principal.sub, status), {"submitted": status})
 
     def _channel_of(self, data: Any) -> tuple[str, None] | tuple[None, str]:
         """The request's channel, or None and why it cannot be subscribed to."""
@@ -257,3 +245,14 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             except Exception:  # a bug here must not end deliveries for good
                 self.metrics.delivery_errors.labels("ticker").inc()
                 log.exception("push ticker")
+
+
+async def _submitted(sending: Awaitable[None], answer: Ack) -> Ack:
+    """The ack of a command sent for the client: `answer` once Kafka has it, else why not."""
+    try:
+        await sending
+    except GatewayError as exc:
+        return {"ok": False, "error": str(exc)}
+    except ProduceError:
+        return {"ok": False, "error": "event log unavailable, retry", "retry": True}
+    return {"ok": True, **answer}

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Generic, TypeVar
+from typing import Callable, TypeVar
 
 __all__ = ["Waiters"]
 
 T = TypeVar("T")
 
 
-class Waiters(Generic[T]):
+class Waiters:
     """Callers awaiting `check()` to give something for a key; `wake(key)` after the key changed."""
 
     def __init__(self) -> None:

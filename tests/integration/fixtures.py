@@ -6,6 +6,7 @@ import random
 import shutil
 import signal
 import socket
+import time
 from typing import Any
 
 import socketio
@@ -89,6 +90,14 @@ class Subscriber:
 
     async def next(self, timeout_s: float = 20) -> dict[str, Any]:
         return await asyncio.wait_for(self.updates.get(), timeout_s)
+
+    async def next_of(self, kind: str, timeout_s: float = 15, **match: Any) -> dict[str, Any]:
+        """The next update of type `kind` whose data has the `match` items (others are skipped)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            update = await self.next(max(0.1, deadline - time.monotonic()))
+            if update["type"] == kind and all(update["data"].get(k) == v for k, v in match.items()):
+                return update
 
 
 class DropProxy:

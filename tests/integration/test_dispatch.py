@@ -69,15 +69,6 @@ def ride_body(centre: tuple[float, float], **extra: Any) -> dict[str, Any]:
             "product": "standard", **extra}
 
 
-async def until(sub: Subscriber, kind: str, timeout_s: float = 15, **match: Any) -> dict[str, Any]:
-    """The next update of type `kind` whose data has the `match` items (others are skipped)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        update = await sub.next(max(0.1, deadline - time.monotonic()))
-        if update["type"] == kind and all(update["data"].get(k) == v for k, v in match.items()):
-            return update
-
-
 async def all_of(sub: Subscriber, timeout_s: float = 15, **wanted: Any) -> dict[str, dict[str, Any]]:
     """The first update matching each of `wanted`'s predicates, in whatever order they come."""
     deadline = time.monotonic() + timeout_s
@@ -105,7 +96,7 @@ async def test_a_whole_trip(pipeline: Pipeline) -> None:
         ride_id = ride["ride_id"]
         assert ride["fare_estimate"] > 6 and ride["fare_estimate"] != 0.01  # server's price, not the client's
         assert ride["pickup_eta_s"] is not None and ride["rider_id"] == rider
-        offer = await until(driver_app, "offer", ride_id=ride_id)
+        offer = await driver_app.next_of("offer", ride_id=ride_id)
         assert offer["data"]["ttl_ms"] == pipeline.settings.offer_ttl_ms and offer["data"]["pickup"]["lat"] == centre[0]
         nearest = offer["data"]["driver_id"]
         moving = fleet.drivers.index(nearest)
@@ -115,12 +106,12 @@ async def test_a_whole_trip(pipeline: Pipeline) -> None:
             assert (await post(pipeline, f"/v1/rides/{ride_id}/accept", role="rider", sub=rider))[0] == 403
             status, accepted = await post(pipeline, f"/v1/rides/{ride_id}/accept", role="driver", sub=nearest)
             assert (status, accepted["state"], accepted["driver_id"]) == (200, "ACCEPTED", nearest)
-            update = await until(rider_app, "ride.state", state="ACCEPTED")
+            update = await rider_app.next_of("ride.state", state="ACCEPTED")
             assert update["data"]["driver"]["driver_id"] == nearest and update["data"]["driver"]["eta_s"] is not None
-            assert (await until(driver_app, "ride.assigned", ride_id=ride_id))["data"]["status"] == "EN_ROUTE"
+            assert (await driver_app.next_of("ride.assigned", ride_id=ride_id))["data"]["status"] == "EN_ROUTE"
 
             await fleet.ping({moving: 200.0})  # the driver moves: the rider sees it, with a new ETA
-            moved = await until(rider_app, "ride.driver")
+            moved = await rider_app.next_of("ride.driver")
             assert moved["data"]["driver_id"] == nearest and moved["data"]["eta_to"] == "pickup"
             assert moved["data"]["lat"] == pytest.approx(centre[0] + (200 + 30 * moving) / 111_195)
 
@@ -131,8 +122,8 @@ async def test_a_whole_trip(pipeline: Pipeline) -> None:
             assert (status, started["state"]) == (200, "ONGOING")
             status, done = await post(pipeline, f"/v1/rides/{ride_id}/complete", role="driver", sub=nearest)
             assert (status, done["state"]) == (200, "COMPLETED")
-            assert (await until(rider_app, "ride.state", state="COMPLETED"))["data"]["event"] == "COMPLETED"
-        assert (await until(driver_app, "ride.ended", ride_id=ride_id))["data"]["status"] == "AVAILABLE"
+            assert (await rider_app.next_of("ride.state", state="COMPLETED"))["data"]["event"] == "COMPLETED"
+        assert (await driver_app.next_of("ride.ended", ride_id=ride_id))["data"]["status"] == "AVAILABLE"
     status, got = await get(pipeline, f"/v1/rides/{ride_id}", role="rider", sub=rider)
     assert status == 200
     assert [(e["version"], e["event"]) for e in got["events"]] == [
@@ -152,10 +143,10 @@ async def test_decline_and_silence_pass_the_ride_on_and_cancel_releases_the_driv
             assert (await ops.subscribe(f"driver:{d}"))["ok"]
         status, ride = await post(pipeline, "/v1/rides", ride_body(centre), role="rider", sub=rider)
         ride_id = ride["ride_id"]
-        first = (await until(ops, "offer", ride_id=ride_id))["data"]["driver_id"]
+        first = (await ops.next_of("offer", ride_id=ride_id))["data"]["driver_id"]
         status, declined = await post(pipeline, f"/v1/rides/{ride_id}/decline", role="driver", sub=first)
         assert status == 200 and [e["event"] for e in declined["events"]][-1] in ("DECLINED", "OFFERED")
-        second = (await until(ops, "offer", ride_id=ride_id))["data"]["driver_id"]
+        second = (await ops.next_of("offer", ride_id=ride_id))["data"]["driver_id"]
         assert second != first
         # The second driver never answers: after the TTL the offer is revoked and the third is asked
         # (the two are on different channels, so they may come in either order).
@@ -167,12 +158,12 @@ async def test_decline_and_silence_pass_the_ride_on_and_cancel_releases_the_driv
         assert third not in (first, second)
         # A late accept of the expired offer is refused; the rider cancels the open one.
         assert (await post(pipeline, f"/v1/rides/{ride_id}/accept", role="driver", sub=second))[0] == 409
-        late = await until(ops, "offer.revoked", ride_id=ride_id, reason="no open offer for this ride")
+        late = await ops.next_of("offer.revoked", ride_id=ride_id, reason="no open offer for this ride")
         assert late["channel"] == f"driver:{second}"
         status, cancelled = await post(pipeline, f"/v1/rides/{ride_id}/cancel", {"reason": "changed my mind"},
                                        role="rider", sub=rider)
         assert (status, cancelled["state"]) == (200, "CANCELLED")
-        revoked = await until(ops, "offer.revoked", ride_id=ride_id, reason="ride cancelled")
+        revoked = await ops.next_of("offer.revoked", ride_id=ride_id, reason="ride cancelled")
         assert revoked["channel"] == f"driver:{third}"
     status, got = await get(pipeline, f"/v1/rides/{ride_id}")
     events = [(e["event"], e["driver_id"]) for e in got["events"]]
@@ -194,11 +185,11 @@ async def test_drivers_answer_offers_over_socketio(pipeline: Pipeline) -> None:
         status, ride = await post(pipeline, "/v1/rides", ride_body(centre), role="rider", sub=rider)
         ride_id = ride["ride_id"]
         assert (await rider_app.subscribe(f"ride:{ride_id}"))["ok"]
-        offer = await until(phone, "offer", ride_id=ride_id)
+        offer = await phone.next_of("offer", ride_id=ride_id)
         refused = await rider_app.sio.call("accept", {"ride_id": ride_id}, namespace="/live", timeout=10)
         assert refused["ok"] is False  # a rider's connection cannot answer offers
         ack = await phone.sio.call("accept", {"ride_id": offer["data"]["ride_id"]}, namespace="/live", timeout=10)
         assert ack == {"ok": True, "ride_id": ride_id, "submitted": "accept"}
-        assert (await until(phone, "ride.assigned", ride_id=ride_id))["data"]["status"] == "EN_ROUTE"
-        accepted = await until(rider_app, "ride.state", state="ACCEPTED")
+        assert (await phone.next_of("ride.assigned", ride_id=ride_id))["data"]["status"] == "EN_ROUTE"
+        accepted = await rider_app.next_of("ride.state", state="ACCEPTED")
         assert accepted["data"]["driver"]["driver_id"] == me

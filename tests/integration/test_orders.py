@@ -200,15 +200,6 @@ async def test_a_driver_goes_on_a_break_and_back_from_its_app(pipeline: Pipeline
     assert code == 403, body
 
 
-async def next_of(sub: Subscriber, kind: str, timeout_s: float = 20, **match: Any) -> dict[str, Any]:
-    """The next update of type `kind` whose data has the `match` items (others are skipped)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        update = await sub.next(max(0.1, deadline - time.monotonic()))
-        if update["type"] == kind and all(update["data"].get(k) == v for k, v in match.items()):
-            return update
-
-
 async def test_livetracks_dispatch_finds_the_courier_when_the_order_asks(pipeline: Pipeline) -> None:
     """The same candidates, offers and reservations as rides: the courier is offered a delivery trip,
     accepts it, and the order follows the trip (courier assigned, picked up, delivered, driver freed)."""
@@ -227,14 +218,14 @@ async def test_livetracks_dispatch_finds_the_courier_when_the_order_asks(pipelin
         assert status == 201, created
         order_id = created["order_id"]
         assert (await event(pipeline, order_id, "CONFIRMED"))[0] == 200
-        offer = await next_of(phone, "offer")
+        offer = await phone.next_of("offer", 20)
         trip = offer["data"]["ride_id"]
         code, accepted, _ = await call(pipeline, "POST", f"/v1/rides/{trip}/accept", role="driver", sub=courier)
         assert code == 200, accepted
         async with Subscriber(pipeline.url, pipeline.token("customer", customer)) as sub:
             ack = await sub.subscribe(f"order:{order_id}")
             if ack["snapshot"]["data"]["status"] != "COURIER_ASSIGNED":
-                await next_of(sub, "order.status", status="COURIER_ASSIGNED")
+                await sub.next_of("order.status", 20, status="COURIER_ASSIGNED")
         # GET reads the gateway's view of `orders`, which may trail its `push` by a moment.
         deadline = time.monotonic() + 5
         while (order := (await call(pipeline, "GET", f"/v1/orders/{order_id}", role="customer",
@@ -244,9 +235,9 @@ async def test_livetracks_dispatch_finds_the_courier_when_the_order_asks(pipelin
         assert order["courier_id"] == courier
         assert order["timeline"][-1]["source"] == "livetrack"
         assert (await event(pipeline, order_id, "PICKED_UP"))[0] == 200
-        assert (await next_of(phone, "ride.started", ride_id=trip))["data"]["status"] == "ON_TRIP"
+        assert (await phone.next_of("ride.started", 20, ride_id=trip))["data"]["status"] == "ON_TRIP"
         assert (await event(pipeline, order_id, "OUT_FOR_DELIVERY"))[0] == 200
         assert (await event(pipeline, order_id, "DELIVERED"))[0] == 200
-        assert (await next_of(phone, "ride.ended", ride_id=trip))["data"]["status"] == "AVAILABLE"
+        assert (await phone.next_of("ride.ended", 20, ride_id=trip))["data"]["status"] == "AVAILABLE"
     code, ride, _ = await call(pipeline, "GET", f"/v1/rides/{trip}", role="ops", sub="it-ops")
     assert ride["state"] == "COMPLETED" and ride["driver_id"] == courier
