@@ -1,6 +1,8 @@
 """The Faust app factory: topics, tables and agents wired from one Settings."""
 from __future__ import annotations
 
+import logging
+
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,6 +26,7 @@ from agents.reservations import OfferPolicy
 from agents.runtime import AgentRuntime, DeadLetters, Faults
 from agents.trips import DispatchPolicy
 from infra.clock import InputClock, now_ms
+from infra.faustcompat import read_uncommitted_from_start
 from infra.notify.channels import channels_from
 from infra.processes import set_switch_interval
 from infra.producer import AsyncProducer
@@ -50,6 +53,7 @@ from tables.table import Table
 from tables.transaction import TOGETHER, Transaction, commit
 
 __all__ = ["Components", "ProducerService", "bind_topic", "create_app", "notify_policy", "now_ms"]
+log = logging.getLogger(__name__)
 
 
 def bind_topic(app: faust.App, spec: TopicSpec, settings: Settings) -> faust.TopicT:
@@ -237,6 +241,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://", clock_ms: Calla
 
     app.on_partitions_revoked.connect(forget_cached)
     app.on_partitions_assigned.connect(forget_cached)
+
+    async def from_start(*_: object, **__: object) -> None:
+        fresh = await read_uncommitted_from_start(app)
+        by_topic: dict[str, list[int]] = {}
+        for tp in sorted(fresh):
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        if by_topic:
+            log.info("no committed offset, read from the start: %s", "; ".join(f"{t} {p}" for t, p in by_topic.items()))
+
+    app.on_rebalance_complete.connect(from_start)
 
     async def resend(taken: set[int]) -> None:
         """Partitions taken over: the desk's recent decisions go out before any later push."""

@@ -11,7 +11,11 @@ of faust-streaming is checked against this file alone (and its tests):
 - the offset Faust's recovery resumes a table partition from (the store's
   persisted offset, written in the same RocksDB write batch as the values);
 - holding a Faust event so that Faust never commits it (its message refcount);
-- the partitions of the active assignment.
+- the partitions of the active assignment;
+- a stream partition with no committed offset read from its start after a rebalance: Faust seeks
+  only the committed ones, so one whose records were fetched and dropped while the tables
+  recovered would otherwise go on past them (faust-streaming issues 216 and 596: those records
+  were never processed, or never committed).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import faust.types
 from faust.types import TP
 
 __all__ = [
-    "PartitionStore", "active_partitions", "changelog_topic", "hold", "store_of",
+    "PartitionStore", "active_partitions", "changelog_topic", "hold", "read_uncommitted_from_start", "store_of",
 ]
 
 
@@ -155,3 +159,20 @@ def hold(event: faust.EventT[Any]) -> None:
 def active_partitions(app: faust.types.AppT, topic: str) -> set[int]:
     """The partitions of `topic` this worker holds as active (not standby) in Faust's assignment."""
     return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+
+async def read_uncommitted_from_start(app: faust.types.AppT) -> set[TP]:
+    """Seek the assigned stream partitions that have no committed offset (or 0) to their start;
+    returns them. Run on `on_rebalance_complete`, which Faust sends before it seeks the others."""
+    from faust.transport.consumer import Consumer
+
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer)  # seek_to_committed is the base class's, not in ConsumerT
+    changelogs = set(app.tables.changelog_topics)
+    streams = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
+    committed = await consumer.seek_to_committed()
+    fresh = {tp for tp in streams if not committed.get(tp)}
+    if fresh:
+        for tp, offset in (await consumer.earliest_offsets(*fresh)).items():
+            await consumer.seek(tp, offset)
+    return fresh
