@@ -3,7 +3,12 @@
 Two fills in one run, side by side: pings as the gateway batches them under
 load (many per record) and one ping per record (the gateway's worst case).
 Every ping is accepted and moves its driver far enough to be pushed, so the
-drivers agent does all its work for each one.
+drivers agent does all its work for each one. A fill is drained when the
+worker's feed has committed all of it; the rate counts the fill's driver pushes
+only (the features' `cell:` pushes are counted apart), between the first and
+the last one's record time. The fleet is 2,000 drivers unless told otherwise.
+The CPU per record and per ping are derived from the two fills (same work per
+ping, 200 or 1 ping per record).
 
     python -m bench.worker_throughput [--pings N] [--drivers D] [--batch B]
 """
@@ -14,8 +19,10 @@ import asyncio
 import math
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from agents.feed import group_id as feed_group
+from agents.ops.kafka import consumer, read_span, watermarks
 from bench.harness import bench_settings, emit, wait_until
 from infra.broker import kafka_running
 from infra.processes import spawn, worker_args
@@ -55,35 +62,50 @@ async def fill(settings: Settings, events: list[LocationEvent], per_record: int)
     return batcher.records
 
 
-def topic_count(consumer: Consumer, topic: str) -> int:
-    """Records in a topic (0 while it does not exist yet)."""
-    try:
-        meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return 0
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in meta.partitions)
-    except KafkaException:  # a topic just created may have no leader for a moment
-        return 0
+def _ends(c: Consumer, topic: str) -> dict[int, int]:
+    return {p: high for p, (_, high) in watermarks(c, topic).items()}
 
 
-def drain(settings: Settings, expected_total: int, timeout_s: float) -> dict[str, float]:
-    """Run the worker until `push` holds `expected_total` messages (one per bench ping); rate, CPU/event."""
-    topic = PUSH.name
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "bench-probe"})
-    before = topic_count(consumer, topic)
+def _drained(feed: Consumer, ends: dict[int, int]) -> bool:
+    """Whether the worker's feed has committed `locations` up to `ends` (outputs are acked before)."""
+    got = feed.committed([TopicPartition(LOCATIONS.name, p) for p in ends], timeout=10)
+    return all(tp.offset >= ends[tp.partition] for tp in got)
+
+
+def drain(settings: Settings, expected: int, timeout_s: float) -> dict[str, float]:
+    """Run the worker until its feed has committed every ping of the fill; count the driver pushes
+    of the fill (the features' `cell:` pushes are not), their rate by their record times, CPU per ping."""
+    probe = consumer(settings.bootstrap)
+    feed = consumer(settings.bootstrap, feed_group(settings.app_id))
+    before, inputs = _ends(probe, PUSH.name), _ends(probe, LOCATIONS.name)
     worker = spawn(worker_args(), settings, "bench-worker")
     try:
-        if not wait_until(lambda: topic_count(consumer, topic) > before, 120, 0.05):
+        if not wait_until(lambda: sum(_ends(probe, PUSH.name).values()) > sum(before.values()), 120, 0.05):
             raise SystemExit(f"worker wrote nothing; see {worker.log}")
-        t0, cpu0, n0 = time.perf_counter(), worker.cpu_s(), topic_count(consumer, topic)
-        if not wait_until(lambda: topic_count(consumer, topic) >= expected_total, timeout_s, 0.05):
+        cpu0, started = worker.cpu_s(), _ends(probe, PUSH.name)
+        if not wait_until(lambda: _drained(feed, inputs), timeout_s, 0.05):
             raise SystemExit(f"worker did not finish in {timeout_s}s; see {worker.log}")
-        t1, cpu1, n1 = time.perf_counter(), worker.cpu_s(), topic_count(consumer, topic)
+        cpu1 = worker.cpu_s()
     finally:
         worker.stop()
-        consumer.close()
-    events = n1 - n0
-    return {"events_per_s": round(events / (t1 - t0)), "cpu_us_per_event": round((cpu1 - cpu0) / events * 1e6, 1)}
+        feed.close()
+    span = {p: (before.get(p, 0), high) for p, high in _ends(probe, PUSH.name).items()}
+    driver, timed, other, first_ms, last_ms = 0, 0, 0, None, 0
+    for msgs in read_span(probe, PUSH.name, span):
+        for m in msgs:
+            if not (m.key() or b"").startswith(b"driver:"):
+                other += 1
+                continue
+            driver += 1
+            timed += (m.offset() or 0) >= started.get(m.partition() or 0, 0)
+            ts = m.timestamp()[1]
+            first_ms, last_ms = ts if first_ms is None else min(first_ms, ts), max(last_ms, ts)
+    probe.close()
+    if driver != expected:
+        raise SystemExit(f"{expected} pings filled, {driver} driver pushes; see {worker.log}")
+    seconds = max(1, last_ms - (first_ms or last_ms)) / 1000
+    return {"events_per_s": round((driver - 1) / seconds), "cpu_us_per_event": round((cpu1 - cpu0) / timed * 1e6, 1),
+            "other_pushes": other}
 
 
 def main() -> None:
@@ -100,15 +122,22 @@ def main() -> None:
         batched = drain(settings, args.pings, 600)
         single_n = args.pings // 4
         records = asyncio.run(fill(settings, pings(args.drivers, single_n, args.pings // args.drivers + 1, now), 1))
-        single = drain(settings, args.pings + single_n, 600)
+        single = drain(settings, single_n, 600)
+    # Both fills do the same work per ping; what differs is the records: c(b) = ping + record / b.
+    b = args.batch
+    per_record = (single["cpu_us_per_event"] - batched["cpu_us_per_event"]) * b / (b - 1)
     figures.update({
         "worker_events_per_s": batched["events_per_s"],
         "worker_cpu_us_per_event": batched["cpu_us_per_event"],
-        "worker_pings_per_record": args.batch,
+        "worker_pings_per_record": b,
         "worker_events_per_s_1_per_record": single["events_per_s"],
         "worker_cpu_us_per_event_1_per_record": single["cpu_us_per_event"],
         "worker_records_1_per_record": records,
+        "worker_cpu_us_per_record": round(per_record, 1),
+        "worker_cpu_us_per_ping": round(batched["cpu_us_per_event"] - per_record / b, 1),
+        "worker_other_pushes": batched["other_pushes"] + single["other_pushes"],
         "pings": args.pings,
+        "drivers": args.drivers,
     })
     emit(figures)
 
