@@ -152,6 +152,8 @@ class Connection:
     sid: str
     eio_sid: str
     principal: Principal
+    caller: str | None = None  # what the abuse limits count it under (gateway.limits); None: unlimited
+    channels: set[str] = field(default_factory=set)  # subscribed to
     queue: SendQueue = field(default_factory=SendQueue)
     unacked: Unacked = field(default_factory=Unacked)
     dropped: bool = False

@@ -15,7 +15,8 @@ from gateway.channels import ChannelStore
 from gateway.keys import BATCHER, BRIDGE, LIVE, MANAGER, METRICS, NOTIFY, ORDERS, PRODUCER, RIDES, SETTINGS, SIO, STORE
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
-from gateway.middlewares import error_middleware
+from gateway.limits import LiveLimits
+from gateway.middlewares import error_middleware, rate_limit_middleware
 from gateway.notifications import NotifyDesk
 from gateway.orders import OrderDesk, OrderView
 from gateway.rides import RideDesk, RideView
@@ -87,7 +88,7 @@ def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = No
                          order_customer=orders.view.customer_of if orders else _no_ride,
                          state_of=orders.view.state_of if orders else _no_state,
                          set_status=rides.set_status if rides else None,
-                         user_acked=notify.acked if notify else None)
+                         user_acked=notify.acked if notify else None, limits=LiveLimits.from_settings(settings))
     sio.register_namespace(live)
     sio.attach(app)
     app[SIO], app[MANAGER], app[LIVE] = sio, manager, live
@@ -97,9 +98,11 @@ def setup_live(app: web.Application, tokens: Tokens, rides: RideDesk | None = No
 def create_app(settings: Settings) -> web.Application:
     """A gateway bound to `settings`: routes, Socket.IO /live, Kafka producer and bridge."""
     tokens = Tokens(settings)
-    # error_middleware outermost: an Unauthorized raised by auth becomes its 401.
+    # error_middleware outermost: an Unauthorized raised by auth becomes its 401; the rate limit
+    # counts authenticated callers only.
     app = web.Application(client_max_size=settings.ingest_max_body_bytes,
-                          middlewares=[error_middleware, auth_middleware(tokens)])
+                          middlewares=[error_middleware, auth_middleware(tokens),
+                                       rate_limit_middleware(settings.api_rate_per_s)])
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[STORE] = ChannelStore(max_len=settings.push_history_max, max_age_ms=settings.push_history_age_ms)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import socketio
@@ -36,6 +37,7 @@ from gateway.auth import Principal
 from gateway.channels import FLEET, NAMESPACE, UPDATE_EVENT, Update
 from gateway.delivery import Connection
 from gateway.direct import Engine
+from gateway.limits import caller_of
 from gateway.metrics import Metrics
 
 __all__ = ["LiveManager"]
@@ -57,6 +59,7 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]
         self.pending_max = pending_max
         self.retry_ms = retry_ms
         self.conns: dict[str, Connection] = {}
+        self.callers: Counter[str] = Counter()  # limited caller -> its open connections
         self._engine: Engine | None = None
         self._slow: set[Connection] = set()
         self._waiting: set[Connection] = set()
@@ -84,9 +87,15 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]
         eio_sid = self.eio_sid_from_sid(sid, self.namespace)
         if eio_sid is None:
             raise ValueError(f"{sid} is not connecting to {self.namespace}")
-        conn = self.conns[sid] = Connection(sid, eio_sid, principal)
+        conn = self.conns[sid] = Connection(sid, eio_sid, principal, caller_of(principal))
+        if conn.caller is not None:
+            self.callers[conn.caller] += 1
         self.metrics.connected.inc()
         return conn
+
+    def connections_of(self, caller: str) -> int:
+        """How many connections `caller` (gateway.limits.caller_of) holds now."""
+        return self.callers.get(caller, 0)
 
     def connection(self, sid: str) -> Connection | None:
         return self.conns.get(sid)
@@ -103,6 +112,10 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]
             return
         self._slow.discard(conn)
         self._waiting.discard(conn)
+        if conn.caller is not None:
+            self.callers[conn.caller] -= 1
+            if self.callers[conn.caller] <= 0:
+                del self.callers[conn.caller]
         self.metrics.connected.dec()
 
     # --- subscriptions: rooms of the namespace ----------------------------------------------------
@@ -111,11 +124,13 @@ class LiveManager(socketio.AsyncManager):  # type: ignore[misc]
         """Live updates of `channel` go to `conn` from now on; whatever it had queued for it is dropped."""
         conn.queue.drop(channel)
         conn.unacked.drop(channel)
+        conn.channels.add(channel)
         self.basic_enter_room(conn.sid, self.namespace, channel)
 
     def unsubscribe(self, conn: Connection, channel: str) -> None:
         conn.queue.drop(channel)
         conn.unacked.drop(channel)
+        conn.channels.discard(channel)
         self.basic_leave_room(conn.sid, self.namespace, channel)
 
     def _targets(self, channel: str) -> list[Connection]:

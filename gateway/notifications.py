@@ -12,7 +12,6 @@ bucket (`notify_api_rate_per_s`).
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Callable
 
 from agents.commands import notification_request
@@ -20,6 +19,7 @@ from agents.notify_flow import PreferencesError, parse_preferences, user_channel
 from gateway.auth import Principal
 from gateway.channels import ChannelStore
 from gateway.errors import Forbidden, InvalidInput, NotFound, TooManyRequests
+from gateway.limits import Buckets
 from infra.clock import now_ms
 from infra.producer import AsyncProducer
 from infra.settings import Settings
@@ -31,9 +31,9 @@ from schemas.validation import field_errors
 
 __all__ = ["NotifyDesk", "may_act_for"]
 
+FORWARDED_MAX = 100_000  # users whose last forwarded ack is remembered
 REQUEST_FIELDS = frozenset({"user_id", "idempotency_key", "category", "priority", "expires_at", "title", "body",
                             "data", "channels"})
-BUCKETS_MAX = 100_000
 
 
 def may_act_for(principal: Principal, user_id: str) -> bool:
@@ -41,30 +41,12 @@ def may_act_for(principal: Principal, user_id: str) -> bool:
     return principal.role == "ops" or principal.sub == user_id
 
 
-class _Buckets:
-    """A token bucket per caller."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, 2 * rate, clock
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, caller: str) -> None:
-        now = self.clock()
-        tokens, then = self.buckets.get(caller, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if tokens < 1:
-            raise TooManyRequests("notification API rate limit", (1 - tokens) / self.rate)
-        if len(self.buckets) > BUCKETS_MAX:
-            self.buckets.clear()
-        self.buckets[caller] = (tokens - 1, now)
-
-
 class NotifyDesk:
     def __init__(self, settings: Settings, store: ChannelStore) -> None:
         self.store = store
         self.producer: AsyncProducer | None = None  # set while the app runs (gateway.main)
         self.codec = typed_codec(records.NotificationRequest, typed.NotificationRequest)
-        self.limits = _Buckets(settings.notify_api_rate_per_s)
+        self.limits = Buckets(settings.notify_api_rate_per_s)
         self.forwarded: dict[str, int] = {}  # user id -> highest in-app seq forwarded (acks are cumulative)
 
     async def start(self, producer: AsyncProducer) -> None:
@@ -76,15 +58,21 @@ class NotifyDesk:
         self.producer.send(group, NOTIFICATION_REQUESTS.name, self.codec.dumps(r), key=r["user_id"].encode())
         await group.wait()
 
+    def _limit(self, principal: Principal) -> None:
+        """The notification API's own rate, for every role (ops included): each call may fan out."""
+        retry_s = self.limits.take(f"{principal.role}:{principal.sub}")
+        if retry_s is not None:
+            raise TooManyRequests("notification API rate limit", retry_s)
+
     def _check(self, principal: Principal, user_id: str) -> None:
-        self.limits.take(f"{principal.role}:{principal.sub}")
+        self._limit(principal)
         if not may_act_for(principal, user_id):
             raise Forbidden(f"this token may not act for user {user_id!r}")
 
     # --- the API ----------------------------------------------------------------------------------
     async def request(self, principal: Principal, body: Any) -> dict[str, Any]:
         """POST /v1/notifications: a system's (or ops') request; 202 once Kafka has it."""
-        self.limits.take(f"{principal.role}:{principal.sub}")
+        self._limit(principal)
         if principal.role not in ("system", "ops"):
             raise Forbidden("only system and ops tokens may request notifications")
         if not isinstance(body, dict):
@@ -168,7 +156,7 @@ class NotifyDesk:
         user_id = channel.partition(":")[2]
         if principal.sub != user_id or seq <= self.forwarded.get(user_id, 0):
             return
-        if len(self.forwarded) > BUCKETS_MAX:
+        if len(self.forwarded) > FORWARDED_MAX:
             self.forwarded.clear()
         self.forwarded[user_id] = seq
         await self._produce(notification_request("ACK", user_id, now_ms(), seq=seq, channel="inapp"))

@@ -20,6 +20,7 @@ from gateway.auth import Principal, Tokens, may_subscribe
 from gateway.channels import FLEET, NAMESPACE, ChannelStore, channel_problem, update_from_push
 from gateway.delivery import Connection
 from gateway.errors import GatewayError, Unauthorized
+from gateway.limits import Buckets, LiveLimits, caller_of
 from gateway.manager import LiveManager
 from gateway.metrics import Metrics
 from infra.clock import now_ms
@@ -42,7 +43,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                  order_customer: Callable[[str], str | None] = lambda order_id: None,
                  state_of: Callable[[str], Ack | None] = lambda channel: None,
                  set_status: Callable[[Principal, str, Any], Awaitable[None]] | None = None,
-                 user_acked: Callable[[Principal, str, int], Awaitable[None]] | None = None) -> None:
+                 user_acked: Callable[[Principal, str, int], Awaitable[None]] | None = None,
+                 limits: LiveLimits = LiveLimits()) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.manager = manager  # also the server's client manager: AsyncServer(client_manager=manager)
@@ -62,6 +64,8 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # Set once the bridge has replayed the history window: resumes before that would miss it
         # (the app shares the bridge's own event here).
         self.ready = asyncio.Event()
+        self.limits = limits
+        self.event_rate = Buckets(limits.event_rate_per_s)  # per connection (sid)
         self._events: dict[str, Handler] = {
             "subscribe": self.on_subscribe, "unsubscribe": self.on_unsubscribe, "ack": self.on_ack,
             "accept": self.on_accept, "decline": self.on_decline, "status": self.on_status,
@@ -74,6 +78,7 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if event == "connect" and self.manager.is_pre_connected(sid, self.namespace):
             return await self.on_connect(*args)
         if event == "disconnect" and not self.manager.is_connected(sid, self.namespace):
+            self.event_rate.forget(sid)
             return None  # python-socketio's own (it marks the client as leaving first): LiveManager forgets it
         handler = self._events.get(event) if isinstance(event, str) else None
         if handler is None:
@@ -82,6 +87,12 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self.metrics.refused.labels("event").inc()
             return {"ok": False, "error": f"no event {event!r} on {NAMESPACE}: subscribe, unsubscribe, ack, "
                                           "accept, decline or status"}
+        conn = self.manager.connection(sid)
+        retry_s = self.event_rate.take(sid) if conn is not None and conn.caller is not None else None
+        if retry_s is not None:
+            self.metrics.refused.labels("rate").inc()
+            return {"ok": False, "error": f"over {self.limits.event_rate_per_s:g} events a second on this connection",
+                    "retry_after_s": round(retry_s, 3)}
         if len(args) != 2:
             self.metrics.refused.labels("event").inc()
             return {"ok": False, "error": f"{event} takes one payload object, got {len(args) - 1}"}
@@ -96,6 +107,10 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except Unauthorized as exc:
             self.metrics.refused.labels("connect").inc()
             raise ConnectionRefusedError(str(exc)) from None
+        caller = caller_of(principal)
+        if caller is not None and self.manager.connections_of(caller) >= self.limits.max_connections:
+            self.metrics.refused.labels("connections").inc()
+            raise ConnectionRefusedError(f"this token already holds {self.limits.max_connections} connections")
         self.manager.add(sid, principal)
 
     # --- subscriptions ----------------------------------------------------------------------------
@@ -112,6 +127,11 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if conn is None or not may_subscribe(conn.principal, channel, self.ride_rider, self.order_customer):
             self.metrics.refused.labels("subscribe").inc()
             return {"ok": False, "error": f"not allowed: {channel}"}
+        if (conn.caller is not None and channel not in conn.channels
+                and len(conn.channels) >= self.limits.max_subscriptions):
+            self.metrics.refused.labels("subscriptions").inc()
+            return {"ok": False, "error": f"a connection holds {self.limits.max_subscriptions} channels at most: "
+                                          "unsubscribe from one first"}
         await self.ready.wait()
         # No await from here on: nothing of the channel can be fanned out between the history
         # read and the subscription, and python-socketio queues the ack before any later update.

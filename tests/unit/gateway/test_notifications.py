@@ -8,7 +8,8 @@ import pytest
 from gateway.auth import Principal, may_subscribe
 from gateway.channels import ChannelStore, channel_problem
 from gateway.errors import Forbidden, InvalidInput, TooManyRequests
-from gateway.notifications import NotifyDesk, _Buckets, may_act_for
+from gateway.limits import Buckets
+from gateway.notifications import NotifyDesk, may_act_for
 from infra.settings import Settings
 
 SYSTEM = Principal("system", "shop-1")
@@ -46,13 +47,12 @@ async def test_preferences_are_checked_before_they_are_produced(tmp_path: Path) 
         await desk(tmp_path).put_preferences(Principal("customer", "u-2"), "u-1", {})
 
 
-def test_each_caller_has_a_token_bucket() -> None:
-    t = [0.0]
-    b = _Buckets(5.0, clock=lambda: t[0])
-    for _ in range(10):
-        b.take("a")
-    with pytest.raises(TooManyRequests):
-        b.take("a")
-    b.take("b")  # another caller is not held back
-    t[0] += 0.2
-    b.take("a")
+def test_the_notification_api_refuses_a_caller_over_its_rate_ops_included(tmp_path: Path) -> None:
+    d = desk(tmp_path)
+    d.limits = Buckets(1.0, clock=lambda: 0.0)
+    ops = Principal("ops", "o-1")
+    d._limit(ops)
+    d._limit(ops)  # a burst of twice the rate
+    with pytest.raises(TooManyRequests) as refused:
+        d._limit(ops)
+    assert refused.value.retry_after_s == pytest.approx(1.0)
