@@ -1,5 +1,6 @@
 """Abuse limits: the API's rate per token (429 with Retry-After), and per /live caller its event rate,
-its subscriptions per connection and its connections per token; ops tokens are not limited."""
+its subscriptions per connection and its connections per token (ops tokens are not limited); a
+browser's Origin checked against the allow-list."""
 from __future__ import annotations
 
 import asyncio
@@ -123,3 +124,27 @@ async def test_a_token_holds_a_capped_number_of_connections(tmp_path: Path) -> N
             await asyncio.sleep(0.05)
         fourth = await live.client(token=token)
         assert first.sio.connected and fourth.sio.connected
+
+
+async def _connects(live_url: str, token: str, origin: str | None) -> bool:
+    client = socketio.AsyncClient(reconnection=False)
+    try:
+        await client.connect(live_url, namespaces=["/live"], transports=["websocket"], auth={"token": token},
+                             headers={"Origin": origin} if origin else {}, wait_timeout=5)
+        return True
+    except socketio.exceptions.ConnectionError:
+        return False
+    finally:
+        await client.disconnect()
+
+
+async def test_a_browser_from_an_origin_not_allowed_is_refused(tmp_path: Path) -> None:
+    async with running(tmp_path, cors_origins="https://ops.example") as live:
+        token = live.tokens.mint("driver", "d-1")
+        assert await _connects(live.url, token, "https://ops.example")
+        assert not await _connects(live.url, token, "https://evil.example")
+        assert await _connects(live.url, token, None)  # not a browser: no Origin, the token decides
+    async with running(tmp_path) as live:  # no list: the gateway's own origin only
+        token = live.tokens.mint("driver", "d-1")
+        assert await _connects(live.url, token, live.url)
+        assert not await _connects(live.url, token, "https://evil.example")
