@@ -1,7 +1,8 @@
 """Abuse limits per caller: token buckets for request and event rates, counts for connections.
 
-A caller is a token's subject with its role (`driver:d-1`); ops tokens are the platform's own
-tools (the map, the simulator, the benchmarks) and are not limited. What is over a limit is
+A caller is a token's subject with its role (`driver:d-1`). Ops and system tokens are the
+platform's own tools (the map, the simulator) and its integrations (a shop sending its order
+events), minted by operators: they are not limited; devices' and people's tokens are. What is over a limit is
 refused (HTTP 429 or an error ack, with when to retry) and counted; nothing of it is done.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from infra.settings import Settings
 
 __all__ = ["Buckets", "LiveLimits", "UNLIMITED_ROLES", "caller_of"]
 
-UNLIMITED_ROLES = frozenset({"ops"})
+UNLIMITED_ROLES = frozenset({"ops", "system"})
 BUCKETS_MAX = 100_000  # callers remembered; past it they all start again with a full bucket
 
 
@@ -26,7 +27,7 @@ def caller_of(principal: Principal) -> str | None:
 
 @dataclass(frozen=True)
 class LiveLimits:
-    """What one /live caller may hold and send (ops: unlimited)."""
+    """What one /live caller may hold and send (ops and system: unlimited)."""
 
     event_rate_per_s: float = 100.0  # per connection
     max_subscriptions: int = 10_000  # per connection

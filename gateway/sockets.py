@@ -88,7 +88,9 @@ class LiveNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return {"ok": False, "error": f"no event {event!r} on {NAMESPACE}: subscribe, unsubscribe, ack, "
                                           "accept, decline or status"}
         conn = self.manager.connection(sid)
-        retry_s = self.event_rate.take(sid) if conn is not None and conn.caller is not None else None
+        # Acks answer what the server sent (their rate is its own) and cost a lookup: not counted.
+        limited = conn is not None and conn.caller is not None and event != "ack"
+        retry_s = self.event_rate.take(sid) if limited else None
         if retry_s is not None:
             self.metrics.refused.labels("rate").inc()
             return {"ok": False, "error": f"over {self.limits.event_rate_per_s:g} events a second on this connection",

@@ -179,14 +179,14 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(500, description="Pings per LocationBatch record at most.")
     cors_origins: str = Field("", description="Comma-separated origins allowed on /live ('' = same origin).")
     api_rate_per_s: float = Field(
-        100.0, gt=0, description="API requests a second per token (bursts of twice that); ops tokens unlimited. Over it: 429."
+        100.0, gt=0, description="API requests a second per token (bursts of twice that); ops and system unlimited. Over it: 429."
     )
     live_event_rate_per_s: float = Field(
-        100.0, gt=0, description="/live events a second per connection (bursts of twice that); ops unlimited."
+        100.0, gt=0, description="/live events a second per connection (bursts of twice that); ops and system unlimited."
     )
-    live_max_subscriptions: int = Field(10_000, gt=0, description="Channels one /live connection may hold; ops unlimited.")
+    live_max_subscriptions: int = Field(10_000, gt=0, description="Channels one /live connection may hold; ops and system unlimited.")
     live_max_connections_per_token: int = Field(
-        100, gt=0, description="/live connections open at once per token subject; ops unlimited."
+        100, gt=0, description="/live connections open at once per token subject; ops and system unlimited."
     )
 
     # --- push delivery (gateway) ---------------------------------------------

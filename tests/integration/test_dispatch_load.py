@@ -40,7 +40,8 @@ class Load:
         self.drivers = [f"{self.tag}-d{i:03d}" for i in range(DRIVERS)]
         self.spots = [self._spot() for _ in self.drivers]
         self.tokens = {d: pipeline.token("driver", d) for d in self.drivers}
-        self.rider_token = pipeline.token("rider", f"{self.tag}-rider")
+        # A thousand riders, a request each (one rider requesting 300 a second is over the API's limit).
+        self.rider_tokens = [pipeline.token("rider", f"{self.tag}-rider-{i:04d}") for i in range(REQUESTS)]
         self.ops_token = pipeline.token("ops", "it-load")
         self.seq = int(time.time() * 1000)
         self.statuses: dict[str, int] = {}
@@ -82,11 +83,11 @@ class Load:
         pickup = self._spot()
         dest = self._spot()
         body = {"pickup": {"lat": pickup[0], "lng": pickup[1]}, "destination": {"lat": dest[0], "lng": dest[1]}}
-        status, ride = await self._post("/v1/rides", self.rider_token, body)
+        status, ride = await self._post("/v1/rides", self.rider_tokens[i], body)
         self._count("request", status)
         if status in (201, 202) and self.rng.random() < CANCEL_P:
             await asyncio.sleep(self.rng.uniform(0, 2.0))
-            status, _ = await self._post(f"/v1/rides/{ride['ride_id']}/cancel", self.rider_token)
+            status, _ = await self._post(f"/v1/rides/{ride['ride_id']}/cancel", self.rider_tokens[i])
             self._count("cancel", status)
 
     async def requests(self) -> None:
@@ -122,7 +123,7 @@ def _ride_log(s: Settings, since: dict[int, int], rider: str, catch_up_s: float 
     deadline = time.monotonic() + catch_up_s
     while True:
         events = [codec_for(RideEvent).loads(m.value()) for m in read_topic(s, RIDES.name, since, 30)]
-        events = [e for e in events if e["rider_id"] == rider]
+        events = [e for e in events if e["rider_id"].startswith(rider)]
         last, problems = audit_rides(events)
         if len(last) >= REQUESTS or time.monotonic() > deadline:
             return events, last, problems
@@ -154,7 +155,7 @@ async def _run(pipeline: Pipeline, seed: int, kill_after_s: float | None) -> Non
             await asyncio.sleep(0.2)
         await asyncio.sleep(settle_s)
         pinger.cancel()
-    events, last, problems = _ride_log(s, rides_from, f"{load.tag}-rider")
+    events, last, problems = _ride_log(s, rides_from, f"{load.tag}-rider-")
     pushes = [codec_for(PushMessage).loads(m.value()) for m in read_topic(s, PUSH.name, push_from, 30)]
     offers, offer_problems = audit_offers(p for p in pushes if p["channel"].startswith(f"driver:{load.tag}-"))
     changelog = f"{s.app_id}-driver_to_state-changelog"

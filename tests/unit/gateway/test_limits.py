@@ -1,5 +1,5 @@
 """Abuse limits: the API's rate per token (429 with Retry-After), and per /live caller its event rate,
-its subscriptions per connection and its connections per token (ops tokens are not limited); a
+its subscriptions per connection and its connections per token (ops and system are not limited); a
 browser's Origin checked against the allow-list."""
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_each_caller_has_a_token_bucket() -> None:
 
 def test_ops_is_not_limited_and_others_count_by_role_and_subject() -> None:
     assert caller_of(Principal("ops", "map")) is None
+    assert caller_of(Principal("system", "shop")) is None
     assert caller_of(Principal("driver", "d-1")) == "driver:d-1"
     assert caller_of(Principal("rider", "d-1")) == "rider:d-1"
 
@@ -86,6 +87,8 @@ async def test_a_connection_over_its_event_rate_gets_an_error_ack_and_others_go_
         assert (await other.subscribe("driver:d-2"))["ok"]
         assert all([(await ops.subscribe("fleet"))["ok"] for _ in range(20)])
         assert live.counter("livetrack_live_refused", what="rate") == 1
+        acks = [await other.call("ack", {"channel": "driver:d-2", "seq": n}) for n in range(30)]
+        assert acks == [None] * 30  # acks answer the server's sends: not counted
 
 
 async def test_a_connection_holds_a_capped_number_of_channels(tmp_path: Path) -> None:
