@@ -97,6 +97,9 @@ async def notification(sub: Subscriber, timeout_s: float = 10, ack: bool = False
             return u, now_ms()
 
 
+LATE_MS = 2000  # how long after a quiet window's end its deferred sends may arrive
+
+
 def audit(p: Pipeline, user_id: str, since: dict[int, int] | None = None) -> list[tuple[str, str | None, str | None]]:
     codec = codec_for(NotificationAudit)
     out = []
@@ -128,10 +131,12 @@ async def test_quiet_hours_defer_to_the_window_end_on_every_channel_and_critical
         assert first["data"]["title"] == "hello urgent" and at - sent < 3000
         deferred, at = await notification(sub, timeout_s=10)
         assert deferred["data"]["title"] == "hello deferred"
-        assert end <= at <= end + 1000
+        # Never before the window ends; promptly after (the timer ticks every 250 ms; a loaded CI
+        # machine once took 1,013 ms to get a web push through the local push service).
+        assert end <= at <= end + LATE_MS
     await until(lambda: bool(u.mail() and u.sms() and u.pushes()), 3)
     for got in (u.mail()[0], u.sms()[0], u.pushes()[0]):
-        assert end <= got["received_ts"] <= end + 1000, (got, end)
+        assert end <= got["received_ts"] <= end + LATE_MS, (got, end)
     assert len(u.mail()) == len(u.sms()) == len(u.pushes()) == 1
 
 
